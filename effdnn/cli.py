@@ -1,0 +1,111 @@
+"""The ``effdnn`` command: run | demo | report | methods. Bad input: one line on stderr, exit code 2."""
+from __future__ import annotations
+
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import EffdnnError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="effdnn: make deep networks cheaper, and measure it.")
+out_console = Console() if Console().is_terminal else Console(width=200)
+err_console = Console(stderr=True)
+
+
+def _print_table(report: dict) -> None:
+    from .report.markdown import COLUMNS, _cell
+
+    table = Table(title=report.get("name"))
+    for _, head, _ in COLUMNS:
+        table.add_column(head, justify="left" if head == "experiment" else "right")
+    for row in [report["baseline"], *report["experiments"]]:
+        table.add_row(*(_cell(k, f, row) for k, _, f in COLUMNS))
+    out_console.print(table)
+
+
+def _run(recipe_path: Path, out: Optional[Path], resume: bool) -> None:
+    from .recipe import load_recipe
+    from .runner import Runner
+
+    recipe = load_recipe(recipe_path)
+    runner = Runner(recipe, out, resume)
+    report = runner.run()
+    _print_table(report)
+    out_console.print(f"report: {runner.out / 'report.json'}, {runner.out / 'report.md'}")
+
+
+@app.command()
+def run(
+    recipe: Path = typer.Argument(..., help="recipe YAML file"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: the recipe's `output`)"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the last checkpoint and reuse finished experiments"),
+) -> None:
+    """Train the baseline, run every experiment of RECIPE, write report.json / report.md / plots."""
+    _run(recipe, out, resume)
+
+
+@app.command()
+def demo(
+    out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: runs/demo)"),
+    resume: bool = typer.Option(False, "--resume"),
+) -> None:
+    """Run the built-in recipe on scikit-learn's digits (no download)."""
+    with resources.as_file(resources.files("effdnn") / "recipes" / "demo.yaml") as path:
+        _run(path, out, resume)
+
+
+@app.command()
+def report(folder: Path = typer.Argument(..., help="a run's output folder")) -> None:
+    """Re-render report.md and the plots from FOLDER/report.json."""
+    from .report import load_report, render_report
+
+    rep = load_report(folder)
+    files = render_report(rep, folder)
+    _print_table(rep)
+    out_console.print("wrote " + ", ".join(str(f) for f in files))
+
+
+@app.command()
+def methods() -> None:
+    """List the registered techniques, by recipe block."""
+    from . import techniques  # noqa: F401
+    from .registry import REGISTRIES
+
+    table = Table(title="effdnn techniques")
+    for col in ("block", "name", "summary"):
+        table.add_column(col)
+    for block, reg in REGISTRIES.items():
+        if not reg.names():
+            table.add_row(block, "-", "not available yet")
+        for m in reg.methods():
+            table.add_row(block, m.name, m.summary)
+    out_console.print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, standalone_mode=False)
+    except EffdnnError as e:
+        err_console.print(f"effdnn: error: {e}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("effdnn: interrupted; `effdnn run RECIPE --resume` continues from the last checkpoint")
+        sys.exit(130)
+    except Exception as e:  # click's usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(2)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

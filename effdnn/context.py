@@ -1,0 +1,71 @@
+"""What a technique's transform may use while it runs inside an experiment."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .data import DataBundle
+from .errors import EffdnnError
+from .train import Callback, TrainResult, TrainSpec, fit
+
+
+@dataclass
+class ExperimentContext:
+    """Passed to every registered transform as ``transform(model, config, ctx)``.
+
+    A transform may add training callbacks (kept through ``finetune``), finalizers (run after it,
+    e.g. converting a QAT model or writing a container file), and extra report fields.
+    """
+
+    data: DataBundle | None
+    device: torch.device
+    seed: int = 0
+    batch_size: int = 128
+    calib_batches: int = 16
+    out_dir: Path | None = None
+    baseline_spec: TrainSpec | None = None
+    make_model: Callable[[], nn.Module] | None = None  # a fresh, untrained model of the recipe
+    resume: bool = False
+    callbacks: list[Callback] = field(default_factory=list)
+    finalizers: list[Callable[[nn.Module], nn.Module]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    train_result: TrainResult | None = None
+    calib_data: Iterable[Any] | None = None  # given by the Python API; else drawn from ``data``
+
+    def calib_loader(self, batches: int | None = None) -> Iterable[Any]:
+        """The calibration batches: the API's ``calib_data``, else the first ``batches`` batches of a
+        seeded shuffle of the training split."""
+        if self.calib_data is not None:
+            return self.calib_data
+        if self.data is None:
+            raise EffdnnError("this method needs calibration data: pass calib_data=<iterable of batches>")
+        g = torch.Generator().manual_seed(self.seed)
+        n = (batches or self.calib_batches) * self.batch_size
+        idx = torch.randperm(len(self.data.train), generator=g)[:n].tolist()
+        return DataLoader(torch.utils.data.Subset(self.data.train, idx), batch_size=self.batch_size)
+
+    def _need_data(self, what: str) -> DataBundle:
+        if self.data is None:
+            raise EffdnnError(f"this method needs {what}: run it from a recipe, or pass data=<batches>")
+        return self.data
+
+    def example_input(self, n: int = 64) -> torch.Tensor:
+        test = self._need_data("an example input").test
+        return torch.stack([test[i][0] for i in range(min(n, len(test)))]).to(self.device)
+
+    def fit(self, model: nn.Module, spec: TrainSpec, desc: str, extra_callbacks: Iterable[Callback] = ()) -> TrainResult:
+        """Train with this experiment's callbacks, checkpointed under ``out_dir/desc`` when there is one."""
+        ckpt = self.out_dir / "ckpt" / desc if self.out_dir else None
+        result = fit(model, self._need_data("training data").train, spec, batch_size=self.batch_size, seed=self.seed,
+                     checkpoint_dir=ckpt, resume=self.resume, callbacks=[*self.callbacks, *extra_callbacks], desc=desc)
+        self.train_result = result
+        return result
+
+    def fresh_copy(self, model: nn.Module) -> nn.Module:
+        return copy.deepcopy(model)

@@ -1,0 +1,107 @@
+"""Hardware cost model: parameters, storage bytes, MACs, bit-operations and energy per example.
+
+Rules (also in the README's cost-model section):
+- MACs are counted on one traced forward pass (``counter``); every figure is per example.
+- Zeros skip work: an op's effective MACs = MACs x (1 - weight zeros) x (1 - activation zeros), the
+  zero-skipping of sparse accelerators (EIE, Cnvlutin); ``skip_zeros=False`` charges dense MACs.
+- bit-ops = effective MACs x weight bits x activation bits.
+- Energy = effective MACs x (multiply + accumulate at the layer's widths, ``EnergyTable``)
+  + the deployed weights read once per example from the smallest memory that holds the model
+  + each op's input and output activations moved once, from the memory that holds the largest.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..utils.batches import batch_input
+from .counter import OpRecord, trace_ops
+from .energy import DEFAULT_TABLE, EnergyTable
+from .precision import LayerPrecision, deployed_bits, own_tensors, precision_of, storage_bits
+from .report import CostReport, LayerCost
+
+
+def _batch_size(x: Any) -> int:
+    if isinstance(x, torch.Tensor):
+        return int(x.shape[0])
+    if isinstance(x, dict):
+        return next(int(v.shape[0]) for v in x.values() if isinstance(v, torch.Tensor))
+    raise TypeError(f"cannot tell the batch size of a {type(x).__name__}")
+
+
+def fp32_bytes(model: nn.Module) -> float:
+    """Size of every parameter and inference buffer of ``model`` stored as float32."""
+    return sum(t.numel() * 4 for m in model.modules() for _, t in own_tensors(m))
+
+
+def _under(name: str, prefix: str) -> bool:
+    return not prefix or name == prefix or name.startswith(prefix + ".")
+
+
+def cost(model: nn.Module, example_input: Any, table: EnergyTable | None = None, skip_zeros: bool = True) -> CostReport:
+    """Cost of ``model`` per example, measured on ``example_input`` (a batch tensor, batch tuple or dict)."""
+    table = table or DEFAULT_TABLE
+    x = batch_input(example_input) if isinstance(example_input, (tuple, list)) else example_input
+    batch = _batch_size(x)
+    records = trace_ops(model, x)
+    modules = dict(model.named_modules())
+    units = deployed_bits(model)
+    size_bytes = sum(units.values()) / 8
+    weight_read_pj_per_byte = table.access(1.0, size_bytes)
+    act_peak_bytes = max(((r.in_numel + r.out_numel) / batch * 4 for r in records), default=0.0)
+
+    by_module: dict[str, list[OpRecord]] = defaultdict(list)
+    for r in records:
+        by_module[r.module].append(r)
+
+    layers: list[LayerCost] = []
+    for name, ops in by_module.items():
+        mod = modules[name]
+        p: LayerPrecision = precision_of(mod)
+        (ba, bb), (acc_kind, acc_bits) = p.compute_bits, p.accumulator
+        per_mac = table.mult(p.compute_kind, ba, bb) + table.add(acc_kind, acc_bits)
+        macs = sum(r.macs for r in ops) / batch
+        keep = [(1 - r.weight_zero) * (1 - r.input_zero) if skip_zeros else 1.0 for r in ops]
+        eff = sum(r.macs * k for r, k in zip(ops, keep)) / batch
+        layer_bytes = sum(b for n, b in units.items() if _under(n, name)) / 8 if name else size_bytes
+        act_bytes = sum(r.in_numel + r.out_numel for r in ops) / batch * p.act_bits / 8
+        memory = layer_bytes * weight_read_pj_per_byte + table.access(act_bytes, act_peak_bytes * p.act_bits / 32)
+        compute = eff * per_mac
+        wn = sum(r.weight_numel for r in ops)
+        layers.append(LayerCost(
+            name=name or "<model>", type=type(mod).__name__,
+            params=sum(t.numel() for t in mod.parameters()),
+            storage_bytes=layer_bytes, weight_bits=p.weight_bits, act_bits=p.act_bits,
+            precision=p.label or f"{p.weight_kind}{p.weight_bits:g}/{p.act_kind}{p.act_bits:g}",
+            macs=int(round(macs)), effective_macs=eff, bitops=eff * p.weight_bits * p.act_bits,
+            energy_pj=compute + memory, compute_energy_pj=compute, memory_energy_pj=memory,
+            weight_sparsity=sum(r.weight_zero * r.weight_numel for r in ops) / wn if wn else 0.0,
+            activation_sparsity=sum(r.input_zero * r.macs for r in ops) / max(sum(r.macs for r in ops), 1),
+        ))
+
+    in_layers = sum(b for n, b in units.items() if any(_under(n, l.name) for l in layers if l.name != "<model>")) / 8
+    other_memory = (size_bytes - in_layers) * weight_read_pj_per_byte  # e.g. unfolded BatchNorm tensors
+    wn_total = sum(r.weight_numel for r in records)
+    all_macs = sum(r.macs for r in records)
+    return CostReport(
+        layers=layers,
+        params=sum(t.numel() for t in model.parameters()),
+        size_bytes=size_bytes,
+        fp32_size_bytes=fp32_bytes(model),
+        macs=int(round(all_macs / batch)),
+        effective_macs=sum(l.effective_macs for l in layers),
+        bitops=sum(l.bitops for l in layers),
+        energy_pj=sum(l.energy_pj for l in layers) + other_memory,
+        compute_energy_pj=sum(l.compute_energy_pj for l in layers),
+        memory_energy_pj=sum(l.memory_energy_pj for l in layers) + other_memory,
+        weight_sparsity=sum(r.weight_zero * r.weight_numel for r in records) / wn_total if wn_total else 0.0,
+        activation_sparsity=sum(r.input_zero * r.macs for r in records) / all_macs if all_macs else 0.0,
+        energy_table=table.source,
+    )
+
+
+__all__ = ["CostReport", "EnergyTable", "DEFAULT_TABLE", "LayerCost", "LayerPrecision", "cost", "deployed_bits",
+           "fp32_bytes", "precision_of", "storage_bits", "trace_ops"]

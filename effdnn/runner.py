@@ -1,0 +1,230 @@
+"""recipe -> baseline -> experiments -> report.json / report.md / plots."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .context import ExperimentContext
+from .cost import EnergyTable, cost, fp32_bytes
+from .data import DataBundle, load_data
+from .errors import EffdnnError
+from .models import build_model
+from .recipe import BLOCKS, ExperimentSpec, Recipe
+from .registry import REGISTRIES
+from .report import render_report
+from .train import distributed as ddp
+from .train import evaluate, fit, load_weights, save_atomic
+
+REPORT_FILES = ("report.json", "report.md", "accuracy_vs_size.png", "accuracy_vs_energy.png")
+
+
+def _say(msg: str) -> None:
+    if ddp.is_main():
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _hash(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _write_json(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=float))
+    os.replace(tmp, path)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise EffdnnError(f"device: unknown device {name!r} (auto, cpu, cuda, cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EffdnnError(f"device: {name} asked for but no CUDA device is available")
+    return dev
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    return {
+        "effdnn": __version__, "python": platform.python_version(), "torch": torch.__version__,
+        "numpy": np.__version__, "platform": platform.platform(), "processor": platform.machine(),
+        "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "device": str(device),
+        "cuda": torch.cuda.get_device_name(0) if device.type == "cuda" else None, "world_size": ddp.world_size(),
+    }
+
+
+class Runner:
+    def __init__(self, recipe: Recipe, out: str | Path | None = None, resume: bool = False) -> None:
+        self.recipe = recipe
+        self.out = Path(out or recipe.output or f"runs/{recipe.name}")  # relative to the working folder
+        self.resume = resume
+        self.device = resolve_device(recipe.device)
+        ddp.init_from_env(self.device)
+        self.table = EnergyTable.from_file(self._path(recipe.cost.energy_table)) if recipe.cost.energy_table else None
+
+    def _path(self, p: str) -> Path:
+        path = Path(p)
+        if not path.is_absolute() and self.recipe.base_dir and not path.exists():
+            path = Path(self.recipe.base_dir) / path
+        return path
+
+    def make_model(self) -> nn.Module:
+        r = self.recipe
+        torch.manual_seed(r.seed)
+        model = build_model(r.model.name, self.data.in_channels, self.data.num_classes, self.data.input_size,
+                            base_dir=r.base_dir, **r.model.kwargs)
+        return model.to(self.device)
+
+    def measure(self, model: nn.Module, name: str, wall: float, extra: dict[str, Any]) -> dict[str, Any]:
+        r = self.recipe
+        acc = evaluate(model, self.data.test, batch_size=512)
+        example = self.ctx().example_input(r.cost.example_batch)
+        c = cost(model, example, table=self.table, skip_zeros=r.cost.skip_zeros)
+        fp32 = self.fp32_size or c.fp32_size_bytes
+        row = {
+            "name": name, "accuracy": acc,
+            "accuracy_delta": acc - self.baseline_accuracy if self.baseline_accuracy is not None else 0.0,
+            "size_bytes": c.size_bytes, "compression_ratio": fp32 / c.size_bytes if c.size_bytes else float("inf"),
+            "params": c.params, "macs": c.macs, "effective_macs": c.effective_macs, "bitops": c.bitops,
+            "energy_pj": c.energy_pj, "compute_energy_pj": c.compute_energy_pj, "memory_energy_pj": c.memory_energy_pj,
+            "weight_sparsity": c.weight_sparsity, "activation_sparsity": c.activation_sparsity,
+            "wall_time_s": wall, **extra,
+            "layers": [l.__dict__ for l in c.layers],
+        }
+        return row
+
+    def ctx(self, exp: ExperimentSpec | None = None, out_dir: Path | None = None) -> ExperimentContext:
+        return ExperimentContext(
+            data=self.data, device=self.device, seed=self.recipe.seed, batch_size=self.recipe.data.batch_size,
+            calib_batches=exp.calib_batches if exp else 16, out_dir=out_dir, baseline_spec=self.recipe.baseline,
+            make_model=self.make_model, resume=self.resume,
+        )
+
+    # -- baseline ---------------------------------------------------------------------------------
+    def baseline(self) -> tuple[nn.Module, dict[str, Any]]:
+        r = self.recipe
+        model = self.make_model()
+        spec = r.baseline
+        t0 = time.perf_counter()
+        extra: dict[str, Any] = {}
+        if spec.checkpoint:
+            load_weights(model, self._path(spec.checkpoint))
+            extra["checkpoint"] = spec.checkpoint
+        else:
+            bdir = self.out / "baseline"
+            key = _hash(r.data.model_dump(), r.model.model_dump(), spec.model_dump(exclude={"checkpoint"}), r.seed)
+            weights, meta_path = bdir / "model.pt", bdir / "meta.json"
+            meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+            if weights.is_file() and meta.get("key") == key:
+                load_weights(model, weights)
+                extra.update(meta.get("train", {}))
+                _say(f"baseline: reusing {weights}")
+            else:
+                res = fit(model, self.data.train, spec, batch_size=r.data.batch_size, seed=r.seed,
+                          checkpoint_dir=bdir / "ckpt", resume=self.resume, desc="baseline")
+                extra = {"epochs": spec.epochs, "epoch_time_s": res.epoch_time_s,
+                         "final_train_loss": res.history[-1]["loss"] if res.history else None}
+                if ddp.is_main():
+                    save_atomic(model.state_dict(), weights)
+                    _write_json({"key": key, "train": extra}, meta_path)
+                ddp.barrier()
+        self.fp32_size = fp32_bytes(model)
+        self.baseline_accuracy = None
+        row = self.measure(model, "baseline", time.perf_counter() - t0, extra)
+        self.baseline_accuracy = row["accuracy"]
+        _say(f"baseline: accuracy {row['accuracy']:.4f}  size {row['size_bytes'] / 1024:.1f} KiB")
+        return model, row
+
+    # -- experiments ------------------------------------------------------------------------------
+    def experiment(self, i: int, exp: ExperimentSpec, base: nn.Module) -> dict[str, Any]:
+        edir = self.out / "experiments" / exp.name
+        result_path = edir / "result.json"
+        key = _hash(exp.model_dump(), self.base_key)
+        if self.resume and result_path.is_file():
+            saved = json.loads(result_path.read_text())
+            if saved.get("key") == key:
+                _say(f"{exp.name}: done in an earlier run, reusing {result_path}")
+                return saved["row"]
+        t0 = time.perf_counter()
+        torch.manual_seed(self.recipe.seed)
+        ctx = self.ctx(exp, edir)
+        model = copy.deepcopy(base)
+        used: dict[str, Any] = {}
+
+        def apply(block: str, model: nn.Module) -> nn.Module:
+            spec = getattr(exp, block)
+            if spec is None:
+                return model
+            reg = REGISTRIES[block]
+            config = reg.parse(spec, f"experiments[{i}].{block}")
+            used[block] = config.model_dump(mode="json")
+            return reg.method_of(config).transform(model, config, ctx)
+
+        for block in BLOCKS[:-1]:
+            model = apply(block, model)
+        if exp.finetune is not None and exp.finetune.epochs > 0:
+            ctx.fit(model, exp.finetune, desc=exp.name)
+        for fin in ctx.finalizers:
+            model = fin(model)
+        model = apply("compress", model)  # last: it encodes the final (fine-tuned, converted) weights
+        extra: dict[str, Any] = {"techniques": used, **ctx.extra}
+        for cb in ctx.callbacks:
+            extra.update(cb.report())
+        if ctx.train_result is not None:
+            extra["epoch_time_s"] = ctx.train_result.epoch_time_s
+        row = self.measure(model, exp.name, time.perf_counter() - t0, extra)
+        if ddp.is_main():
+            edir.mkdir(parents=True, exist_ok=True)
+            _write_json({"key": key, "row": row}, result_path)
+        _say(f"{exp.name}: accuracy {row['accuracy']:.4f} ({row['accuracy_delta'] * 100:+.2f} pts)  "
+             f"size {row['size_bytes'] / 1024:.1f} KiB  ({row['compression_ratio']:.1f}x)")
+        return row
+
+    def run(self) -> dict[str, Any]:
+        r = self.recipe
+        if ddp.is_main():
+            self.out.mkdir(parents=True, exist_ok=True)
+            for f in REPORT_FILES:  # a stale report must not pass for this run's
+                (self.out / f).unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        self.data: DataBundle = load_data(r.data.name, root=r.data.root, base_dir=r.base_dir, **r.data.kwargs)
+        self.fp32_size = None
+        self.baseline_accuracy = None
+        base, base_row = self.baseline()
+        self.base_key = _hash(base_row["accuracy"], r.data.model_dump(), r.model.model_dump(), r.baseline.model_dump(), r.seed)
+        rows = [self.experiment(i, e, base) for i, e in enumerate(r.experiments)]
+        report = {
+            "name": r.name, "recipe": r.model_dump(mode="json", exclude={"base_dir"}),
+            "baseline": base_row, "experiments": rows,
+            "environment": environment(self.device), "total_time_s": time.perf_counter() - t0,
+        }
+        if ddp.is_main():
+            render_report(report, self.out)
+            _write_json(report, self.out / "report.json")  # last: its presence means the run completed
+        ddp.barrier()
+        return report
+
+
+def run(recipe: Recipe | dict | str | Path, out: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
+    """Run a recipe (object, dict or YAML path) and return the report (also written to ``out``)."""
+    from .recipe import load_recipe, parse_recipe
+
+    if isinstance(recipe, (str, Path)):
+        recipe = load_recipe(recipe)
+    elif isinstance(recipe, dict):
+        recipe = parse_recipe(recipe)
+    return Runner(recipe, out, resume).run()

@@ -1,0 +1,2 @@
+"""Importing this module registers every technique in the method registries (effdnn.registry)."""
+# Each technique package registers its methods on import; add new packages here.

@@ -1,0 +1,222 @@
+"""fit / evaluate: seeded, deterministic, checkpointed at every epoch, resumable, DDP-aware."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm.auto import tqdm
+
+from ..errors import EffdnnError
+from ..utils.batches import batch_input, forward, move, model_device
+from . import distributed as ddp
+from .callbacks import Callback
+from .checkpoint import load_checkpoint, save_atomic
+from .config import TrainSpec
+
+CHECKPOINT = "last.pt"
+
+
+@dataclass
+class TrainResult:
+    epochs: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    resumed_from: int = 0
+
+    @property
+    def epoch_time_s(self) -> float:
+        times = [h["time_s"] for h in self.history]
+        return sum(times) / len(times) if times else 0.0
+
+
+def make_optimizer(params: Iterable[nn.Parameter], spec: TrainSpec) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if spec.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov, weight_decay=spec.weight_decay)
+    cls = torch.optim.Adam if spec.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=spec.lr, weight_decay=spec.weight_decay)
+
+
+def lr_factor(spec: TrainSpec, step: int, steps_per_epoch: int) -> float:
+    """Learning-rate multiplier at a global step: linear warm-up, then none / cosine / step decay."""
+    epoch = step / steps_per_epoch
+    if spec.warmup_epochs and epoch < spec.warmup_epochs:
+        return (step + 1) / (spec.warmup_epochs * steps_per_epoch)
+    if spec.schedule == "cosine":
+        total = max(spec.epochs * steps_per_epoch, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+    if spec.schedule == "step":
+        return spec.gamma ** int(epoch // spec.step_size)
+    return 1.0
+
+
+def _fingerprint(spec: TrainSpec, model: nn.Module, batch_size: int, seed: int, world: int) -> str:
+    shapes = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    blob = json.dumps([spec.model_dump(), batch_size, seed, world, shapes], default=str, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _loader(ds: Dataset, batch_size: int, seed: int, shuffle: bool) -> tuple[DataLoader, DistributedSampler]:
+    """The same permutation (seed + epoch) in one process and under DDP, so both see the same global batches."""
+    world, rank = ddp.world_size(), ddp.rank()
+    if batch_size % world:
+        raise EffdnnError(f"batch_size {batch_size} must be divisible by the {world} processes")
+    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+    return DataLoader(ds, batch_size=batch_size // world, sampler=sampler, num_workers=0), sampler
+
+
+def _split(batch: Any) -> tuple[Any, torch.Tensor]:
+    if isinstance(batch, dict):
+        return {k: v for k, v in batch.items() if k not in ("labels", "label")}, batch.get("labels", batch.get("label"))
+    return batch_input(batch), batch[1]
+
+
+def _logits(out: Any) -> torch.Tensor:
+    return out.logits if hasattr(out, "logits") else out
+
+
+def fit(
+    model: nn.Module,
+    train: Dataset,
+    spec: TrainSpec,
+    *,
+    batch_size: int,
+    seed: int = 0,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+    desc: str = "train",
+    log: bool = True,
+) -> TrainResult:
+    """Train ``model`` in place with cross-entropy for ``spec.epochs`` epochs.
+
+    With ``checkpoint_dir`` a checkpoint is written atomically after each epoch; ``resume=True`` then
+    continues from it and reaches the same final weights as an uninterrupted run. Under torchrun the
+    model is wrapped in DistributedDataParallel and only rank 0 writes checkpoints.
+    """
+    batch_size = spec.batch_size or batch_size
+    device = model_device(model)
+    torch.manual_seed(seed)
+    loader, sampler = _loader(train, batch_size, seed, shuffle=True)
+    steps_per_epoch = min(len(loader), spec.max_batches or len(loader))
+    net: nn.Module = DistributedDataParallel(model) if ddp.world_size() > 1 else model
+    optimizer = make_optimizer(model.parameters(), spec)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(spec, s, steps_per_epoch))
+    takers = [cb for cb in callbacks if type(cb).backward_step is not Callback.backward_step]
+    if len(takers) > 1:
+        raise EffdnnError(f"two techniques both take over the optimizer step: {[type(c).__name__ for c in takers]}")
+    for cb in callbacks:
+        cb.on_fit_start(model, optimizer)
+
+    result = TrainResult(spec.epochs)
+    ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
+    fp = _fingerprint(spec, model, batch_size, seed, ddp.world_size())
+    start = 0
+    if resume and ckpt is not None and ckpt.is_file():
+        state = load_checkpoint(ckpt)
+        if state.get("fingerprint") != fp:
+            raise EffdnnError(f"{ckpt}: made with other settings (model, training block, batch size or seed); delete it to start over")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        for cb, s in zip(callbacks, state["callbacks"]):
+            cb.load_state_dict(s)
+        start = result.resumed_from = int(state["epoch"])
+        result.history = list(state["history"])
+        if log and ddp.is_main():
+            print(f"{desc}: resumed after epoch {start} from {ckpt}", file=sys.stderr)
+
+    for epoch in range(start, spec.epochs):
+        t0 = time.perf_counter()
+        sampler.set_epoch(epoch)
+        net.train()
+        for cb in callbacks:
+            cb.on_epoch_start(model, epoch)
+        total, correct, loss_sum = 0, 0, 0.0
+        bar = tqdm(loader, total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{spec.epochs}", leave=False,
+                   disable=None if ddp.is_main() else True, file=sys.stderr)
+        for step, batch in enumerate(bar):
+            if step >= steps_per_epoch:
+                break
+            x, y = _split(move(batch, device))
+            logits = _logits(forward(net, x))
+            loss = F.cross_entropy(logits, y, label_smoothing=spec.label_smoothing)
+            if not torch.isfinite(loss):
+                raise EffdnnError(f"{desc}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; lower the learning rate")
+            full = loss
+            for cb in callbacks:
+                extra = cb.extra_loss(model)
+                if extra is not None:
+                    full = full + extra
+            optimizer.zero_grad(set_to_none=True)
+            if takers:
+                takers[0].backward_step(full, net, optimizer)
+            else:
+                full.backward()
+                if spec.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+                optimizer.step()
+            scheduler.step()
+            for cb in callbacks:
+                cb.after_step(model, optimizer)
+            n = y.numel()
+            total += n
+            correct += int((logits.argmax(1) == y).sum())
+            loss_sum += loss.item() * n
+            bar.set_postfix(loss=f"{loss_sum / total:.4f}")
+        stats = torch.tensor([loss_sum, correct, total], dtype=torch.float64, device=device)
+        ddp.all_reduce_(stats)
+        row = {"epoch": epoch + 1, "loss": float(stats[0] / stats[2]), "train_accuracy": float(stats[1] / stats[2]),
+               "time_s": time.perf_counter() - t0, "lr": optimizer.param_groups[0]["lr"]}
+        result.history.append(row)
+        if log and ddp.is_main():
+            print(f"{desc} epoch {epoch + 1}/{spec.epochs}: loss {row['loss']:.4f}  train acc {row['train_accuracy']:.4f}  "
+                  f"{row['time_s']:.1f}s", file=sys.stderr)
+        if ckpt is not None and ddp.is_main():
+            save_atomic({"fingerprint": fp, "epoch": epoch + 1, "model": model.state_dict(),
+                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "rng": torch.get_rng_state(), "callbacks": [cb.state_dict() for cb in callbacks],
+                         "history": result.history}, ckpt)
+        ddp.barrier()
+    for cb in callbacks:
+        cb.on_fit_end(model)
+    return result
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Dataset | Iterable[Any], batch_size: int = 512) -> float:
+    """Top-1 accuracy of ``model`` on a dataset (or any iterable of labelled batches), in eval mode."""
+    was_training = model.training
+    model.eval()
+    device = model_device(model)
+    loader = DataLoader(data, batch_size=batch_size) if isinstance(data, Dataset) else data
+    correct = total = 0
+    for batch in loader:
+        x, y = _split(move(batch, device))
+        pred = _logits(forward(model, x)).argmax(1)
+        correct += int((pred == y).sum())
+        total += y.numel()
+    model.train(was_training)
+    if total == 0:
+        raise EffdnnError("evaluate: the test set is empty")
+    return correct / total
+
+
+@torch.no_grad()
+def predictions(model: nn.Module, data: Dataset, batch_size: int = 512) -> torch.Tensor:
+    """Predicted class of every test example (to compare two models prediction by prediction)."""
+    model.eval()
+    device = model_device(model)
+    out = [_logits(forward(model, move(batch_input(b), device))).argmax(1).cpu() for b in DataLoader(data, batch_size=batch_size)]
+    return torch.cat(out)

@@ -1,0 +1,47 @@
+"""Load a user's ``"path/to/file.py:function"`` reference (models, data sets)."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import EffdnnError
+
+
+def is_user_ref(name: str) -> bool:
+    return ":" in name and name.split(":", 1)[0].endswith(".py")
+
+
+def load_user_function(ref: str, base_dir: str | Path | None = None) -> Callable[..., Any]:
+    """``"file.py:fn"`` -> the function; a relative path is taken from ``base_dir`` (the recipe's folder)."""
+    file, _, fn_name = ref.rpartition(":")
+    path = Path(file)
+    if not path.is_absolute() and base_dir is not None and not path.exists():
+        path = Path(base_dir) / path
+    if not path.is_file():
+        raise EffdnnError(f"{ref}: file {file!r} not found")
+    mod_name = "effdnn_user_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+    try:
+        spec = importlib.util.spec_from_file_location(mod_name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module
+        spec.loader.exec_module(module)
+    except Exception as e:  # a user file may raise anything: report it in one line
+        raise EffdnnError(f"{ref}: importing {path} failed: {type(e).__name__}: {e}") from None
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise EffdnnError(f"{ref}: {path} has no function {fn_name!r}")
+    return fn
+
+
+def call_user(ref: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call a user function; whatever it raises becomes one EffdnnError line."""
+    try:
+        return fn(*args, **kwargs)
+    except EffdnnError:
+        raise
+    except Exception as e:
+        raise EffdnnError(f"{ref}: raised {type(e).__name__}: {e}") from None
