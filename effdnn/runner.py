@@ -46,6 +46,19 @@ def _write_json(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def baseline_cache() -> Path:
+    """Trained baselines shared between recipes with identical data / model / baseline / seed blocks."""
+    return Path(os.environ.get("EFFDNN_CACHE", Path.home() / ".cache" / "effdnn")) / "baselines"
+
+
+def _cached(folder: Path, key: str) -> bool:
+    meta = folder / "meta.json"
+    try:
+        return (folder / "model.pt").is_file() and json.loads(meta.read_text()).get("key") == key
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -125,23 +138,24 @@ class Runner:
             load_weights(model, self._path(spec.checkpoint))
             extra["checkpoint"] = spec.checkpoint
         else:
+            key = _hash(r.data.model_dump(), r.model.model_dump(), spec.model_dump(exclude={"checkpoint"}), r.seed,
+                        ddp.world_size())
             bdir = self.out / "baseline"
-            key = _hash(r.data.model_dump(), r.model.model_dump(), spec.model_dump(exclude={"checkpoint"}), r.seed)
-            weights, meta_path = bdir / "model.pt", bdir / "meta.json"
-            meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-            if weights.is_file() and meta.get("key") == key:
-                load_weights(model, weights)
-                extra.update(meta.get("train", {}))
-                _say(f"baseline: reusing {weights}")
+            found = next((d for d in (bdir, baseline_cache() / key) if _cached(d, key)), None)
+            if found is not None:
+                load_weights(model, found / "model.pt")
+                extra.update(json.loads((found / "meta.json").read_text()).get("train", {}))
+                _say(f"baseline: reusing {found / 'model.pt'}")
             else:
                 res = fit(model, self.data.train, spec, batch_size=r.data.batch_size, seed=r.seed,
                           checkpoint_dir=bdir / "ckpt", resume=self.resume, desc="baseline")
                 extra = {"epochs": spec.epochs, "epoch_time_s": res.epoch_time_s,
                          "final_train_loss": res.history[-1]["loss"] if res.history else None}
-                if ddp.is_main():
-                    save_atomic(model.state_dict(), weights)
-                    _write_json({"key": key, "train": extra}, meta_path)
-                ddp.barrier()
+            if ddp.is_main():
+                for d in {bdir, baseline_cache() / key} - {found}:
+                    save_atomic(model.state_dict(), d / "model.pt")
+                    _write_json({"key": key, "train": extra}, d / "meta.json")
+            ddp.barrier()
         self.fp32_size = fp32_bytes(model)
         self.baseline_accuracy = None
         row = self.measure(model, "baseline", time.perf_counter() - t0, extra)
