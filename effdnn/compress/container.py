@@ -209,11 +209,12 @@ def _shape(r: _Reader, what: str) -> tuple[torch.dtype, str, tuple[int, ...], in
     if ndim > MAX_DIMS:
         raise r.fail(f"{what}: {ndim} dimensions (at most {MAX_DIMS})")
     shape = tuple(r.unpack(f"<{ndim}I", what)) if ndim else ()
-    numel = 1
+    numel, span = 1, 1
     for d in shape:
         numel *= d
-    if numel > MAX_NUMEL:
-        raise r.fail(f"{what}: {numel} elements is too many")
+        span *= max(d, 1)  # also bounds the strides of an empty tensor
+    if span > MAX_NUMEL:
+        raise r.fail(f"{what}: shape {shape} is too large")
     dt, np_dt = _DTYPES[code]
     return dt, np_dt, shape, numel
 
