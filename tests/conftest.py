@@ -1,9 +1,7 @@
-import os
 
 import pytest
 import torch
 
-os.environ.setdefault("EFFDNN_CACHE", "")  # overridden per test below
 
 
 @pytest.fixture(autouse=True)
