@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 

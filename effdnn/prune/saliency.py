@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import EffdnnError
-from ..utils.batches import batch_input, forward, model_device, move
+from ..utils.batches import forward, model_device, move
 
 
 def _labelled(batch: Any) -> tuple[Any, torch.Tensor]:
@@ -95,12 +95,11 @@ def fisher_diagonal(model: nn.Module, layers: dict[str, nn.Module], batches: lis
 
     was = model.training
     model.eval()
-    names = {id(m.weight): f"{n}.weight" for n, m in model.named_modules() if n in layers}
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
     wanted = [f"{n}.weight" for n in layers]
     missing = [w for w in wanted if w not in params]
-    if missing or len(names) != len(layers):
+    if missing:
         raise EffdnnError(f"obd: cannot find the weights {missing} among the model's parameters")
 
     def one(p: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

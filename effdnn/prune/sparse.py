@@ -136,6 +136,3 @@ class MaskCallback(Callback):
         self._handles.clear()
         for m in sparse_layers(model).values():
             m.apply_mask()
-
-    def report(self) -> dict[str, Any]:
-        return {}

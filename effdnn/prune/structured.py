@@ -132,7 +132,6 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
         info[node] = (uf.new(s[1], why), 1) if s is not None and len(s) >= 2 else None
 
     for node in gm.graph.nodes:
-        src = [a for a in node.all_input_nodes if info.get(a) is not None]
         first = info.get(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
         if node.op == "placeholder":
             fresh(node, "model input")
@@ -182,7 +181,7 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
                     block_inputs(node, f"broadcasting {getattr(fn, '__name__', fn)} at {node.name}")
                     fresh(node, f"output of {node.name}")
             elif (node.op == "call_function" and fn is torch.flatten) or (node.op == "call_method" and fn == "flatten"):
-                start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0 if node.op == "call_function" else 0)
+                start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
                 s = shape(node.args[0])
                 if first is not None and start == 1 and s is not None:
                     spatial = 1
@@ -197,7 +196,6 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
             else:
                 block_inputs(node, f"{getattr(fn, '__name__', fn)} at {node.name}")
                 fresh(node, f"output of {node.name}")
-        del src
     return [g for g in uf.roots() if g.producers]
 
 

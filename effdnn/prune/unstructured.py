@@ -23,7 +23,7 @@ from .masks import check_sparsity, global_masks, nm_mask, topk_mask
 from .saliency import weight_saliency
 from .schedules import Plan
 from .select import select_layers
-from .sparse import MaskCallback, make_sparse, sparse_layers
+from .sparse import MaskCallback, make_sparse
 
 
 class UnstructuredConfig(StrictModel):
