@@ -62,9 +62,10 @@ def main() -> None:
     calib = [(torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,)))]
     macs0 = effdnn.cost(dense, x1).macs
     variants: dict[str, nn.Module] = {"dense": dense}
-    for ratio in (0.3, 0.5):
-        variants[f"effdnn_channel_{int(ratio * 100)}"] = effdnn.prune(
-            copy.deepcopy(dense), {"method": "channel", "saliency": "l1", "sparsity": ratio}, calib).eval()
+    for ratio, round_to in ((0.3, 1), (0.3, 8), (0.5, 1)):
+        name = f"effdnn_channel_{int(ratio * 100)}" + (f"_r{round_to}" if round_to > 1 else "")
+        variants[name] = effdnn.prune(copy.deepcopy(dense), {"method": "channel", "saliency": "l1", "sparsity": ratio,
+                                                             "round_to": round_to}, calib).eval()
     try:
         import torch_pruning as tp
 
@@ -86,6 +87,8 @@ def main() -> None:
     variants["torch_nn_utils_prune_ln50"] = tnp.eval()
     rows = {}
     for k, m in variants.items():
+        widths = [c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)]
+        print(f"{k}: conv widths {sorted(set(widths))}")
         c = effdnn.cost(m, x1)
         rows[k] = {"macs": c.macs, "effective_macs": c.effective_macs, "params": c.params,
                    "mac_reduction": macs0 / c.macs}

@@ -12,7 +12,8 @@ as its non-zero values (at the layer's value width) plus a sparse index, whichev
 - CSR: per non-zero a column index of ceil(log2(cols)) bits, per row a 32-bit row pointer
   (rows = output channels, cols = the rest of the weight).
 Other tensors of the layer (the bias) are stored dense at their dtype. The mask itself is not stored:
-it is the index.
+it is the index. A layer that already states a precision (a quantized layer) keeps its value width and
+overheads (scales, codebooks); only its dense weight codes are replaced by the sparse encoding.
 """
 from __future__ import annotations
 
@@ -65,11 +66,13 @@ class SparseMixin:
         fmt, idx = sparse_index_bits(self.weight_mask)
         sparse = nnz * vb + idx
         weight_bits, label = (dense, "dense") if dense <= sparse else (sparse, fmt)
-        other = sum(t.numel() * t.element_size() * 8 for n, t in self.named_parameters(recurse=False) if n != "weight")
+        if inner.storage_bits is not None:  # a quantized layer: keep its overheads, swap its dense weight codes
+            rest = inner.storage_bits - dense
+        else:
+            rest = sum(t.numel() * t.element_size() * 8 for n, t in self.named_parameters(recurse=False) if n != "weight")
         density = nnz / max(self.weight.numel(), 1)
         tag = f"sparse {1 - density:.0%} ({label})"
-        return replace(inner, storage_bits=int(math.ceil(weight_bits + other)),
-                       label=f"{inner.label} {tag}".strip())
+        return replace(inner, storage_bits=int(math.ceil(weight_bits + rest)), label=f"{inner.label} {tag}".strip())
 
 
 def sparse_class(cls: type) -> type:
