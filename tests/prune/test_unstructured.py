@@ -108,3 +108,23 @@ def test_bad_input_is_one_clear_error(tiny, spec, msg):
     with pytest.raises(EffdnnError, match=msg) as e:
         effdnn.prune(tiny, spec)
     assert "\n" not in str(e.value)
+
+
+def test_sparse_storage_of_a_quantized_layer_keeps_its_overheads():
+    from torch import nn
+
+    from effdnn.cost.precision import LayerPrecision
+    from effdnn.prune.sparse import make_sparse
+
+    class Int8Linear(nn.Linear):  # int8 codes + an fp32 scale per row + fp32 bias
+        def effdnn_precision(self):
+            return LayerPrecision(8, 8, "int", "int", storage_bits=self.weight.numel() * 8 + 2 * 32 * self.out_features)
+
+    layer = Int8Linear(100, 4)
+    mask = torch.zeros(4, 100, dtype=torch.bool)
+    mask[:, :3] = True
+    make_sparse(layer, mask)
+    p = layer.effdnn_precision()
+    fmt, idx = sparse_index_bits(mask)
+    assert (p.weight_bits, p.weight_kind) == (8, "int")
+    assert p.storage_bits == 12 * 8 + idx + 2 * 32 * 4
