@@ -1,7 +1,8 @@
 """Masks from saliency scores: how many to cut and where, separated from why (saliency.py).
 
 Every function takes scores (higher = more important) and returns a boolean keep-mask of the same
-shape; ties are broken by position (stable sort), so a mask is a pure function of its inputs.
+shape; ties are broken by an optional second key (``tiebreak``, e.g. |w|, so weights a data-driven
+saliency cannot tell apart go by magnitude), then by position (stable sort).
 """
 from __future__ import annotations
 
@@ -24,19 +25,27 @@ def n_pruned(numel: int, sparsity: float) -> int:
     return min(int(round(numel * sparsity)), numel - 1) if numel else 0
 
 
-def topk_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+def _ascending(flat: torch.Tensor, tiebreak: torch.Tensor | None) -> torch.Tensor:
+    """Indices of ``flat`` from lowest to highest score; equal scores ordered by ``tiebreak``, then position."""
+    if tiebreak is None:
+        return torch.sort(flat, stable=True).indices
+    first = torch.sort(tiebreak.detach().reshape(-1).float(), stable=True).indices
+    return first[torch.sort(flat[first], stable=True).indices]
+
+
+def topk_mask(scores: torch.Tensor, sparsity: float, tiebreak: torch.Tensor | None = None) -> torch.Tensor:
     """Keep the ``1 - sparsity`` fraction of elements with the largest scores (layer-wise pruning)."""
     check_sparsity(sparsity)
     flat = scores.detach().reshape(-1).float()
     k = n_pruned(flat.numel(), sparsity)
     keep = torch.ones_like(flat, dtype=torch.bool)
     if k:
-        order = torch.sort(flat, stable=True).indices  # ascending: the first k are cut
-        keep[order[:k]] = False
+        keep[_ascending(flat, tiebreak)[:k]] = False  # the first k are cut
     return keep.view_as(scores)
 
 
-def global_masks(scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
+def global_masks(scores: dict[str, torch.Tensor], sparsity: float,
+                 tiebreak: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """One threshold over all layers' scores together (global pruning): the ``sparsity`` fraction of
     all elements with the lowest scores are cut, wherever they are (Han et al. 2015 prune per layer;
     global ranking is the lottery-ticket / Blalock et al. 2020 variant). Scores must be comparable."""
@@ -48,7 +57,8 @@ def global_masks(scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, 
     keep = torch.ones_like(flat, dtype=torch.bool)
     k = n_pruned(flat.numel(), sparsity)
     if k:
-        keep[torch.sort(flat, stable=True).indices[:k]] = False
+        tb = torch.cat([tiebreak[n].detach().reshape(-1).float() for n in names]) if tiebreak else None
+        keep[_ascending(flat, tb)[:k]] = False
     out, i = {}, 0
     for n in names:
         m = scores[n].numel()

@@ -3,7 +3,7 @@
 Weight saliencies (higher = keep), each a tensor shaped like the weight:
 - ``magnitude``: |w| (Han et al. 2015, "Learning both weights and connections").
 - ``taylor``: |w * dL/dw|, the first-order Taylor estimate of the loss change when w is set to 0
-  (Molchanov et al. 2019, eq. 3 with the gradient of the calibration loss).
+  (Molchanov et al. 2019, eq. 3), averaged over calibration batches.
 - ``obd``: 0.5 * h_ii * w^2, Optimal Brain Damage (LeCun et al. 1990, eq. 5), the Hessian diagonal
   estimated from data: ``fisher`` (empirical Fisher, mean of squared per-example gradients) or
   ``hutchinson`` (E_z[z * Hz], z Rademacher; Bekas et al. 2007). Negative curvature estimates (noise
@@ -83,9 +83,17 @@ def _grad_of_loss(model: nn.Module, layers: dict[str, nn.Module], batches: list)
 
 
 def taylor(model: nn.Module, layers: dict[str, nn.Module], data: Any = None, batches: int = 8, **_: Any) -> dict[str, torch.Tensor]:
-    """|w * dL/dw| with L the mean cross-entropy over the calibration batches."""
-    grads = _grad_of_loss(model, layers, _batches(data, batches, model_device(model)))
-    return {n: (m.weight.detach() * grads[n]).abs() for n, m in layers.items()}
+    """|w * dL_b/dw| averaged over the calibration batches b (L_b: the batch's mean cross-entropy).
+
+    Averaged per batch, not taken on the gradient of the whole set: at a trained minimum that
+    gradient is ~0 and its product with w is noise (Molchanov et al. 2019 average per mini-batch)."""
+    bs = _batches(data, batches, model_device(model))
+    acc = {n: torch.zeros_like(m.weight) for n, m in layers.items()}
+    for b in bs:
+        g = _grad_of_loss(model, layers, [b])
+        for n, m in layers.items():
+            acc[n] += (m.weight.detach() * g[n]).abs() / len(bs)
+    return acc
 
 
 def fisher_diagonal(model: nn.Module, layers: dict[str, nn.Module], batches: list) -> dict[str, torch.Tensor]:
@@ -148,7 +156,7 @@ HESSIANS: dict[str, Callable[..., dict[str, torch.Tensor]]] = {"fisher": fisher_
 
 
 def obd(model: nn.Module, layers: dict[str, nn.Module], data: Any = None, batches: int = 8, hessian: str = "fisher",
-        samples: int = 8, **_: Any) -> dict[str, torch.Tensor]:
+        samples: int = 16, **_: Any) -> dict[str, torch.Tensor]:
     """0.5 * h_ii * w^2 (Optimal Brain Damage), h_ii from ``hessian`` ('fisher' or 'hutchinson')."""
     if hessian not in HESSIANS:
         raise EffdnnError(f"obd: unknown hessian estimate {hessian!r} (known: {', '.join(HESSIANS)})")

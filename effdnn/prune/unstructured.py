@@ -38,7 +38,7 @@ class UnstructuredConfig(StrictModel):
     exclude: list[str] = Field(default_factory=list)
     batches: int = Field(8, ge=1, description="calibration batches for data-driven saliencies")
     hessian: Literal["fisher", "hutchinson"] = "fisher"
-    samples: int = Field(8, ge=1, description="Hutchinson probe vectors per batch")
+    samples: int = Field(16, ge=1, description="Hutchinson probe vectors per batch")
     begin: float = Field(0.0, ge=0, lt=1, description="fraction of fine-tuning where a gradual schedule starts")
     end: float = Field(0.75, gt=0, le=1, description="fraction of fine-tuning where it reaches the final sparsity")
     steps: int = Field(10, ge=1, description="agp: pruning events; iterative: prune / fine-tune rounds")
@@ -98,9 +98,10 @@ def compute_masks(model: nn.Module, layers: dict[str, nn.Module], config: Unstru
         if sparsity <= 0:
             return {n: torch.ones_like(s, dtype=torch.bool) for n, s in scores.items()}
         return {n: nm_mask(s, n_, m_) for n, s in scores.items()}
+    tiebreak = {n: m.weight.detach().abs() for n, m in layers.items()}  # equal saliency: smaller |w| goes first
     if config.scope == "global":
-        return global_masks(scores, sparsity)
-    return {n: topk_mask(s, sparsity) for n, s in scores.items()}
+        return global_masks(scores, sparsity, tiebreak)
+    return {n: topk_mask(s, sparsity, tiebreak[n]) for n, s in scores.items()}
 
 
 def apply_masks(layers: dict[str, nn.Module], masks: dict[str, torch.Tensor]) -> None:

@@ -57,3 +57,11 @@ def test_sparsity_outside_range_is_an_error(bad):
         check_sparsity(bad)
     with pytest.raises(EffdnnError):
         topk_mask(torch.ones(3), bad)
+
+
+def test_tiebreak_orders_equal_scores():
+    s = torch.tensor([0.0, 0.0, 0.0, 1.0])
+    tb = torch.tensor([3.0, 1.0, 2.0, 0.0])
+    assert topk_mask(s, 0.5, tb).tolist() == [True, False, False, True]
+    m = global_masks({"a": s[:2], "b": s[2:]}, 0.5, {"a": tb[:2], "b": tb[2:]})
+    assert m["a"].tolist() == [True, False] and m["b"].tolist() == [False, True]
