@@ -51,7 +51,10 @@ def main() -> None:
     print("command: python benchmarks/prune_fashion.py " + " ".join(sys.argv[1:]))
     if args.report:
         reports = [json.load(open(p)) for p in args.report]
-        report = {**reports[0], "experiments": [e for r in reports for e in r["experiments"]]}
+        merged: dict[str, dict] = {}  # a later report's experiment replaces an earlier one of the same name
+        for r in reports:
+            merged.update({e["name"]: e for e in r["experiments"]})
+        report = {**reports[0], "experiments": list(merged.values())}
     else:
         import effdnn
         import yaml
