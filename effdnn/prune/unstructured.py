@@ -10,6 +10,7 @@ weights stay zero through fine-tuning and export, and the cost model sees sparse
 from __future__ import annotations
 
 import itertools
+from fnmatch import fnmatchcase
 from typing import Any, Literal
 
 import torch
@@ -32,6 +33,8 @@ class UnstructuredConfig(StrictModel):
     method: Literal["magnitude", "taylor", "obd"] = "magnitude"
     sparsity: float | None = Field(None, description="fraction of weights removed, in [0, 1)")
     scope: Literal["layer", "global"] = "layer"
+    layer_sparsity: dict[str, float] = Field(default_factory=dict, description="scope 'layer': pattern -> that layer's "
+                                             "final sparsity (first match wins; the others get 'sparsity')")
     schedule: Literal["oneshot", "iterative", "agp"] = "oneshot"
     nm: str | None = Field(None, description="N:M pattern, e.g. '2:4' (keep N of every M); implies the sparsity")
     layers: list[str] | None = Field(None, description="fnmatch patterns of layers to prune (default: every conv / linear)")
@@ -61,6 +64,11 @@ class UnstructuredConfig(StrictModel):
                 raise ValueError("nm patterns are per group of M weights; scope 'global' does not apply")
         elif self.sparsity is None:
             raise ValueError("sparsity: required (or give an nm pattern)")
+        if self.layer_sparsity and (self.scope != "layer" or self.nm is not None):
+            raise ValueError("layer_sparsity: only with scope 'layer' and no nm pattern")
+        for pat, v in self.layer_sparsity.items():
+            if not 0.0 <= v < 1.0:
+                raise ValueError(f"layer_sparsity[{pat!r}]: must be in [0, 1), got {v}")
         if self.end <= self.begin:
             raise ValueError("end must come after begin")
         return self
@@ -101,7 +109,17 @@ def compute_masks(model: nn.Module, layers: dict[str, nn.Module], config: Unstru
     tiebreak = {n: m.weight.detach().abs() for n, m in layers.items()}  # equal saliency: smaller |w| goes first
     if config.scope == "global":
         return global_masks(scores, sparsity, tiebreak)
-    return {n: topk_mask(s, sparsity, tiebreak[n]) for n, s in scores.items()}
+    final = config.final_sparsity or 1.0
+    return {n: topk_mask(s, layer_target(config, n) * sparsity / final if final else sparsity, tiebreak[n])
+            for n, s in scores.items()}
+
+
+def layer_target(config: UnstructuredConfig, name: str) -> float:
+    """A layer's final sparsity: its first matching ``layer_sparsity`` pattern, else ``sparsity``."""
+    for pat, v in config.layer_sparsity.items():
+        if fnmatchcase(name, pat):
+            return v
+    return config.final_sparsity
 
 
 def apply_masks(layers: dict[str, nn.Module], masks: dict[str, torch.Tensor]) -> None:
@@ -162,6 +180,9 @@ def _record(ctx: Any, names: list[str]) -> Any:
 def prune_unstructured(model: nn.Module, config: UnstructuredConfig, ctx: Any) -> nn.Module:
     """Prune single weights (or N:M groups) by the configured saliency and schedule."""
     layers = select_layers(model, config.layers, config.exclude)
+    for pat in config.layer_sparsity:
+        if not any(fnmatchcase(n, pat) for n in layers):
+            raise EffdnnError(f"prune.layer_sparsity: pattern {pat!r} matches no pruned layer ({', '.join(layers)})")
     data = None
     if config.method != "magnitude":
         data = list(itertools.islice(iter(ctx.calib_loader(config.batches)), config.batches))

@@ -128,3 +128,14 @@ def test_sparse_storage_of_a_quantized_layer_keeps_its_overheads():
     fmt, idx = sparse_index_bits(mask)
     assert (p.weight_bits, p.weight_kind) == (8, "int")
     assert p.storage_bits == 12 * 8 + idx + 2 * 32 * 4
+
+
+def test_layer_sparsity_overrides(tiny):
+    effdnn.prune(tiny, {"method": "magnitude", "sparsity": 0.5, "layer_sparsity": {"conv*": 0.25, "fc": 0.9}})
+    z = _zeros(tiny)
+    assert z["conv1"] == pytest.approx(0.25, abs=0.02) and z["conv2"] == pytest.approx(0.25, abs=0.01)
+    assert z["fc"] == pytest.approx(0.9, abs=0.01)
+    with pytest.raises(EffdnnError, match="matches no pruned layer"):
+        effdnn.prune(tiny, {"method": "magnitude", "sparsity": 0.5, "layer_sparsity": {"head": 0.9}})
+    with pytest.raises(EffdnnError, match="layer_sparsity"):
+        effdnn.prune(tiny, {"method": "magnitude", "sparsity": 0.5, "scope": "global", "layer_sparsity": {"fc": 0.9}})
