@@ -86,6 +86,13 @@ def main() -> None:
             torch_prune.ln_structured(mod, "weight", amount=0.5, n=1, dim=0)
             torch_prune.remove(mod, "weight")
     variants["torch_nn_utils_prune_ln50"] = tnp.eval()
+    test = None
+    if args.weights:
+        from effdnn.data import load_data
+
+        data = load_data("fashion-mnist")
+        n = 1000
+        test = (torch.stack([data.test[i][0] for i in range(n)]), torch.tensor([int(data.test[i][1]) for i in range(n)]))
     rows = {}
     for k, m in variants.items():
         widths = [c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)]
@@ -93,6 +100,10 @@ def main() -> None:
         c = effdnn.cost(m, x1)
         rows[k] = {"macs": c.macs, "effective_macs": c.effective_macs, "params": c.params,
                    "mac_reduction": macs0 / c.macs}
+        if test is not None:  # right after pruning, no fine-tuning (first 1,000 test images)
+            with torch.inference_mode():
+                rows[k]["accuracy_no_finetune"] = float((m(test[0]).argmax(1) == test[1]).float().mean())
+            print(f"{k}: accuracy right after pruning {rows[k]['accuracy_no_finetune']:.3f}")
     big = args.batch
     for bs, rounds, per in [(big, args.rounds, 3), (1, args.rounds, 30)]:
         xb = torch.randn(bs, 1, 28, 28)
