@@ -1,2 +1,3 @@
 """Importing this module registers every technique in the method registries (effdnn.registry)."""
 # Each technique package registers its methods on import; add new packages here.
+from . import quant  # noqa: F401,E402  (ptq)
