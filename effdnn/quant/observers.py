@@ -126,14 +126,27 @@ class MSEObserver(HistogramObserver):
     """Clip T minimising sum_b hist[b] (c_b - Q_T(c_b))^2 over bin centres c_b, for ``candidates``
     clips evenly spaced in (0, max|x|]; all candidates and blocks are quantised in one call."""
 
+    EXACT_MAX = 16384  # a single small tensor (a weight) is searched on its values, not on bin centres
+
     def __init__(self, granularity: Granularity = PER_TENSOR, name: str = "tensor", bins: int = NUM_BINS,
                  candidates: int = 128) -> None:
         super().__init__(granularity, name, bins)
         self.candidates = candidates
+        self.samples: torch.Tensor | None = None
+
+    def _update(self, b: torch.Tensor) -> None:
+        super()._update(b)
+        self.samples = b.clone() if self.count == 1 and b.shape[1] <= self.EXACT_MAX else None
 
     def clip(self, fmt: Any) -> torch.Tensor:
         hist, width = self.hist, self.width  # (G, B), (G,)
-        G, B, C = hist.shape[0], self.bins, self.candidates  # type: ignore[union-attr]
+        G, C = hist.shape[0], self.candidates  # type: ignore[union-attr]
+        exact = self.samples is not None
+        if exact:  # (G, N) signed values, each counted once
+            centres, hist = self.samples.double(), torch.ones_like(self.samples, dtype=torch.float64)  # type: ignore[union-attr]
+        else:  # (G, B) bin centres weighted by their counts
+            centres = (torch.arange(self.bins, dtype=torch.float64) + 0.5).unsqueeze(0) * width.unsqueeze(1)
+        B = centres.shape[1]
         amax = torch.maximum(self.min.abs(), self.max.abs()).double()  # (G,)
         t = amax.unsqueeze(1) * torch.arange(1, C + 1, dtype=torch.float64) / C  # (G, C)
         sign = 1.0 if self.nonnegative else -1.0
@@ -141,24 +154,39 @@ class MSEObserver(HistogramObserver):
         hi = torch.minimum(self.max.double().unsqueeze(1), t)
         rows = dataclasses.replace(fmt, granularity=Granularity("per_channel", 0)) if hasattr(fmt, "granularity") else fmt
         params = rows.params_from_range(lo.flatten().float(), hi.flatten().float())  # G*C blocks
-        centres = (torch.arange(B, dtype=torch.float64) + 0.5).unsqueeze(0) * width.unsqueeze(1)  # (G, B)
         xs = centres.unsqueeze(1).expand(G, C, B).reshape(G * C, B).float()
         err = (rows.fake_quantize(xs, params).double() - xs.double()) ** 2  # (G*C, B)
-        if not self.nonnegative:  # the negative half of a symmetric histogram of |x|
+        if not self.nonnegative and not exact:  # the negative half of a symmetric histogram of |x|
             err = (err + (rows.fake_quantize(-xs, params).double() + xs.double()) ** 2) / 2
         total = (err.reshape(G, C, B) * hist.unsqueeze(1)).sum(2)  # (G, C)
         return t.gather(1, total.argmin(1, keepdim=True)).squeeze(1)
 
 
 class KLObserver(HistogramObserver):
-    """TensorRT entropy calibration on the 2048-bin histogram of |x| (``effdnn.quant.kl``)."""
+    """TensorRT entropy calibration on the 2048-bin histogram of |x| (``effdnn.quant.kl``).
+
+    ``zero_bin="as_next"`` (default) first sets bin 0 to bin 1's count, as NVIDIA's own implementation
+    does (pytorch-quantization, ``calib/histogram.py``, ``_compute_amax_entropy``: ``bins[0] = bins[1]``):
+    the spike of exact zeros after a ReLU is represented exactly by code 0, and left in, it is spread
+    over the first level's bins and pushes the search towards needlessly small thresholds.
+    ``zero_bin="keep"`` searches the raw histogram."""
+
+    def __init__(self, granularity: Granularity = PER_TENSOR, name: str = "tensor", bins: int = NUM_BINS,
+                 zero_bin: str = "as_next") -> None:
+        super().__init__(granularity, name, bins)
+        if zero_bin not in ("as_next", "keep"):
+            raise EffdnnError(f"kl calibrator: zero_bin must be as_next or keep, got {zero_bin!r}")
+        self.zero_bin = zero_bin
 
     def clip(self, fmt: Any) -> torch.Tensor:
         levels_of = getattr(fmt, "magnitude_levels", None)
         if levels_of is None:
             raise EffdnnError(f"kl calibrator: needs a uniform integer format, not {fmt.name!r}")
         levels = levels_of(self.nonnegative)
-        ts = [kl_threshold(h, float(w), levels) for h, w in zip(self.hist, self.width)]  # one search per block
+        hist = self.hist.clone()  # type: ignore[union-attr]
+        if self.zero_bin == "as_next":
+            hist[:, 0] = hist[:, 1]
+        ts = [kl_threshold(h, float(w), levels) for h, w in zip(hist, self.width)]  # one search per block
         return torch.tensor(ts, dtype=torch.float64)
 
 
