@@ -1,2 +1,3 @@
 """Importing this module registers every technique in the method registries (effdnn.registry)."""
 # Each technique package registers its methods on import; add new packages here.
+from .lowp import precision_block  # noqa: F401  (precision: fp32, fp16, bf16, fp8, hfp8)

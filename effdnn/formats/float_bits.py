@@ -83,8 +83,8 @@ def hash_uniform32(index: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
 
 
 def round_bits(x: torch.Tensor, plan: RoundingPlan, seed: torch.Tensor | None = None) -> torch.Tensor:
-    """Round a flat float32 tensor to the format described by ``plan`` (see the module docstring)."""
-    b = x.view(torch.int32)  # (N,)
+    """Round a contiguous float32 tensor to the format described by ``plan`` (see the module docstring)."""
+    b = x.view(torch.int32)  # same shape as x
     a = b & ABS_MASK
     sign = b & INT32_MIN
     ac = torch.clamp(a, max=INF_BITS)  # NaN payloads never carry into the sign bit
@@ -92,22 +92,23 @@ def round_bits(x: torch.Tensor, plan: RoundingPlan, seed: torch.Tensor | None = 
     s = 23 - m
     if plan.stochastic:
         assert seed is not None
-        idx = torch.arange(x.numel(), device=x.device, dtype=torch.int64)
-        r32 = hash_uniform32(idx, seed)  # (N,) int64 in [0, 2^32)
+        idx = torch.arange(x.numel(), device=x.device, dtype=torch.int64).view(x.shape)
+        r32 = hash_uniform32(idx, seed)  # int64 in [0, 2^32), one per element
         rn = (r32 >> (32 - s)).to(torch.int32) if s > 0 else torch.zeros_like(ac)
     else:
         rn = ((ac >> s) & 1) + ((1 << (s - 1)) - 1) if s > 0 else torch.zeros_like(ac)
-    mag = (ac + rn) & ~((1 << s) - 1)  # target-normal range
+    mag = (ac + rn) & -(1 << s)  # target-normal range (-(2^s) = ~(2^s - 1): clears the low s bits)
     if plan.emin > -126:  # target subnormals are float32 normals: fixed quantum q = 2^(emin - m)
         e_field = ac >> 23
-        sig = torch.where(e_field > 0, (ac & 0x7FFFFF) | 0x800000, ac).to(torch.int64)
-        sh = torch.clamp((plan.emin - m + 150) - torch.clamp(e_field, min=1), min=1, max=62).to(torch.int64)
-        if plan.stochastic:
+        sig = torch.where(e_field > 0, (ac & 0x7FFFFF) | 0x800000, ac)  # int32, < 2^24
+        sh = (plan.emin - m + 150) - torch.clamp(e_field, min=1)  # int32, >= s + 1 here
+        if plan.stochastic:  # int64: shifts past 32 bits keep 32 random bits of probability
+            sig, sh = sig.to(torch.int64), torch.clamp(sh, min=1, max=62).to(torch.int64)
             rs = torch.where(sh >= 32, r32 << torch.clamp(sh - 32, min=0), r32 >> torch.clamp(32 - sh, min=0))
-        else:
-            one = torch.ones_like(sig)
-            rs = ((sig >> sh) & 1) + (one << (sh - 1)) - 1
-        k = (sig + rs) >> sh  # (N,) multiples of q, 0 .. 2^m
+        else:  # int32: past 25 bits everything rounds to 0 (sig < 2^24 < half the quantum)
+            sh = torch.clamp(sh, min=1, max=25)
+            rs = ((sig >> sh) & 1) + (torch.ones_like(sig) << (sh - 1)) - 1
+        k = (sig + rs) >> sh  # multiples of q, 0 .. 2^m
         sub = (k.to(torch.float32) * (2.0 ** (plan.emin - m))).view(torch.int32)
         min_normal = (plan.emin + 127) << 23
         mag = torch.where(ac < min_normal, sub, mag)
@@ -123,6 +124,18 @@ def round_bits(x: torch.Tensor, plan: RoundingPlan, seed: torch.Tensor | None = 
 
 # -- dispatch: one torch.compile'd kernel per plan, eager fallback ---------------------------------------
 _compile_state = {"enabled": os.environ.get("EFFDNN_COMPILE", "1") != "0", "failed": False}
+COMPILE_MIN_NUMEL = 1 << 15  # smaller tensors run eagerly: not worth a compile (seconds) or a guard check
+
+
+def compile_kernel(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """torch.compile with dynamic shapes. Every rounding kernel closes over its plan, so one Python
+    function gets one compiled entry per format: allow more entries than dynamo's default of 8
+    (beyond the limit dynamo silently runs the function eagerly, about 100x slower)."""
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
+    dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 1024)
+    return torch.compile(fn, dynamic=True)
 
 
 def set_compile(enabled: bool) -> None:
@@ -130,8 +143,10 @@ def set_compile(enabled: bool) -> None:
     _compile_state["enabled"] = bool(enabled)
 
 
-def compile_enabled() -> bool:
-    return _compile_state["enabled"] and not _compile_state["failed"]
+def compile_enabled(numel: int | None = None) -> bool:
+    """Whether to use the compiled kernels (for a tensor of ``numel`` elements, when given)."""
+    big = numel is None or numel >= COMPILE_MIN_NUMEL
+    return big and _compile_state["enabled"] and not _compile_state["failed"]
 
 
 @lru_cache(maxsize=None)
@@ -141,7 +156,7 @@ def compiled_round(plan: RoundingPlan) -> Callable[..., torch.Tensor]:
     def fn(x: torch.Tensor, seed: torch.Tensor | None) -> torch.Tensor:
         return round_bits(x, plan, seed)
 
-    return torch.compile(fn, dynamic=True)
+    return compile_kernel(fn)
 
 
 def round_tensor(x: torch.Tensor, plan: RoundingPlan, seed: torch.Tensor | None = None) -> torch.Tensor:
@@ -149,7 +164,7 @@ def round_tensor(x: torch.Tensor, plan: RoundingPlan, seed: torch.Tensor | None 
     flat = x.detach().contiguous().reshape(-1)
     if plan.stochastic and seed is None:
         seed = torch.randint(0, 2**62, (1,), dtype=torch.int64).to(x.device)
-    if flat.numel() >= 4096 and compile_enabled():
+    if compile_enabled(flat.numel()):
         try:
             return compiled_round(plan)(flat, seed).reshape(x.shape)
         except Exception as err:  # no C++ compiler, unsupported backend: stay correct, only slower
