@@ -82,7 +82,7 @@ def cost(model: nn.Module, example_input: Any, table: EnergyTable | None = None,
             activation_sparsity=sum(r.input_zero * r.macs for r in ops) / max(sum(r.macs for r in ops), 1),
         ))
 
-    in_layers = sum(b for n, b in units.items() if any(_under(n, l.name) for l in layers if l.name != "<model>")) / 8
+    in_layers = sum(b for n, b in units.items() if any(_under(n, m) for m in by_module)) / 8
     other_memory = (size_bytes - in_layers) * weight_read_pj_per_byte  # e.g. unfolded BatchNorm tensors
     wn_total = sum(r.weight_numel for r in records)
     all_macs = sum(r.macs for r in records)

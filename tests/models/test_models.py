@@ -1,0 +1,46 @@
+import pytest
+import torch
+
+from effdnn.errors import EffdnnError
+from effdnn.models import build_model
+
+
+@pytest.mark.parametrize("name", ["mlp", "lenet5", "resnet", "vgg-small"])
+@pytest.mark.parametrize("size, channels", [(8, 1), (28, 1), (32, 3)])
+def test_every_model_on_every_input_size(name, size, channels):
+    kwargs = {"width": 0.125} if name == "vgg-small" else {}
+    m = build_model(name, channels, 10, (size, size), **kwargs)
+    assert m(torch.randn(2, channels, size, size)).shape == (2, 10)
+
+
+def test_lenet5_parameter_count_by_hand():
+    m = build_model("lenet5", 1, 10, (28, 28))
+    hand = (6 * 25 + 6) + (16 * 6 * 25 + 16) + (400 * 120 + 120) + (120 * 84 + 84) + (84 * 10 + 10)
+    assert sum(p.numel() for p in m.parameters()) == hand == 61706
+
+
+def test_resnet_depth_and_width():
+    m20 = build_model("resnet", 3, 10, (32, 32), depth=20, width=16)
+    m32 = build_model("resnet", 3, 10, (32, 32), depth=32, width=16)
+    n_conv = lambda m: sum(isinstance(x, torch.nn.Conv2d) and x.kernel_size == (3, 3) for x in m.modules())  # noqa: E731
+    assert n_conv(m20) == 19 and n_conv(m32) == 31  # + the fc layer = 20 / 32 weighted layers
+    assert build_model("resnet", 3, 10, (32, 32), width=8).fc.in_features == 32
+    with pytest.raises(EffdnnError, match="6n\\+2"):
+        build_model("resnet", 3, 10, (32, 32), depth=21)
+
+
+def test_user_model_file(tmp_path):
+    f = tmp_path / "net.py"
+    f.write_text("import torch\ndef tiny(in_channels, num_classes, input_size, hidden=7):\n"
+                 "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(in_channels*input_size[0]*input_size[1], hidden),"
+                 " torch.nn.ReLU(), torch.nn.Linear(hidden, num_classes))\n"
+                 "def broken(**kw):\n    raise ValueError('no luck')\n"
+                 "def not_a_model(**kw):\n    return 3\n")
+    m = build_model(f"{f}:tiny", 1, 4, (8, 8), hidden=9)
+    assert m(torch.randn(1, 1, 8, 8)).shape == (1, 4) and m[1].out_features == 9
+    with pytest.raises(EffdnnError, match="no luck"):
+        build_model(f"{f}:broken", 1, 4, (8, 8))
+    with pytest.raises(EffdnnError, match="must return a torch.nn.Module"):
+        build_model(f"{f}:not_a_model", 1, 4, (8, 8))
+    with pytest.raises(EffdnnError, match="unknown model"):
+        build_model("alexnet", 1, 4, (8, 8))

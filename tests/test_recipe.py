@@ -1,0 +1,54 @@
+import pytest
+
+from effdnn.errors import EffdnnError, NotAvailableYet
+from effdnn.recipe import load_recipe, parse_recipe
+
+
+@pytest.mark.parametrize(
+    "recipe, path",
+    [
+        ({"data": {"name": "digits", "batchsize": 3}}, "recipe: data.batchsize: unknown key"),
+        ({"data": {"batch_size": 0}}, "recipe: data.batch_size: Input should be greater than or equal to 1"),
+        ({"baseline": {"optimizer": "lion"}}, "recipe: baseline.optimizer: Input should be 'sgd', 'adam' or 'adamw'"),
+        ({"experiments": [{"name": "a"}, {"name": "b", "finetune": {"epochs": -1}}]}, "recipe: experiments[1].finetune.epochs"),
+        ({"experiments": [{"name": "a", "quantise": {}}]}, "recipe: experiments[0].quantise: unknown key"),
+        ({"experiments": [{"name": "a"}, {"name": "a"}]}, "used twice"),
+        ({"experiments": [{"name": "x/y"}]}, "recipe: experiments[0].name"),
+        ({"colour": 1}, "recipe: colour: unknown key"),
+    ],
+)
+def test_errors_name_their_key_path(recipe, path):
+    with pytest.raises(EffdnnError) as e:
+        parse_recipe(recipe)
+    assert str(e.value).startswith(path) or path in str(e.value), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_technique_blocks_are_validated_up_front():
+    from effdnn.registry import REGISTRIES
+
+    reg = REGISTRIES["precision"]
+    if reg.names():
+        pytest.skip("precision methods are registered in this build")
+    with pytest.raises(NotAvailableYet, match=r"experiments\[0\]\.precision: 'precision' is not available yet"):
+        parse_recipe({"experiments": [{"name": "a", "precision": {"train": "fp8"}}]})
+
+
+def test_yaml_errors(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("name: [unclosed\n")
+    with pytest.raises(EffdnnError, match="malformed YAML at line"):
+        load_recipe(p)
+    p.write_text("")
+    with pytest.raises(EffdnnError, match="empty file"):
+        load_recipe(p)
+    p.write_text("- a\n- b\n")
+    with pytest.raises(EffdnnError, match="mapping at the top level"):
+        load_recipe(p)
+    with pytest.raises(EffdnnError, match="file not found"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+def test_defaults():
+    r = parse_recipe({})
+    assert r.data.name == "digits" and r.model.name == "lenet5" and r.experiments == []

@@ -1,0 +1,35 @@
+"""A 2-process DDP run (torchrun, gloo on CPU) reaches the weights of a 1-process run of the same global batch."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+RECIPE = {
+    "name": "ddp",
+    "seed": 0,
+    "data": {"name": "synthetic", "batch_size": 32, "kwargs": {"n_train": 256, "n_test": 64}},
+    "model": {"name": "mlp", "kwargs": {"hidden": [32]}},
+    "baseline": {"epochs": 2, "optimizer": "sgd", "lr": 0.1, "schedule": "none"},
+}
+
+
+def _run(cmd, cwd, env):
+    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_equals_one_process(tmp_path):
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(RECIPE))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "EFFDNN_CACHE": str(tmp_path / "cache")}
+    _run([sys.executable, "-m", "effdnn.cli", "run", "r.yaml", "--out", "one"], tmp_path, env)
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+          "-m", "effdnn.cli", "run", "r.yaml", "--out", "two"], tmp_path, env)
+    one = torch.load(tmp_path / "one/baseline/model.pt", weights_only=True)
+    two = torch.load(tmp_path / "two/baseline/model.pt", weights_only=True)
+    for k in one:
+        assert torch.allclose(one[k], two[k], atol=1e-5), k
+    assert (tmp_path / "two/report.json").is_file()
