@@ -36,7 +36,7 @@ def compute_precision(fmt: NumberFormat | None) -> tuple[str, float]:
     (their centroids are fp32), integer-like formats (int, fixed, log) compute on integer codes."""
     if fmt is None:
         return "float", 32
-    kind = getattr(fmt, "compute_kind", "float" if fmt.name == "float" else "int")
+    kind = getattr(fmt, "compute_kind", "float" if type(fmt).__name__ == "FloatFormat" else "int")
     return kind, float(getattr(fmt, "compute_bits", fmt.bits))
 
 
