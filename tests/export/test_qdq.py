@@ -5,19 +5,14 @@ import pytest
 import torch
 
 import effdnn
-from effdnn.data import load_data
 from effdnn.export import op_counts, ort_fused_ops, prediction_agreement
 from effdnn.models import build_model
-from effdnn.train import TrainSpec, fit
+from tests.quant.digits_model import trained_digits_lenet
 
 
 @pytest.fixture(scope="module")
 def digits_lenet():
-    data = load_data("digits")
-    torch.manual_seed(0)
-    m = build_model("lenet5", data.in_channels, data.num_classes, data.input_size)
-    fit(m, data.train, TrainSpec(epochs=6, lr=0.003), batch_size=64, seed=0, log=False)
-    return m.eval(), data
+    return trained_digits_lenet()
 
 
 @pytest.mark.parametrize("spec, qdq_pairs", [

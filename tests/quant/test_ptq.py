@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 import effdnn
-from effdnn.data import load_data
 from effdnn.errors import EffdnnError
 from effdnn.models import build_model
 from effdnn.quant import QuantAdd, QuantConv1d, QuantConv2d, QuantLinear, fold_batchnorm
-from effdnn.train import TrainSpec, evaluate, fit
+from effdnn.train import evaluate
+from tests.quant.digits_model import trained_digits_lenet
 
 
 def sqnr_db(ref: torch.Tensor, out: torch.Tensor) -> float:
@@ -134,11 +134,7 @@ def test_hugging_face_bert_linears() -> None:
 
 @pytest.fixture(scope="module")
 def digits_lenet():
-    data = load_data("digits")
-    torch.manual_seed(0)
-    m = build_model("lenet5", data.in_channels, data.num_classes, data.input_size)
-    fit(m, data.train, TrainSpec(epochs=12, lr=0.003), batch_size=64, seed=0, log=False)
-    return m.eval(), data
+    return trained_digits_lenet()
 
 
 @pytest.mark.parametrize("spec, max_drop", [
