@@ -49,11 +49,12 @@ class FoldedBNWeight(nn.Module):
             return self._batch
         return self.bn.running_mean, self.bn.running_var
 
-    @torch.no_grad()
     def _stats_hook(self, layer: nn.Module, args: tuple) -> None:
-        if not self._use_batch():
-            return
-        x = args[0]
+        if self._use_batch():
+            with torch.no_grad():
+                self._batch_stats(layer, args[0])
+
+    def _batch_stats(self, layer: nn.Module, x: torch.Tensor) -> None:
         y = F.linear(x, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else layer._conv_forward(x, layer.weight, layer.bias)
         dims = [d for d in range(y.dim()) if d != 1]
         s = torch.stack([y.sum(dims), (y * y).sum(dims)])  # (2, C)

@@ -86,7 +86,7 @@ class LSQQuantizer(ActStatsMixin, QATQuantizer):
         if self.mode == "observe":
             self._observe(x)
             return x
-        s = grad_scale(self.step, self.grad_factor(x)).clamp_min(1e-8)  # (G,)
+        s = grad_scale(self.step, self.grad_factor(x)).abs().clamp_min(1e-8)  # (G,) |s|: no dead zone below 0
         g = self.fmt.granularity
         b = g.to_blocks(x)  # (G, N)
         s = s.reshape(-1, 1)
@@ -95,7 +95,7 @@ class LSQQuantizer(ActStatsMixin, QATQuantizer):
 
     def to_static(self, x: torch.Tensor | None = None) -> Quantizer:
         q = Quantizer(self.fmt, None, role=self.role)  # type: ignore[arg-type]
-        s = self.step.detach().clamp_min(1e-8).clone()
+        s = self.step.detach().abs().clamp_min(1e-8).clone()
         q.set_params(IntParams(s, torch.zeros_like(s)))
         return q
 
