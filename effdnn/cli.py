@@ -34,7 +34,11 @@ def _run(recipe_path: Path, out: Optional[Path], resume: bool) -> None:
 
     recipe = load_recipe(recipe_path)
     runner = Runner(recipe, out, resume)
-    report = runner.run()
+    try:
+        report = runner.run()
+    except KeyboardInterrupt:
+        err_console.print("effdnn: interrupted; add --resume to continue from the last checkpoint")
+        raise typer.Exit(130) from None
     _print_table(report)
     out_console.print(f"report: {runner.out / 'report.json'}, {runner.out / 'report.md'}")
 
@@ -93,9 +97,6 @@ def main(argv: list[str] | None = None) -> None:
     except EffdnnError as e:
         err_console.print(f"effdnn: error: {e}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        err_console.print("effdnn: interrupted; `effdnn run RECIPE --resume` continues from the last checkpoint")
-        sys.exit(130)
 
 
 if __name__ == "__main__":
