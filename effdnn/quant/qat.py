@@ -62,6 +62,7 @@ class QATConfig(StrictModel):
     bn_freeze_epoch: int | None = Field(None, ge=0, description="epoch at which folded BN stops using batch statistics")
     quantize_add: bool = True
     calib_batches: int | None = Field(4, ge=1)
+    first_act_calibrator: str | None = None  # as PTQ: the calibrator of the first layer's input (init only)
     ema_momentum: float = Field(0.01, gt=0, le=1, description="activation range moving average (method qat)")
     from_scratch: bool = False
 
