@@ -180,3 +180,32 @@ def test_empty_calibration_and_nan_are_errors() -> None:
         bad.features[0].weight[0, 0, 0, 0] = float("inf")
     with pytest.raises(EffdnnError, match="NaN or Inf"):
         effdnn.quantize(bad, {"method": "ptq", "fold_bn": False}, [torch.randn(2, 1, 8, 8)])
+
+
+def test_float_formats_in_ptq_and_cli_formats() -> None:
+    m = build_model("lenet5", 1, 10, (8, 8)).eval()
+    q = effdnn.quantize(m, {"method": "ptq", "weight": {"format": "float", "preset": "fp8_e4m3"},
+                            "act": {"format": "float", "exp_bits": 5, "man_bits": 2}}, [torch.randn(4, 1, 8, 8)])
+    w = q.features[0].weight
+    assert torch.equal(q.features[0].weight_quant(w), w.to(torch.float8_e4m3fn).float())
+    p = q.features[0].effdnn_precision()
+    assert (p.weight_bits, p.act_bits, p.weight_kind) == (8, 8, "float")
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "effdnn.cli", "formats"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and all(f in out.stdout for f in ("int", "fixed", "float", "log", "kmeans"))
+
+
+def test_cli_bad_quantize_block_exit_code_2(tmp_path) -> None:
+    import subprocess
+    import sys
+    (tmp_path / "r.yaml").write_text("baseline: {epochs: 1}\nexperiments: [{name: a, quantize: {method: ptq, weight: {bits: 20}}}]\n")
+    import os
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(effdnn.__file__).parents[1])}  # this checkout's effdnn
+    p = subprocess.run([sys.executable, "-m", "effdnn.cli", "run", "r.yaml", "--out", "o"], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=300, env=env)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "experiments[0].quantize.weight" in p.stderr and "2..16" in p.stderr
+    assert len([l for l in p.stderr.splitlines() if l.strip()]) == 1
