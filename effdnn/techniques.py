@@ -1,4 +1,6 @@
 """Importing this module registers every technique in the method registries (effdnn.registry)."""
 # Each technique package registers its methods on import; add new packages here.
 from . import quant  # noqa: F401,E402  (ptq)
+from .quant import qat  # noqa: F401,E402  (qat)
+from .quant.methods import dorefa, lsq, pact  # noqa: F401,E402  (dorefa, lsq, pact)
 from .lowp import precision_block  # noqa: F401  (precision: fp32, fp16, bf16, fp8, hfp8)
