@@ -1,3 +1,4 @@
 """Importing this module registers every technique in the method registries (effdnn.registry)."""
 # Each technique package registers its methods on import; add new packages here.
 from . import quant  # noqa: F401,E402  (ptq)
+from .quant.methods import bc, bnn, bwn, ttq, twn, xnor  # noqa: F401,E402  (binary / ternary nets)

@@ -1,0 +1,1 @@
+"""Quantization methods beyond PTQ, one small file each (binary / ternary: bc, bnn, bwn, xnor, twn, ttq)."""
