@@ -217,6 +217,7 @@ class BinaryMethodConfig(StrictModel):
 
     keep_fp: list[str] | None = None  # first / last / fnmatch patterns; None: the paper's choice
     bn_init_batches: int = Field(8, ge=0)  # batches that set the inserted BatchNorms' statistics
+    packed: bool = False  # after fine-tuning, deploy bit-packed (effdnn.quant.packed): the report measures it
 
 
 def _matches(name: str, patterns: list[str], first: str, last: str) -> bool:
@@ -285,7 +286,23 @@ def binarize(model: nn.Module, config: BinaryMethodConfig, ctx: ExperimentContex
         ctx.extra["bn_init_batches"] = init_bn_statistics(model, ctx.calib_loader(config.bn_init_batches),
                                                           config.bn_init_batches)
     ctx.extra["binary_layers"] = summary
+    if config.packed:
+        ctx.finalizers.append(lambda m: _deploy_packed(m, ctx))
     return model
+
+
+def _deploy_packed(model: nn.Module, ctx: ExperimentContext) -> nn.Module:
+    """Finalizer: the bit-packed model, with the largest |output difference| to the fake-quantised one
+    on the example input recorded in the report (``packed_max_abs_diff``)."""
+    from ..packed import pack_model  # packed.py builds on this module
+
+    model.eval()
+    packed = pack_model(model)
+    with torch.no_grad():
+        x = ctx.example_input()
+        diff = (model(x) - packed(x)).abs().max().item()
+    ctx.extra.update({"packed": True, "packed_max_abs_diff": diff})
+    return packed
 
 
 __all__ = ["BINARY_CLASSES", "BinaryConv2d", "BinaryLayerMixin", "BinaryLinear", "BinaryMethodConfig",
