@@ -12,9 +12,14 @@ import os
 import platform
 import sys
 
-import torch
+from pathlib import Path
 
-import effdnn
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's effdnn
+
+import torch  # noqa: E402
+
+import effdnn  # noqa: E402
+import effdnn.techniques  # noqa: E402,F401
 
 TARGETS = {"ttq": 1.0, "twn": 1.5, "bwn": 1.5, "bc": 2.0, "bc-stochastic": 2.0, "xnor": 4.0, "bnn": 6.0}
 PAPERS = {
