@@ -1,4 +1,4 @@
-"""The ``effdnn`` command: run | demo | report | methods. Bad input: one line on stderr, exit code 2."""
+"""The ``effdnn`` command: run | demo | report | methods | formats. Bad input: one line on stderr, exit code 2."""
 from __future__ import annotations
 
 import sys
@@ -34,7 +34,11 @@ def _run(recipe_path: Path, out: Optional[Path], resume: bool) -> None:
 
     recipe = load_recipe(recipe_path)
     runner = Runner(recipe, out, resume)
-    report = runner.run()
+    try:
+        report = runner.run()
+    except KeyboardInterrupt:
+        err_console.print("effdnn: interrupted; add --resume to continue from the last checkpoint")
+        raise typer.Exit(130) from None
     _print_table(report)
     out_console.print(f"report: {runner.out / 'report.json'}, {runner.out / 'report.md'}")
 
@@ -87,15 +91,25 @@ def methods() -> None:
     out_console.print(table)
 
 
+@app.command()
+def formats() -> None:
+    """List the number formats a quantize block's ``format:`` can name."""
+    from .formats import describe_formats
+
+    table = Table(title="effdnn number formats")
+    for col in ("format", "class", "what"):
+        table.add_column(col)
+    for name, cls, doc in describe_formats():
+        table.add_row(name, cls, doc)
+    out_console.print(table)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv)  # standalone: usage errors print their own message and exit with code 2
     except EffdnnError as e:
         err_console.print(f"effdnn: error: {e}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        err_console.print("effdnn: interrupted; `effdnn run RECIPE --resume` continues from the last checkpoint")
-        sys.exit(130)
 
 
 if __name__ == "__main__":

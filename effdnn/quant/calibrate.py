@@ -12,7 +12,7 @@ from ..utils.batches import forward, iter_inputs, model_device
 from .fake_quant import Quantizer
 
 
-@torch.no_grad()
+@torch.no_grad()  # not inference_mode: params made from observer statistics must stay usable by autograd
 def calibrate(model: nn.Module, data: Iterable[Any], max_batches: int | None = None) -> int:
     """Feed up to ``max_batches`` batches of ``data`` to ``model`` (eval mode), then finish every
     observing ``Quantizer``. Returns the number of batches seen; an empty set is an EffdnnError."""

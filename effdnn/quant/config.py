@@ -30,6 +30,10 @@ class TensorSpec(StrictModel):
     iters: int = Field(30, ge=0)  # kmeans Lloyd iterations
     int_bits: int | None = None  # fixed point Qm.n: m
     frac_bits: int | None = None  # fixed point Qm.n: n
+    preset: str | None = None  # float: fp32 | fp16 | bf16 | fp8_e4m3 | fp8_e5m2 | eXmY
+    exp_bits: int | None = None  # float eXmY: X (with man_bits; else from preset, else from bits: 8 -> e4m3)
+    man_bits: int | None = None
+    rounding: Literal["nearest", "stochastic"] = "nearest"  # float formats
 
     @field_validator("format")
     @classmethod
@@ -72,7 +76,17 @@ class TensorSpec(StrictModel):
             m = self.int_bits if self.int_bits is not None else 0
             n = self.frac_bits if self.frac_bits is not None else self.bits - m - (1 if sgn else 0)
             return FORMATS["fixed"](int_bits=m, frac_bits=n, signed=sgn)
-        return FORMATS[self.format](bits=self.bits)  # type: ignore[call-arg]  # e.g. float presets by width
+        if self.format == "float":
+            fl = FORMATS["float"]
+            if self.preset is not None:
+                return fl.from_name(self.preset, rounding=self.rounding)  # type: ignore[attr-defined]
+            if self.exp_bits is not None and self.man_bits is not None:
+                return fl(self.exp_bits, self.man_bits, rounding=self.rounding)  # type: ignore[call-arg]
+            by_width = {8: "fp8_e4m3", 16: "fp16", 32: "fp32"}
+            if self.bits not in by_width:
+                raise EffdnnError(f"float format: give preset or exp_bits + man_bits for {self.bits} bits")
+            return fl.from_name(by_width[self.bits], rounding=self.rounding)  # type: ignore[attr-defined]
+        raise EffdnnError(f"format {self.format!r} has no builder")  # pragma: no cover
 
     def build_observer(self, role: str, name: str) -> Observer:
         axis = 0 if role == "weight" else 1

@@ -36,7 +36,7 @@ def compute_precision(fmt: NumberFormat | None) -> tuple[str, float]:
     (their centroids are fp32), integer-like formats (int, fixed, log) compute on integer codes."""
     if fmt is None:
         return "float", 32
-    kind = getattr(fmt, "compute_kind", "float" if fmt.name == "float" else "int")
+    kind = getattr(fmt, "compute_kind", "float" if type(fmt).__name__ == "FloatFormat" else "int")
     return kind, float(getattr(fmt, "compute_bits", fmt.bits))
 
 
@@ -112,16 +112,24 @@ class Quantizer(nn.Module):
         fmt, p = self.fmt, self.params
         if isinstance(fmt, IntFormat) and fmt.bits <= 8 and fmt.granularity.kind != "per_group":
             lo, hi = (-128, 127) if fmt.signed else (0, 255)
-            scale, zp = p.scale.float(), p.zero_point.round().to(torch.int32)
+            # python numbers / fresh tensors: constants in the graph, not ops on buffers
+            scales, zps = [float(v) for v in p.scale], [int(round(float(v))) for v in p.zero_point]
             if fmt.granularity.kind == "per_tensor":
+                s, z = scales[0], zps[0]
                 if fmt.bits < 8 or fmt.narrow_range:  # the b-bit code range inside the 8-bit one
-                    s, z = float(scale[0]), float(zp[0])
                     x = torch.clamp(x, (fmt.qmin - z) * s, (fmt.qmax - z) * s)
-                return torch.fake_quantize_per_tensor_affine(x, scale, zp, lo, hi)
+                return torch.fake_quantize_per_tensor_affine(x, s, z, lo, hi)
             if self.role == "weight" or fmt.bits == 8:
-                return torch.fake_quantize_per_channel_affine(x, scale, zp, fmt.granularity.axis, lo, hi)
-        if self.role == "weight":
-            return self.fmt.fake_quantize(x, p).detach()  # a constant in the graph
+                return torch.fake_quantize_per_channel_affine(x, torch.tensor(scales), torch.tensor(zps, dtype=torch.int32),
+                                                              fmt.granularity.axis, lo, hi)
+        if self.role == "weight":  # computed outside the tracer: a constant initializer in the graph
+            state = torch._C._get_tracing_state()
+            torch._C._set_tracing_state(None)
+            try:
+                with torch.no_grad():
+                    return self.fmt.fake_quantize(x.detach(), p).clone()
+            finally:
+                torch._C._set_tracing_state(state)
         return self.fmt.fake_quantize(x, p)  # elementwise ops (Div, Round, Clip, Mul) in the graph
 
     def extra_repr(self) -> str:

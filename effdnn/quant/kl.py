@@ -30,7 +30,7 @@ def kl_divergences(hist: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch
     where the first sum comes from a prefix sum of h log h, so each candidate costs O(L), not O(B)."""
     h = hist.double().flatten()  # (B,)
     B = h.numel()
-    cand = torch.arange(levels, B, device=h.device)  # (C,)
+    cand = torch.arange(levels, max(levels, B), device=h.device)  # (C,)
     if cand.numel() == 0:
         return cand, torch.empty(0, dtype=torch.float64, device=h.device)
     cum = F.pad(h.cumsum(0), (1, 0))  # (B+1,) prefix counts

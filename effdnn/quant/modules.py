@@ -20,6 +20,10 @@ from .fake_quant import Quantizer, compute_precision
 from .observers import MaxObserver
 
 
+def _label(fmt) -> str:
+    return getattr(fmt, "label", "") or fmt.name
+
+
 class QuantLayerMixin:
     input_quant: Quantizer | None
     weight_quant: Quantizer | None
@@ -52,8 +56,8 @@ class QuantLayerMixin:
         bits += b.numel() * 32 if b is not None else 0
         if self.input_quant is not None and self.input_quant.params is not None:
             bits += sum(t.numel() * 32 for t in self.input_quant.buffers())
-        wl = getattr(self.weight_quant.fmt, "label", "") if self.weight_quant is not None else "fp32"
-        al = getattr(self.input_quant.fmt, "label", "") if self.input_quant is not None else "fp32"
+        wl = _label(self.weight_quant.fmt) if self.weight_quant is not None else "fp32"
+        al = _label(self.input_quant.fmt) if self.input_quant is not None else "fp32"
         return LayerPrecision(weight_bits=wb, act_bits=ab, weight_kind=wk, act_kind=ak,  # type: ignore[arg-type]
                               storage_bits=int(bits), label=f"w {wl} / a {al}")
 

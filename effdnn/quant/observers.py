@@ -42,10 +42,10 @@ class Observer:
         x = x.detach()
         if x.numel() == 0:
             return
-        if not torch.isfinite(x).all():
-            raise EffdnnError(f"calibration: {self.name} has NaN or Inf values")
         b = self.granularity.to_blocks(x).float()  # (G, N)
-        lo, hi = b.amin(1), b.amax(1)
+        lo, hi = b.amin(1), b.amax(1)  # NaN propagates into both, Inf shows in one: no full isfinite pass
+        if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+            raise EffdnnError(f"calibration: {self.name} has NaN or Inf values")
         self.min = lo if self.min is None else torch.minimum(self.min, lo)
         self.max = hi if self.max is None else torch.maximum(self.max, hi)
         self.count += 1

@@ -104,3 +104,25 @@ def test_energy_table_from_file_replaces_the_default(tmp_path):
         EnergyTable.from_file(f)
     with pytest.raises(EffdnnError, match="positive widths"):
         EnergyTable(int_add={0: 1.0})
+
+
+class Packed(nn.Module):
+    """A wrapper that states the storage of its whole subtree (as quantized wrappers do)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.inner(x)
+
+    def effdnn_precision(self):
+        return LayerPrecision(1, 32, "int", "float", storage_bits=64 + 8 * 32)
+
+
+def test_subtree_storage_is_not_counted_twice():
+    m = nn.Sequential(Packed(), nn.ReLU(), nn.Linear(8, 2))
+    r = cost(m, torch.randn(4, 8))
+    assert r.size_bytes == (64 + 8 * 32) / 8 + (8 * 2 + 2) * 4
+    assert [l.name for l in r.layers] == ["0", "2"]  # the op inside is charged to the wrapper
+    assert r.layers[0].weight_bits == 1 and r.layers[0].storage_bytes == 40
