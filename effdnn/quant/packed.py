@@ -70,6 +70,14 @@ class PackedBinaryLayer(nn.Module):
                               weight_kind="int", act_kind="int" if self.binary_input else "float",
                               storage_bits=self.storage_bits(), label=self.label + " (packed)")
 
+    def effdnn_macs(self, x: torch.Tensor, out: torch.Tensor) -> int:
+        """Dense-equivalent MACs of the packed kernel (XNOR-popcount or sign-add: K per output element),
+        plus XNOR-Net's K map (a box filter over mean |I|); the cost model traces none of these ops."""
+        macs = out.numel() * self.k
+        if self.k_scaling and self.conv:
+            macs += out.numel() // self.out_features * self.kernel_size[0] * self.kernel_size[1]
+        return macs
+
     # -- inference ------------------------------------------------------------------------------------
     def _scale(self, s: torch.Tensor | None) -> torch.Tensor:
         s = self.pos_scale if s is None else s
