@@ -147,3 +147,13 @@ def test_modules_that_count_their_own_macs():
     r = cost(m, torch.randn(4, 5))
     assert [l.name for l in r.layers] == ["0", "1"]
     assert r.layers[0].macs == 15 and r.macs == 15 + 6
+
+
+def test_emulated_low_precision_layers_count_their_macs():
+    from effdnn.lowp.gemm import GemmPolicy, convert_layers
+
+    m = build_model("lenet5", 1, 10, (8, 8))
+    x = torch.randn(4, 1, 8, 8)
+    dense = cost(m, x).macs
+    convert_layers(m, lambda name, mod, i, n: GemmPolicy(label="fp32"))
+    assert cost(m, x).macs == dense
