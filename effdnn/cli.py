@@ -1,4 +1,4 @@
-"""The ``effdnn`` command: run | demo | report | methods. Bad input: one line on stderr, exit code 2."""
+"""The ``effdnn`` command: run | demo | report | methods | formats. Bad input: one line on stderr, exit code 2."""
 from __future__ import annotations
 
 import sys
@@ -88,6 +88,19 @@ def methods() -> None:
             table.add_row(block, "-", "not available yet")
         for m in reg.methods():
             table.add_row(block, m.name, m.summary)
+    out_console.print(table)
+
+
+@app.command()
+def formats() -> None:
+    """List the number formats a quantize block's ``format:`` can name."""
+    from .formats import describe_formats
+
+    table = Table(title="effdnn number formats")
+    for col in ("format", "class", "what"):
+        table.add_column(col)
+    for name, cls, doc in describe_formats():
+        table.add_row(name, cls, doc)
     out_console.print(table)
 
 

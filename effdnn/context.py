@@ -31,6 +31,7 @@ class ExperimentContext:
     calib_batches: int = 16
     out_dir: Path | None = None
     baseline_spec: TrainSpec | None = None
+    finetune_spec: TrainSpec | None = None  # the experiment's finetune block (the runner trains with it)
     make_model: Callable[[], nn.Module] | None = None  # a fresh, untrained model of the recipe
     resume: bool = False
     callbacks: list[Callback] = field(default_factory=list)

@@ -1,12 +1,13 @@
 """Number formats: one file per format, each a frozen dataclass implementing NumberFormat.
 
 ``FORMATS`` maps a recipe's ``format:`` name to its class; ``describe_formats()`` feeds
-``effdnn formats``. The arbitrary-float format (``float``) registers itself here when present.
+``effdnn formats``.
 """
 from __future__ import annotations
 
 from .base import NumberFormat
 from .fixed import FixedPointFormat
+from .float import BF16, FP8_E4M3, FP8_E5M2, FP16, FP32, FloatFormat
 from .granularity import PER_TENSOR, Granularity
 from .integer import IntFormat, IntParams
 from .kmeans import KMeansFormat, KMeansParams
@@ -16,16 +17,10 @@ from .ste import clipped_ste, round_ste, ste
 FORMATS: dict[str, type[NumberFormat]] = {
     "int": IntFormat,
     "fixed": FixedPointFormat,
+    "float": FloatFormat,
     "log": LogFormat,
     "kmeans": KMeansFormat,
 }
-
-try:  # the arbitrary float eXmY format lives in its own module (built on the low-precision branch)
-    from .float import FloatFormat  # type: ignore  # noqa: F401
-
-    FORMATS["float"] = FloatFormat
-except ImportError:  # pragma: no cover - present once the float format is merged
-    pass
 
 
 def describe_formats() -> list[tuple[str, str, str]]:
@@ -39,5 +34,6 @@ def describe_formats() -> list[tuple[str, str, str]]:
     return out
 
 
-__all__ = ["FORMATS", "FixedPointFormat", "Granularity", "IntFormat", "IntParams", "KMeansFormat", "KMeansParams",
-           "LogFormat", "LogParams", "NumberFormat", "PER_TENSOR", "clipped_ste", "describe_formats", "round_ste", "ste"]
+__all__ = ["BF16", "FORMATS", "FP16", "FP32", "FP8_E4M3", "FP8_E5M2", "FixedPointFormat", "FloatFormat", "Granularity",
+           "IntFormat", "IntParams", "KMeansFormat", "KMeansParams", "LogFormat", "LogParams", "NumberFormat", "PER_TENSOR",
+           "clipped_ste", "describe_formats", "round_ste", "ste"]

@@ -45,6 +45,8 @@ class KMeansFormat(NumberFormat):
     granularity: Granularity = field(default=PER_TENSOR)
     seed: int = 0
     name = "kmeans"
+    compute_kind = "float"  # indices decode to fp32 centroids: the arithmetic stays float (storage shrinks)
+    compute_bits = 32
 
     def __post_init__(self) -> None:
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 1 <= self.bits <= 10:

@@ -8,9 +8,27 @@ from __future__ import annotations
 import torch
 
 
+class _StraightThrough(torch.autograd.Function):
+    """Returns ``q`` bit-exactly (``x + (q - x).detach()`` can be off by an ulp), gradient 1 to ``x``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return q.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad, None
+
+    @staticmethod
+    def symbolic(g, x, q):  # ONNX export: the value of q
+        return g.op("Identity", q)
+
+
 def ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Value of ``q``, gradient of the identity with respect to ``x``."""
-    return x + (q - x).detach()
+    """Value of ``q`` (exactly), gradient of the identity with respect to ``x``."""
+    if not (x.requires_grad and torch.is_grad_enabled()):
+        return q.detach()
+    return _StraightThrough.apply(x, q)
 
 
 def clipped_ste(x: torch.Tensor, q: torch.Tensor, lo: torch.Tensor | float, hi: torch.Tensor | float) -> torch.Tensor:

@@ -1,0 +1,70 @@
+"""Shared by the PTQ benchmarks: the recipe's trained baseline, its calibration images, the test set."""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from effdnn.data import load_data  # noqa: E402
+from effdnn.recipe import load_recipe  # noqa: E402
+from effdnn.runner import Runner  # noqa: E402
+
+RECIPES = {"lenet5": ROOT / "recipes" / "fashion_ptq.yaml", "resnet20": ROOT / "recipes" / "fashion_resnet20_ptq.yaml"}
+
+
+def machine() -> str:
+    import onnxruntime
+
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"onnxruntime {onnxruntime.__version__}, load average {load:.1f} at start")
+
+
+def baseline(model: str) -> tuple[Any, torch.nn.Module, list[Any], torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """(recipe, trained fp32 model, calibration batches (the runner's 16 x 128), test x, test y, baseline row)."""
+    recipe = load_recipe(RECIPES[model])
+    runner = Runner(recipe, out=Path(tempfile.mkdtemp()) / "run")
+    runner.data = load_data(recipe.data.name, root=recipe.data.root, base_dir=recipe.base_dir, **recipe.data.kwargs)
+    runner.fp32_size, runner.baseline_accuracy = None, None
+    m, row = runner.baseline()  # trains, or reuses the runner's cached baseline
+    calib = list(runner.ctx().calib_loader(16))
+    test = runner.data.test
+    xte = torch.stack([test[i][0] for i in range(len(test))])
+    yte = torch.tensor([int(test[i][1]) for i in range(len(test))])
+    return recipe, m.cpu().eval(), calib, xte, yte, row
+
+
+@torch.inference_mode()
+def accuracy(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, y: torch.Tensor, bs: int = 1000) -> float:
+    correct = 0
+    for i in range(0, len(x), bs):
+        out = torch.as_tensor(fn(x[i:i + bs]))
+        correct += int((out.argmax(1) == y[i:i + bs]).sum())
+    return correct / len(x)
+
+
+@torch.inference_mode()
+def round_robin(variants: dict[str, Callable], xb: torch.Tensor, rounds: int, per_round: int, warmup: int = 5) -> dict[str, float]:
+    """Interleaved timing (every round runs each variant ``per_round`` times); median ms per variant."""
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for fn in variants.values():
+        for _ in range(warmup):
+            fn(xb)
+    for _ in range(rounds):
+        for k, fn in variants.items():
+            for _ in range(per_round):
+                t = time.perf_counter()
+                fn(xb)
+                times[k].append((time.perf_counter() - t) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}

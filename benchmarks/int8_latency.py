@@ -1,0 +1,88 @@
+"""int8 engine latency against fp32, batch 256 and batch 1, every variant interleaved in one process:
+torch fp32 eager (as trained, and with BatchNorm folded), effdnn's int8 engine (torch x86 quantized
+kernels fed with effdnn's own PTQ params: ``effdnn.quant.deploy_int8.to_int8``), onnxruntime fp32 and
+onnxruntime running effdnn's QDQ export (uint8 activations, int8 weights: U8S8), and torch.ao's own
+FX int8 model as a reference peer. Usage:
+
+    python benchmarks/int8_latency.py --model lenet5 --threads 1     # or --model resnet20
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from common import accuracy, baseline, machine, round_robin
+
+import effdnn  # noqa: E402
+from effdnn.export import ort_fused_ops  # noqa: E402
+from effdnn.quant import fold_batchnorm  # noqa: E402
+from effdnn.quant.deploy_int8 import to_int8  # noqa: E402
+
+SPEC = {"method": "ptq", "weight": {"format": "int", "bits": 8, "granularity": "per_channel"},
+        "act": {"format": "int", "bits": 8, "calibrator": "kl", "symmetric": False, "signed": False}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", choices=["lenet5", "resnet20"], default="lenet5")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=10)
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    torch.set_num_threads(args.threads)
+    print(f"command: python benchmarks/int8_latency.py --model {args.model} --threads {args.threads} --rounds {args.rounds}")
+    _, model, calib, xte, yte, _ = baseline(args.model)
+    print(f"machine: {machine()}")
+    q = effdnn.quantize(model, SPEC, calib)
+    int8 = to_int8(q)
+    folded = copy.deepcopy(model)
+    fold_batchnorm(folded)
+
+    import onnxruntime as ort
+    import torch.ao.quantization as tq
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    fx = prepare_fx(copy.deepcopy(model), tq.get_default_qconfig_mapping("x86"), example_inputs=(calib[0][0][:2],))
+    with torch.inference_mode():
+        for x, _ in calib:
+            fx(x)
+    ao_int8 = convert_fx(fx)
+
+    tmp = Path(tempfile.mkdtemp())
+    f32 = effdnn.export_onnx(model, xte[:2], tmp / "fp32.onnx")
+    qdq = effdnn.export_onnx(q, xte[:2], tmp / "qdq.onnx")
+    fused = ort_fused_ops(qdq, tmp / "qdq_opt.onnx")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = args.threads, 1
+
+    def ort_fn(path):
+        s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return lambda x: torch.from_numpy(s.run(None, {"input": x.numpy()})[0])
+
+    variants = {"torch fp32 eager": model, "torch fp32 eager, BN folded": folded, "effdnn int8 engine (torch x86)": int8,
+                "onnxruntime fp32": ort_fn(f32), "onnxruntime int8 (effdnn QDQ, U8S8)": ort_fn(qdq),
+                "torch.ao FX int8 (own calibration, peer)": ao_int8}
+    acc = {k: accuracy(fn, xte, yte) for k, fn in variants.items()}
+    print(f"effdnn fake-quant accuracy {accuracy(q, xte, yte):.4f}; onnxruntime fused the QDQ export into "
+          f"{fused.get('QLinearConv', 0)} QLinearConv / {fused.get('QGemm', 0) + fused.get('QLinearMatMul', 0)} QGemm+QLinearMatMul\n")
+    res = {}
+    for bs, rounds, per in ((256, args.rounds, 3), (1, args.rounds, 30)):
+        res[bs] = round_robin(variants, xte[:bs].contiguous(), rounds=rounds, per_round=per)
+    base = {bs: res[bs]["torch fp32 eager"] for bs in res}
+    fastest = {bs: min(v for k, v in res[bs].items() if "fp32" in k) for bs in res}
+    print("| variant | accuracy | batch 256 ms | speed-up vs torch fp32 | vs fastest fp32 | batch 1 ms | speed-up vs torch fp32 | vs fastest fp32 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for k in variants:
+        print(f"| {k} | {acc[k]:.4f} | {res[256][k]:.3f} | {base[256] / res[256][k]:.2f}x | {fastest[256] / res[256][k]:.2f}x "
+              f"| {res[1][k]:.3f} | {base[1] / res[1][k]:.2f}x | {fastest[1] / res[1][k]:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""Rounding float32 tensors to an eXmY float format by integer manipulation of their bits.
+
+The carrier is float32: a value of the target format is held as the float32 with the same value, so
+the formats must fit inside float32 (exponent <= 8 bits, mantissa <= 23 bits, smallest normal >= 2^-126).
+
+Algorithm (``round_bits``), per element, on ``a`` = the float32 bits of ``|x|`` as an int32:
+
+* target-normal range (``|x| >= 2^emin``): the target keeps the top ``m`` of float32's 23 mantissa
+  bits, so rounding drops the low ``s = 23 - m`` bits of ``a``: ``(a + r) & ~(2^s - 1)`` where
+  ``r = 2^(s-1) - 1 + lsb`` (round to nearest, ties to even: ``lsb`` is bit ``s`` of ``a``) or
+  ``r`` uniform in ``[0, 2^s)`` (stochastic rounding). A carry out of the mantissa increments the
+  exponent field, which is exactly the next binade. For formats whose smallest normal is float32's
+  (8 exponent bits, bias 127), this also covers subnormals, which float32 encodes linearly too.
+* target-subnormal range (``|x| < 2^emin``): the quantum is fixed, ``q = 2^(emin - m)``. With the
+  significand ``sig`` (implicit bit included) and ``|x| = sig * 2^(E - 150)``, the multiple of ``q``
+  is ``k = (sig + r) >> sh`` with ``sh = (emin - m) - (E - 150)`` and ``r`` as above for ``sh`` bits;
+  the result is ``k * q`` (exact: ``k <= 2^m`` and ``q`` is a power of two inside float32's range).
+* then overflow (rounded magnitude above the format's largest finite value), infinities and NaNs
+  are mapped by the format's rules (inf, NaN or saturation to the largest value), the sign is put back.
+
+Every step is an elementwise integer op, so the function vectorises in eager torch and fuses into
+one loop under ``torch.compile`` (``compiled_round``). Stochastic rounding draws its random bits
+from a counter-based hash (``hash_uniform32``: Wellons' "lowbias32" applied to the element index
+mixed with a per-call seed), so eager and compiled runs give identical results for the same seed.
+It uses 32 random bits per element: exact probabilities for the ``s <= 23`` dropped bits of the
+normal range; in the subnormal range, for shifts past 32 bits, probabilities are quantised to 2^-32.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable
+
+import torch
+
+INT32_MIN = -0x80000000
+ABS_MASK = 0x7FFFFFFF
+INF_BITS = 0x7F800000
+NAN_BITS = 0x7FC00000
+M32 = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class RoundingPlan:
+    """Static description of a format that the rounding kernel needs (all plain ints)."""
+
+    man_bits: int  # m
+    emin: int  # unbiased exponent of the smallest normal
+    max_bits: int  # float32 bits of the largest finite value
+    overflow_bits: int  # what a finite value beyond max becomes (inf, NaN or max)
+    inf_bits: int  # what +-inf becomes
+    subnormals: bool  # False: results below 2^emin flush to (signed) zero
+    stochastic: bool
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x * c) mod 2^32 for int64 x in [0, 2^32), without int64 overflow (products stay < 2^49)."""
+    lo = (x & 0xFFFF) * c
+    hi = (((x >> 16) * c) & 0xFFFF) << 16
+    return (lo + hi) & M32
+
+
+def hash_uniform32(index: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+    """Uniform pseudo-random 32-bit integers (int64 in [0, 2^32)) from element indices and a seed.
+
+    Counter-based (no state, any order, same in eager and compiled code): two rounds of the
+    lowbias32 integer hash (C. Wellons, "Prospecting for hash functions", 2018) of index ^ hash(seed).
+    """
+    s = seed & M32
+    s = s ^ (s >> 16)
+    s = _mul32(s, 0x21F0AAAD)
+    s = s ^ (s >> 15)
+    x = (index & M32) ^ s
+    for _ in range(2):
+        x = x ^ (x >> 16)
+        x = _mul32(x, 0x7FEB352D)
+        x = x ^ (x >> 15)
+        x = _mul32(x, 0x846CA68B)
+        x = x ^ (x >> 16)
+    return x
+
+
+def round_bits(x: torch.Tensor, plan: RoundingPlan, seed: torch.Tensor | None = None) -> torch.Tensor:
+    """Round a contiguous float32 tensor to the format described by ``plan`` (see the module docstring)."""
+    b = x.view(torch.int32)  # same shape as x
+    a = b & ABS_MASK
+    sign = b & INT32_MIN
+    ac = torch.clamp(a, max=INF_BITS)  # NaN payloads never carry into the sign bit
+    m = plan.man_bits
+    s = 23 - m
+    if plan.stochastic:
+        assert seed is not None
+        idx = torch.arange(x.numel(), device=x.device, dtype=torch.int64).view(x.shape)
+        r32 = hash_uniform32(idx, seed)  # int64 in [0, 2^32), one per element
+        rn = (r32 >> (32 - s)).to(torch.int32) if s > 0 else torch.zeros_like(ac)
+    else:
+        rn = ((ac >> s) & 1) + ((1 << (s - 1)) - 1) if s > 0 else torch.zeros_like(ac)
+    mag = (ac + rn) & -(1 << s)  # target-normal range (-(2^s) = ~(2^s - 1): clears the low s bits)
+    if plan.emin > -126:  # target subnormals are float32 normals: fixed quantum q = 2^(emin - m)
+        e_field = ac >> 23
+        sig = torch.where(e_field > 0, (ac & 0x7FFFFF) | 0x800000, ac)  # int32, < 2^24
+        sh = (plan.emin - m + 150) - torch.clamp(e_field, min=1)  # int32, >= s + 1 here
+        if plan.stochastic:  # int64: shifts past 32 bits keep 32 random bits of probability
+            sig, sh = sig.to(torch.int64), torch.clamp(sh, min=1, max=62).to(torch.int64)
+            rs = torch.where(sh >= 32, r32 << torch.clamp(sh - 32, min=0), r32 >> torch.clamp(32 - sh, min=0))
+        else:  # int32: past 25 bits everything rounds to 0 (sig < 2^24 < half the quantum)
+            sh = torch.clamp(sh, min=1, max=25)
+            rs = ((sig >> sh) & 1) + (torch.ones_like(sig) << (sh - 1)) - 1
+        k = (sig + rs) >> sh  # multiples of q, 0 .. 2^m
+        sub = (k.to(torch.float32) * (2.0 ** (plan.emin - m))).view(torch.int32)
+        min_normal = (plan.emin + 127) << 23
+        mag = torch.where(ac < min_normal, sub, mag)
+        if not plan.subnormals:
+            mag = torch.where(mag < min_normal, torch.zeros_like(mag), mag)
+    elif not plan.subnormals:
+        mag = torch.where(mag < (1 << 23), torch.zeros_like(mag), mag)
+    mag = torch.where(mag > plan.max_bits, torch.full_like(mag, plan.overflow_bits), mag)
+    mag = torch.where(a == INF_BITS, torch.full_like(mag, plan.inf_bits), mag)
+    mag = torch.where(a > INF_BITS, torch.full_like(mag, NAN_BITS), mag)
+    return (mag | sign).view(torch.float32)
+
+
+# -- dispatch: one torch.compile'd kernel per plan, eager fallback ---------------------------------------
+_compile_state = {"enabled": os.environ.get("EFFDNN_COMPILE", "1") != "0", "failed": False}
+COMPILE_MIN_NUMEL = 1 << 15  # smaller tensors run eagerly: not worth a compile (seconds) or a guard check
+
+
+def compile_kernel(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """torch.compile with dynamic shapes. Every rounding kernel closes over its plan, so one Python
+    function gets one compiled entry per format: allow more entries than dynamo's default of 8
+    (beyond the limit dynamo silently runs the function eagerly, about 100x slower)."""
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
+    dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 1024)
+    return torch.compile(fn, dynamic=True)
+
+
+def set_compile(enabled: bool) -> None:
+    """Use torch.compile'd rounding kernels (default, unless EFFDNN_COMPILE=0) or eager torch ops."""
+    _compile_state["enabled"] = bool(enabled)
+
+
+def compile_enabled(numel: int | None = None) -> bool:
+    """Whether to use the compiled kernels (for a tensor of ``numel`` elements, when given)."""
+    big = numel is None or numel >= COMPILE_MIN_NUMEL
+    return big and _compile_state["enabled"] and not _compile_state["failed"]
+
+
+@lru_cache(maxsize=None)
+def compiled_round(plan: RoundingPlan) -> Callable[..., torch.Tensor]:
+    """``round_bits`` for this plan, fused by torch.compile (dynamic shapes: compiled once per plan)."""
+
+    def fn(x: torch.Tensor, seed: torch.Tensor | None) -> torch.Tensor:
+        return round_bits(x, plan, seed)
+
+    return compile_kernel(fn)
+
+
+def round_tensor(x: torch.Tensor, plan: RoundingPlan, seed: torch.Tensor | None = None) -> torch.Tensor:
+    """Round any float32 tensor (any shape) to the plan's format; compiled when possible, else eager."""
+    flat = x.detach().contiguous().reshape(-1)
+    if plan.stochastic and seed is None:
+        seed = torch.randint(0, 2**62, (1,), dtype=torch.int64).to(x.device)
+    if compile_enabled(flat.numel()):
+        try:
+            return compiled_round(plan)(flat, seed).reshape(x.shape)
+        except Exception as err:  # no C++ compiler, unsupported backend: stay correct, only slower
+            _compile_state["failed"] = True
+            warnings.warn(f"effdnn: torch.compile of the float rounding kernel failed ({type(err).__name__}); "
+                          "using eager torch ops", RuntimeWarning, stacklevel=2)
+    return round_bits(flat, plan, seed).reshape(x.shape)

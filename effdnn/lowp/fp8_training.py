@@ -1,0 +1,137 @@
+"""8-bit floating-point training (Wang, Choi et al. 2018) and its hybrid variant HFP8 (Sun et al. 2019).
+
+Wang et al. 2018, "Training Deep Neural Networks with 8-bit Floating Point Numbers" (NeurIPS):
+* weights, activations and errors (output gradients) are FP8 (1,5,2) operands of all three GEMMs;
+* GEMMs accumulate in FP16 (1,6,9) with chunk-based accumulation, CL = 64 (section 3, lowp/accumulate.py);
+* weight updates are FP16 (1,6,9) with stochastic rounding (section 4): the master weights are FP16,
+  and ``w <- SR(w - lr * g)`` keeps small updates in expectation where round-to-nearest would swamp them;
+* the first and last layers stay in FP16.
+Sun et al. 2019, "Hybrid 8-bit Floating Point (HFP8) Training and Inference for Deep Neural Networks"
+(NeurIPS): forward operands (weights, activations) in (1,4,3) for precision, backward errors in
+(1,5,2) for range. Here (1,4,3) is torch's float8_e4m3fn (bias 7, saturating at 448); the paper's
+exponent-bias choice is not reproduced.
+
+Emulation notes: products of two FP8 numbers are exact (6 significant bits), so the accumulator adds
+exact products (an FMA), ``prod_fmt`` is left unset. The edge layers run FP16 (1,6,9) operands with a
+float32 GEMM (the accumulation of their im2col GEMM over 100k positions is the costliest to emulate).
+The optimizer (Adam or SGD) keeps float32 state; the weights it produces are rounded to FP16 after
+every step (:class:`RoundWeightsCallback`).
+
+GPU path (unmeasured here: no GPU in this task): :class:`Fp8Linear` uses torch._scaled_mm with
+per-tensor scales, e4m3 forward and e5m2 error operands (the HFP8 split, which is also what fp8 tensor
+cores support), for Linear layers whose sizes are multiples of 16; other layers stay emulated.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from ..formats.float import FP8_E4M3, FP8_152, FP16_169, FloatFormat
+from ..train.callbacks import Callback
+from .gemm import GemmPolicy, PolicyFn
+
+Variant = Literal["fp8", "hfp8"]
+
+
+def fp8_policies(variant: Variant, accumulate: FloatFormat | None, chunk: int | None,
+                 edge_fp16: bool = True) -> PolicyFn:
+    """Per-layer policy: 8-bit operands, ``accumulate`` (None: float32) with chunk ``chunk``; FP16 edges."""
+    fwd = FP8_152 if variant == "fp8" else FP8_E4M3
+    acc_label = accumulate.name if accumulate is not None else "fp32"
+    body = GemmPolicy(weight=fwd, act=fwd, grad=FP8_152, out=FP16_169, acc=accumulate, chunk=chunk,
+                      label=f"{variant} {fwd.name}/{FP8_152.name}, acc {acc_label}" + (f" CL={chunk}" if chunk else " sequential"))
+    edge = GemmPolicy(weight=FP16_169, act=FP16_169, grad=FP16_169, out=FP16_169, label="fp16 (1,6,9) edge layer")
+
+    def policy_for(name: str, module: nn.Module, index: int, count: int) -> GemmPolicy:
+        return edge if edge_fp16 and index in (0, count - 1) else body
+
+    return policy_for
+
+
+class RoundWeightsCallback(Callback):
+    """Master weights held in ``fmt``: every parameter rounded after each optimizer step (and at start),
+    stochastically (Wang et al. 2018, section 4) or to nearest."""
+
+    def __init__(self, fmt: FloatFormat = FP16_169, rounding: Literal["nearest", "stochastic"] = "stochastic") -> None:
+        self.fmt, self.rounding = fmt, rounding
+        self.unchanged_sum, self.steps = 0.0, 0
+        self._prev: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def on_fit_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        for p in model.parameters():
+            p.copy_(self.fmt.round(p, rounding="nearest"))
+        self._prev = [p.detach().clone() for p in model.parameters()]
+
+    @torch.no_grad()
+    def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        same = total = 0
+        for p, prev in zip(model.parameters(), self._prev):
+            q = self.fmt.round(p, rounding=self.rounding)
+            same += int((q == prev).sum())
+            total += q.numel()
+            p.copy_(q)
+            prev.copy_(q)
+        self.unchanged_sum += same / max(total, 1)  # share of weights this update left unchanged (swamped)
+        self.steps += 1
+
+    def report(self) -> dict[str, Any]:
+        return {"weight_format": self.fmt.name, "weight_update_rounding": self.rounding,
+                "weight_unchanged_frac": self.unchanged_sum / self.steps if self.steps else None}
+
+
+# -- GPU: real fp8 GEMMs through torch._scaled_mm (guarded; not measured in this task) ------------------------
+def fp8_available(device: torch.device) -> bool:
+    return (device.type == "cuda" and torch.cuda.is_available() and hasattr(torch, "_scaled_mm")
+            and torch.cuda.get_device_capability(device) >= (8, 9))
+
+
+def _to_fp8(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor scaling to the fp8 dtype's range; returns codes and the dequantisation scale."""
+    fmax = torch.finfo(dtype).max
+    scale = fmax / x.detach().abs().amax().float().clamp(min=1e-12)
+    return (x.float() * scale).clamp(-fmax, fmax).to(dtype), scale.reciprocal()
+
+
+def _scaled_mm(a: torch.Tensor, b: torch.Tensor, da: torch.dtype, db: torch.dtype) -> torch.Tensor:
+    """(M, K) @ (K, N) with fp8 operands (b column-major, as _scaled_mm requires), float32 result."""
+    qa, sa = _to_fp8(a, da)
+    qb, sb = _to_fp8(b.t().contiguous(), db)
+    return torch._scaled_mm(qa, qb.t(), scale_a=sa, scale_b=sb, out_dtype=torch.float32)
+
+
+class _Fp8LinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):  # x (M, K), weight (N, K)
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        y = _scaled_mm(x, weight.t(), torch.float8_e4m3fn, torch.float8_e4m3fn)
+        return y + bias if bias is not None else y
+
+    @staticmethod
+    def backward(ctx, gy):  # gy (M, N)
+        x, weight = ctx.saved_tensors
+        gx = _scaled_mm(gy, weight, torch.float8_e5m2, torch.float8_e4m3fn)  # (M, K)
+        gw = _scaled_mm(gy.t(), x, torch.float8_e5m2, torch.float8_e4m3fn)  # (N, K)
+        return gx, gw, gy.sum(0) if ctx.has_bias else None
+
+
+class Fp8Linear(nn.Linear):
+    """nn.Linear whose three GEMMs run on fp8 tensor cores (e4m3 forward, e5m2 errors)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        y = _Fp8LinearFn.apply(x.reshape(-1, x.shape[-1]), self.weight, self.bias)
+        return y.reshape(*lead, y.shape[-1])
+
+
+def convert_native_fp8(model: nn.Module) -> list[str]:
+    """Swap Linear layers with sizes divisible by 16 to :class:`Fp8Linear`; returns their names."""
+    done = []
+    for name, mod in model.named_modules():
+        if type(mod) is nn.Linear and mod.in_features % 16 == 0 and mod.out_features % 16 == 0:
+            mod.__class__ = Fp8Linear
+            done.append(name)
+    return done

@@ -1,0 +1,123 @@
+"""Fake-quantized layers: Conv1d / Conv2d (depthwise too) / Linear with an input and a weight
+``Quantizer``, and the residual ``Add`` with a quantizer on each operand.
+
+``quantize_layer(module, ...)`` turns a float layer into its quantized class in place (its parameters,
+hooks and attributes are kept), so layers inside any model (Hugging Face included) are swapped
+without rebuilding them. Each layer states its deployed precision (``effdnn_precision``) for the cost
+model: weight / activation bits, and storage = weight codes + scales / codebooks + fp32 bias + the
+input quantizer's params. A deployment-only min / max observer on the output (``out_observer``) records
+the output range that an integer engine needs when no quantized layer consumes the output.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..cost.precision import LayerPrecision
+from ..models.layers import Add
+from .fake_quant import Quantizer, compute_precision
+from .observers import MaxObserver
+
+
+def _label(fmt) -> str:
+    return getattr(fmt, "label", "") or fmt.name
+
+
+class QuantLayerMixin:
+    input_quant: Quantizer | None
+    weight_quant: Quantizer | None
+    out_observer: MaxObserver | None
+
+    def _attach(self, weight_quant: Quantizer | None, input_quant: Quantizer | None, name: str) -> None:
+        self.weight_quant = weight_quant  # type: ignore[assignment]
+        self.input_quant = input_quant  # type: ignore[assignment]
+        self.out_observer = MaxObserver(name=f"{name}.output")
+        self.qname = name
+
+    def _q_input(self, x: torch.Tensor) -> torch.Tensor:
+        return self.input_quant(x) if self.input_quant is not None else x
+
+    def _q_weight(self) -> torch.Tensor:
+        w = self.weight  # type: ignore[attr-defined]
+        return self.weight_quant(w) if self.weight_quant is not None else w
+
+    def _observe_out(self, y: torch.Tensor) -> torch.Tensor:
+        if self.out_observer is not None and self.input_quant is not None and self.input_quant.mode == "observe":
+            self.out_observer.update(y)
+        return y
+
+    def effdnn_precision(self) -> LayerPrecision:
+        wk, wb = compute_precision(self.weight_quant.fmt if self.weight_quant is not None else None)
+        ak, ab = compute_precision(self.input_quant.fmt if self.input_quant is not None else None)
+        w = self.weight  # type: ignore[attr-defined]
+        bits = self.weight_quant.storage_bits(w.numel()) if self.weight_quant is not None else w.numel() * 32
+        b = getattr(self, "bias", None)
+        bits += b.numel() * 32 if b is not None else 0
+        if self.input_quant is not None and self.input_quant.params is not None:
+            bits += sum(t.numel() * 32 for t in self.input_quant.buffers())
+        wl = _label(self.weight_quant.fmt) if self.weight_quant is not None else "fp32"
+        al = _label(self.input_quant.fmt) if self.input_quant is not None else "fp32"
+        return LayerPrecision(weight_bits=wb, act_bits=ab, weight_kind=wk, act_kind=ak,  # type: ignore[arg-type]
+                              storage_bits=int(bits), label=f"w {wl} / a {al}")
+
+
+class QuantLinear(QuantLayerMixin, nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
+        return self._observe_out(F.linear(self._q_input(x), self._q_weight(), self.bias))
+
+
+class QuantConv1d(QuantLayerMixin, nn.Conv1d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, L)
+        return self._observe_out(self._conv_forward(self._q_input(x), self._q_weight(), self.bias))
+
+
+class QuantConv2d(QuantLayerMixin, nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
+        return self._observe_out(self._conv_forward(self._q_input(x), self._q_weight(), self.bias))
+
+
+class QuantAdd(Add):
+    """a + b with each operand fake-quantized (the explicit-quantization placement TensorRT asks for
+    on residual joins, so an integer engine can add two int8 tensors)."""
+
+    a_quant: Quantizer | None
+    b_quant: Quantizer | None
+
+    def _attach(self, a_quant: Quantizer | None, b_quant: Quantizer | None, name: str) -> None:
+        self.a_quant, self.b_quant, self.qname = a_quant, b_quant, name
+        self.out_observer = MaxObserver(name=f"{name}.output")
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        qa = self.a_quant(a) if self.a_quant is not None else a
+        qb = self.b_quant(b) if self.b_quant is not None else b
+        y = qa + qb
+        if self.a_quant is not None and self.a_quant.mode == "observe":
+            self.out_observer.update(y)
+        return y
+
+    def effdnn_precision(self) -> LayerPrecision:
+        ak, ab = compute_precision(self.a_quant.fmt if self.a_quant is not None else None)
+        bits = sum(t.numel() * 32 for q in (self.a_quant, self.b_quant) if q is not None for t in q.buffers())
+        return LayerPrecision(weight_bits=ab, act_bits=ab, weight_kind=ak, act_kind=ak,  # type: ignore[arg-type]
+                              storage_bits=int(bits), label=f"add a {getattr(self.a_quant.fmt, 'label', '') if self.a_quant else 'fp32'}")
+
+
+QUANT_CLASSES: dict[type, type] = {nn.Linear: QuantLinear, nn.Conv1d: QuantConv1d, nn.Conv2d: QuantConv2d, Add: QuantAdd}
+
+
+def quantizable(module: nn.Module) -> bool:
+    """Exactly the float layer types with a quantized counterpart (subclasses may change forward)."""
+    return type(module) in QUANT_CLASSES
+
+
+def quantize_layer(module: nn.Module, name: str, first: Quantizer | None, second: Quantizer | None) -> nn.Module:
+    """Swap ``module``'s class to its quantized one in place. Layers: (weight, input) quantizers;
+    Add: (a, b) operand quantizers."""
+    module.__class__ = QUANT_CLASSES[type(module)]
+    module._attach(first, second, name)  # type: ignore[attr-defined]
+    return module
+
+
+__all__ = ["QUANT_CLASSES", "QuantAdd", "QuantConv1d", "QuantConv2d", "QuantLayerMixin", "QuantLinear", "quantizable",
+           "quantize_layer"]

@@ -1,0 +1,208 @@
+"""Calibrators (observers): stream statistics with ``update(x)``, then solve ``compute_params(fmt)``.
+
+- ``max``: abs-max / min-max (the range of everything seen).
+- ``percentile``: the clip at a percentile of |x| (McKinstry et al. 2019; 99.99 by default).
+- ``mse``: the clip that minimises the expected squared quantisation error, searched over candidate
+  clips on the histogram (Banner et al. 2019 solve the same objective analytically for Laplace data;
+  this is the numeric search every toolkit uses).
+- ``kl``: TensorRT's entropy calibration (``effdnn.quant.kl``).
+
+Histogram observers keep a 2048-bin histogram of |x| per block over [0, B * width]; when a batch
+exceeds the range the bin width grows by an integer factor and old bins merge exactly (no smearing).
+The clip T found on |x| becomes the range (max(min, -T), min(max, T)), so unsigned (post-ReLU) data
+is clipped on one side only. Every observer works per block (``Granularity``), so per-channel weights
+and per-tensor activations share one code path. NaN / Inf in a tensor -> EffdnnError.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+
+from ..errors import EffdnnError
+from ..formats.granularity import PER_TENSOR, Granularity
+from .kl import kl_threshold
+
+NUM_BINS = 2048
+
+
+class Observer:
+    """min / max per block; subclasses choose the range from richer statistics."""
+
+    def __init__(self, granularity: Granularity = PER_TENSOR, name: str = "tensor") -> None:
+        self.granularity, self.name = granularity, name
+        self.min: torch.Tensor | None = None  # (G,)
+        self.max: torch.Tensor | None = None
+        self.count = 0
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach()
+        if x.numel() == 0:
+            return
+        b = self.granularity.to_blocks(x).float()  # (G, N)
+        lo, hi = b.amin(1), b.amax(1)  # NaN propagates into both, Inf shows in one: no full isfinite pass
+        if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+            raise EffdnnError(f"calibration: {self.name} has NaN or Inf values")
+        self.min = lo if self.min is None else torch.minimum(self.min, lo)
+        self.max = hi if self.max is None else torch.maximum(self.max, hi)
+        self.count += 1
+        self._update(b)
+
+    def _update(self, b: torch.Tensor) -> None:
+        pass
+
+    @property
+    def nonnegative(self) -> bool:
+        return self.min is not None and bool((self.min >= 0).all())
+
+    def compute_range(self, fmt: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.min, self.max  # type: ignore[return-value]
+
+    def compute_params(self, fmt: Any) -> Any:
+        if self.count == 0 or self.min is None:
+            raise EffdnnError(f"calibration: {self.name} saw no data (empty calibration set?)")
+        if not hasattr(fmt, "params_from_range"):
+            raise EffdnnError(f"calibration: format {fmt.name!r} is not calibrated from a range")
+        lo, hi = self.compute_range(fmt)
+        return fmt.params_from_range(lo, hi)
+
+
+class MaxObserver(Observer):
+    """abs-max (symmetric formats) / min-max (affine formats) of all data seen."""
+
+
+class HistogramObserver(Observer):
+    def __init__(self, granularity: Granularity = PER_TENSOR, name: str = "tensor", bins: int = NUM_BINS) -> None:
+        super().__init__(granularity, name)
+        self.bins = bins
+        self.hist: torch.Tensor | None = None  # (G, B) counts of |x|
+        self.width: torch.Tensor | None = None  # (G,) bin width
+
+    def _update(self, b: torch.Tensor) -> None:
+        a = b.abs()  # (G, N)
+        amax = a.amax(1)
+        G, B = a.shape[0], self.bins
+        if self.hist is None:
+            self.hist = torch.zeros(G, B, dtype=torch.float64, device=a.device)
+            self.width = (amax / B).clamp_min(1e-12)
+        else:  # grow the range by an integer factor: old bin k goes to k // factor, exactly
+            factor = torch.ceil(amax / (B * self.width)).clamp_min(1).long()  # type: ignore[operator]
+            if (factor > 1).any():
+                idx = torch.arange(B, device=a.device).unsqueeze(0) // factor.unsqueeze(1)  # (G, B)
+                self.hist = torch.zeros_like(self.hist).scatter_add_(1, idx, self.hist)
+                self.width = self.width * factor
+        idx = torch.clamp((a / self.width.unsqueeze(1)).long(), max=B - 1)  # (G, N)
+        idx = idx + torch.arange(G, device=a.device).unsqueeze(1) * B
+        self.hist += torch.bincount(idx.flatten(), minlength=G * B).reshape(G, B).double()
+
+    def clip(self, fmt: Any) -> torch.Tensor:
+        """T (G,): the clip of |x|."""
+        raise NotImplementedError
+
+    def compute_range(self, fmt: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.clip(fmt).float()
+        return torch.maximum(self.min, -t), torch.minimum(self.max, t)  # type: ignore[arg-type]
+
+
+class PercentileObserver(HistogramObserver):
+    def __init__(self, granularity: Granularity = PER_TENSOR, name: str = "tensor", bins: int = NUM_BINS,
+                 percentile: float = 99.99) -> None:
+        super().__init__(granularity, name, bins)
+        if not 0 < percentile <= 100:
+            raise EffdnnError(f"percentile calibrator: percentile must be in (0, 100], got {percentile}")
+        self.percentile = percentile
+
+    def clip(self, fmt: Any) -> torch.Tensor:
+        cdf = self.hist.cumsum(1)  # type: ignore[union-attr]
+        target = cdf[:, -1:] * (self.percentile / 100)
+        k = torch.searchsorted(cdf, target).squeeze(1).clamp_max(self.bins - 1)  # first bin reaching it
+        return (k + 1).double() * self.width  # upper edge of that bin
+
+
+class MSEObserver(HistogramObserver):
+    """Clip T minimising sum_b hist[b] (c_b - Q_T(c_b))^2 over bin centres c_b, for ``candidates``
+    clips evenly spaced in (0, max|x|]; all candidates and blocks are quantised in one call."""
+
+    EXACT_MAX = 16384  # a single small tensor (a weight) is searched on its values, not on bin centres
+
+    def __init__(self, granularity: Granularity = PER_TENSOR, name: str = "tensor", bins: int = NUM_BINS,
+                 candidates: int = 128) -> None:
+        super().__init__(granularity, name, bins)
+        self.candidates = candidates
+        self.samples: torch.Tensor | None = None
+
+    def _update(self, b: torch.Tensor) -> None:
+        super()._update(b)
+        self.samples = b.clone() if self.count == 1 and b.shape[1] <= self.EXACT_MAX else None
+
+    def clip(self, fmt: Any) -> torch.Tensor:
+        hist, width = self.hist, self.width  # (G, B), (G,)
+        G, C = hist.shape[0], self.candidates  # type: ignore[union-attr]
+        exact = self.samples is not None
+        if exact:  # (G, N) signed values, each counted once
+            centres, hist = self.samples.double(), torch.ones_like(self.samples, dtype=torch.float64)  # type: ignore[union-attr]
+        else:  # (G, B) bin centres weighted by their counts
+            centres = (torch.arange(self.bins, dtype=torch.float64) + 0.5).unsqueeze(0) * width.unsqueeze(1)
+        B = centres.shape[1]
+        amax = torch.maximum(self.min.abs(), self.max.abs()).double()  # (G,)
+        t = amax.unsqueeze(1) * torch.arange(1, C + 1, dtype=torch.float64) / C  # (G, C)
+        sign = 1.0 if self.nonnegative else -1.0
+        lo = torch.maximum(self.min.double().unsqueeze(1), sign * t) if sign < 0 else torch.zeros_like(t)
+        hi = torch.minimum(self.max.double().unsqueeze(1), t)
+        rows = dataclasses.replace(fmt, granularity=Granularity("per_channel", 0)) if hasattr(fmt, "granularity") else fmt
+        params = rows.params_from_range(lo.flatten().float(), hi.flatten().float())  # G*C blocks
+        xs = centres.unsqueeze(1).expand(G, C, B).reshape(G * C, B).float()
+        err = (rows.fake_quantize(xs, params).double() - xs.double()) ** 2  # (G*C, B)
+        if not self.nonnegative and not exact:  # the negative half of a symmetric histogram of |x|
+            err = (err + (rows.fake_quantize(-xs, params).double() + xs.double()) ** 2) / 2
+        total = (err.reshape(G, C, B) * hist.unsqueeze(1)).sum(2)  # (G, C)
+        return t.gather(1, total.argmin(1, keepdim=True)).squeeze(1)
+
+
+class KLObserver(HistogramObserver):
+    """TensorRT entropy calibration on the 2048-bin histogram of |x| (``effdnn.quant.kl``).
+
+    ``zero_bin="as_next"`` (default) first sets bin 0 to bin 1's count, as NVIDIA's own implementation
+    does (pytorch-quantization, ``calib/histogram.py``, ``_compute_amax_entropy``: ``bins[0] = bins[1]``):
+    the spike of exact zeros after a ReLU is represented exactly by code 0, and left in, it is spread
+    over the first level's bins and pushes the search towards needlessly small thresholds.
+    ``zero_bin="keep"`` searches the raw histogram."""
+
+    def __init__(self, granularity: Granularity = PER_TENSOR, name: str = "tensor", bins: int = NUM_BINS,
+                 zero_bin: str = "as_next") -> None:
+        super().__init__(granularity, name, bins)
+        if zero_bin not in ("as_next", "keep"):
+            raise EffdnnError(f"kl calibrator: zero_bin must be as_next or keep, got {zero_bin!r}")
+        self.zero_bin = zero_bin
+
+    def clip(self, fmt: Any) -> torch.Tensor:
+        levels_of = getattr(fmt, "magnitude_levels", None)
+        if levels_of is None:
+            raise EffdnnError(f"kl calibrator: needs a uniform integer format, not {fmt.name!r}")
+        levels = levels_of(self.nonnegative)
+        hist = self.hist.clone()  # type: ignore[union-attr]
+        if self.zero_bin == "as_next":
+            hist[:, 0] = hist[:, 1]
+        ts = [kl_threshold(h, float(w), levels) for h, w in zip(hist, self.width)]  # one search per block
+        return torch.tensor(ts, dtype=torch.float64)
+
+
+CALIBRATORS: dict[str, type[Observer]] = {
+    "max": MaxObserver,
+    "percentile": PercentileObserver,
+    "mse": MSEObserver,
+    "kl": KLObserver,
+}
+
+
+def make_observer(calibrator: str, granularity: Granularity = PER_TENSOR, name: str = "tensor", **kwargs: Any) -> Observer:
+    if calibrator not in CALIBRATORS:
+        raise EffdnnError(f"calibrator: unknown {calibrator!r} (known: {', '.join(CALIBRATORS)})")
+    return CALIBRATORS[calibrator](granularity, name, **kwargs)
+
+
+__all__ = ["CALIBRATORS", "HistogramObserver", "KLObserver", "MSEObserver", "MaxObserver", "NUM_BINS", "Observer",
+           "PercentileObserver", "make_observer", "math"]
