@@ -74,7 +74,10 @@ def gemm(a: torch.Tensor, b: torch.Tensor, policy: GemmPolicy) -> torch.Tensor:
     """(M, K) @ (K, N) accumulated as the policy says."""
     if policy.acc is None:
         return a @ b
-    return lowp_matmul(a, b, policy.acc, policy.prod, policy.chunk)
+    out = lowp_matmul(a, b, policy.acc, policy.prod, policy.chunk)
+    if torch._C._is_torch_function_mode_enabled():  # a tracer (the cost model) is watching: show it the
+        torch.matmul(a, b)  # GEMM the loops emulate, so its MACs are counted
+    return out
 
 
 class _LowpLinearFn(torch.autograd.Function):
