@@ -67,6 +67,8 @@ class RoundWeightsCallback(Callback):
 
     @torch.no_grad()
     def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        if not self._prev:  # after a resume: compare against the reloaded weights
+            self._prev = [p.detach().clone() for p in model.parameters()]
         same = total = 0
         for p, prev in zip(model.parameters(), self._prev):
             q = self.fmt.round(p, rounding=self.rounding)
@@ -76,6 +78,13 @@ class RoundWeightsCallback(Callback):
             prev.copy_(q)
         self.unchanged_sum += same / max(total, 1)  # share of weights this update left unchanged (swamped)
         self.steps += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"unchanged_sum": self.unchanged_sum, "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # resumed: the weights were reloaded after on_fit_start
+        self.unchanged_sum, self.steps = state["unchanged_sum"], state["steps"]
+        self._prev = []
 
     def report(self) -> dict[str, Any]:
         return {"weight_format": self.fmt.name, "weight_update_rounding": self.rounding,

@@ -74,7 +74,7 @@ def gemm(a: torch.Tensor, b: torch.Tensor, policy: GemmPolicy) -> torch.Tensor:
     """(M, K) @ (K, N) accumulated as the policy says."""
     if policy.acc is None:
         return a @ b
-    return lowp_matmul(a, b, policy.acc, policy.prod, policy.chunk)
+    return lowp_matmul(a, b, policy.acc, policy.prod, policy.chunk)  # its MACs: the layer's effdnn_macs
 
 
 class _LowpLinearFn(torch.autograd.Function):

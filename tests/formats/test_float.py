@@ -113,9 +113,11 @@ def test_matches_reference_on_grid_and_midpoints(fmt):
     assert_bit_exact(fmt.round(x), want)
 
 
-formats = st.builds(
-    FloatFormat, exp_bits=st.integers(2, 8), man_bits=st.integers(0, 12), subnormals=st.booleans(),
-    specials=st.sampled_from(["ieee", "fn", "none"]), saturate=st.booleans(),
+formats = st.one_of(  # 8 exponent bits without an inf/NaN binade would reach 2^128: not a valid format
+    st.builds(FloatFormat, exp_bits=st.integers(2, 8), man_bits=st.integers(0, 12), subnormals=st.booleans(),
+              specials=st.just("ieee"), saturate=st.booleans()),
+    st.builds(FloatFormat, exp_bits=st.integers(2, 7), man_bits=st.integers(0, 12), subnormals=st.booleans(),
+              specials=st.sampled_from(["fn", "none"]), saturate=st.booleans()),
 )
 
 

@@ -45,3 +45,20 @@ def test_precision_needs_training_settings(tmp_path):
     with pytest.raises(EffdnnError, match="finetune"):
         effdnn.run(_recipe(tmp_path, [{"name": "x", "precision": {"train": "fp16", "step_time_batches": 0}}],
                            baseline={"checkpoint": str(ckpt)}))
+
+
+def test_cost_model_counts_emulated_gemms():
+    """The chunked-accumulation loops are shown to the cost model as the GEMM they emulate."""
+    import torch
+    from torch import nn
+
+    from effdnn import cost
+    from effdnn.formats.float import FP16_169
+    from effdnn.lowp.fp8_training import fp8_policies
+    from effdnn.lowp.gemm import convert_layers
+
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    dense = cost(model, torch.randn(2, 8)).macs
+    convert_layers(model, fp8_policies("fp8", FP16_169, 4))
+    c = cost(model, torch.randn(2, 8))
+    assert c.macs == dense
