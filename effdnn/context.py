@@ -31,7 +31,6 @@ class ExperimentContext:
     calib_batches: int = 16
     out_dir: Path | None = None
     baseline_spec: TrainSpec | None = None
-    finetune_spec: TrainSpec | None = None  # the experiment's finetune block (the runner trains with it)
     make_model: Callable[[], nn.Module] | None = None  # a fresh, untrained model of the recipe
     resume: bool = False
     callbacks: list[Callback] = field(default_factory=list)
@@ -39,7 +38,7 @@ class ExperimentContext:
     extra: dict[str, Any] = field(default_factory=dict)
     train_result: TrainResult | None = None
     calib_data: Iterable[Any] | None = None  # given by the Python API; else drawn from ``data``
-    finetune: TrainSpec | None = None  # the experiment's fine-tuning (schedules that prune while it runs)
+    finetune: TrainSpec | None = None  # the fine-tuning the runner runs after the transforms (None: none)
 
     def calib_loader(self, batches: int | None = None) -> Iterable[Any]:
         """The calibration batches: the API's ``calib_data``, else the first ``batches`` batches of a

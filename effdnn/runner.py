@@ -124,7 +124,6 @@ class Runner:
         return ExperimentContext(
             data=self.data, device=self.device, seed=self.recipe.seed, batch_size=self.recipe.data.batch_size,
             calib_batches=exp.calib_batches if exp else 16, out_dir=out_dir, baseline_spec=self.recipe.baseline,
-            finetune_spec=exp.finetune if exp else None,
             make_model=self.make_model, resume=self.resume,
             finetune=exp.finetune if exp is not None and exp.finetune is not None and exp.finetune.epochs > 0 else None,
         )

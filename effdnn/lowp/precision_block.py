@@ -153,7 +153,7 @@ def train_in_precision(model: nn.Module, config: _PrecisionConfig, ctx: Experime
         t_low = step_time(fresh, batches, callbacks) if prepare else t_fp32
         ctx.extra.update({"step_time_s": t_low, "fp32_step_time_s": t_fp32, "step_time_ratio_fp32": t_low / t_fp32})
     ctx.callbacks.extend(callbacks)
-    if ctx.finetune_spec is None:
+    if ctx.finetune is None:
         if ctx.baseline_spec is None or ctx.baseline_spec.checkpoint:
             raise EffdnnError("precision: no training settings; give the experiment a finetune block")
         ctx.fit(fresh, ctx.baseline_spec, desc=f"precision-{config.train}")
