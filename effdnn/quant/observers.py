@@ -16,7 +16,6 @@ and per-tensor activations share one code path. NaN / Inf in a tensor -> EffdnnE
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import torch
@@ -205,4 +204,4 @@ def make_observer(calibrator: str, granularity: Granularity = PER_TENSOR, name: 
 
 
 __all__ = ["CALIBRATORS", "HistogramObserver", "KLObserver", "MSEObserver", "MaxObserver", "NUM_BINS", "Observer",
-           "PercentileObserver", "make_observer", "math"]
+           "PercentileObserver", "make_observer"]
