@@ -9,6 +9,7 @@ to an fp32 step measured in the same experiment, loss-scale overflows / final sc
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -26,6 +27,8 @@ def main() -> None:
     ap.add_argument("--recipe", default="recipes/fashion_lowp.yaml")
     ap.add_argument("--out", default="runs/fashion-lowp")
     ap.add_argument("--resume", action="store_true", help="reuse the experiments an interrupted run finished")
+    ap.add_argument("--only", nargs="*", help="run only these experiments (into OUT-NAME; parallel processes)")
+    ap.add_argument("--table", nargs="*", help="print one table from these report.json files instead of running")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import effdnn
@@ -34,8 +37,20 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
           f"{args.threads} thread(s)")
     t0 = time.time()
-    rep = effdnn.run(args.recipe, out=args.out, resume=args.resume)
-    rows = rep["experiments"]
+    if args.table is not None:
+        reports = [json.loads(Path(p).read_text()) for p in args.table]
+        rows = [r for rep in reports for r in rep["experiments"]]
+        rep = reports[0]
+    elif args.only:
+        from effdnn.recipe import load_recipe
+
+        recipe = load_recipe(args.recipe)
+        recipe = recipe.model_copy(update={"experiments": [e for e in recipe.experiments if e.name in args.only]})
+        rep = effdnn.run(recipe, out=f"{args.out}-{'-'.join(args.only)}", resume=args.resume)
+        rows = rep["experiments"]
+    else:
+        rep = effdnn.run(args.recipe, out=args.out, resume=args.resume)
+        rows = rep["experiments"]
     ref = next((r["accuracy"] for r in rows if r["name"] == "fp32"), rep["baseline"]["accuracy"])
     print(f"\nrecipe baseline (15 epochs fp32, cached): accuracy {rep['baseline']['accuracy']:.4f}\n")
     print("| variant | accuracy | vs fp32 (pts) | step time vs fp32 | overflows (skipped) | final loss scale | error underflow | weights unchanged/step |")

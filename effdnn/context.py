@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -38,6 +39,7 @@ class ExperimentContext:
     extra: dict[str, Any] = field(default_factory=dict)
     train_result: TrainResult | None = None
     calib_data: Iterable[Any] | None = None  # given by the Python API; else drawn from ``data``
+    finetune: TrainSpec | None = None  # the experiment's fine-tuning (schedules that prune while it runs)
 
     def calib_loader(self, batches: int | None = None) -> Iterable[Any]:
         """The calibration batches: the API's ``calib_data``, else the first ``batches`` batches of a
@@ -60,10 +62,29 @@ class ExperimentContext:
         test = self._need_data("an example input").test
         return torch.stack([test[i][0] for i in range(min(n, len(test)))]).to(self.device)
 
+    def train_set(self) -> torch.utils.data.Dataset:
+        """The training split; from the Python API, the labelled ``calib_data`` batches as one data set."""
+        if self.data is None and self.calib_data is not None:
+            xs, ys = [], []
+            for b in self.calib_data:
+                if not (isinstance(b, (tuple, list)) and len(b) >= 2 and isinstance(b[0], torch.Tensor)):
+                    raise EffdnnError("training from the Python API needs (input, label) batches of tensors")
+                xs.append(b[0].cpu())
+                ys.append(torch.as_tensor(b[1]).cpu())
+            if not xs:
+                raise EffdnnError("the training data is empty")
+            return torch.utils.data.TensorDataset(torch.cat(xs), torch.cat(ys))
+        return self._need_data("training data").train
+
+    def steps_per_epoch(self, spec: TrainSpec) -> int:
+        """Optimizer steps in one epoch of ``spec`` (what ``fit`` will run)."""
+        n = math.ceil(len(self.train_set()) / (spec.batch_size or self.batch_size))
+        return min(n, spec.max_batches or n)
+
     def fit(self, model: nn.Module, spec: TrainSpec, desc: str, extra_callbacks: Iterable[Callback] = ()) -> TrainResult:
         """Train with this experiment's callbacks, checkpointed under ``out_dir/desc`` when there is one."""
         ckpt = self.out_dir / "ckpt" / desc if self.out_dir else None
-        result = fit(model, self._need_data("training data").train, spec, batch_size=self.batch_size, seed=self.seed,
+        result = fit(model, self.train_set(), spec, batch_size=self.batch_size, seed=self.seed,
                      checkpoint_dir=ckpt, resume=self.resume, callbacks=[*self.callbacks, *extra_callbacks], desc=desc)
         self.train_result = result
         return result

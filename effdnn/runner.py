@@ -126,6 +126,7 @@ class Runner:
             calib_batches=exp.calib_batches if exp else 16, out_dir=out_dir, baseline_spec=self.recipe.baseline,
             finetune_spec=exp.finetune if exp else None,
             make_model=self.make_model, resume=self.resume,
+            finetune=exp.finetune if exp is not None and exp.finetune is not None and exp.finetune.epochs > 0 else None,
         )
 
     # -- baseline ---------------------------------------------------------------------------------

@@ -4,6 +4,11 @@ A TorchFunctionMode sees each ``F.linear``, ``F.conv*``, ``matmul`` / ``mm`` / `
 ``baddbmm`` and ``scaled_dot_product_attention`` call, so Linear layers inside Hugging Face models
 (and GPT-2's Conv1D, which calls ``addmm``) count as well as the zoo's layers. Each op is charged to
 the innermost module that states its precision (``effdnn_precision``), else the innermost module.
+
+A module whose kernel is not made of those ops (bit-packed XNOR / popcount, emulated low-precision
+GEMMs) defines ``effdnn_macs(input, output) -> int`` for the whole batch; the ops inside it are then
+not traced, so nothing is counted twice or missed. Its weight's zeros and its input's zeros are
+measured as for any layer.
 """
 from __future__ import annotations
 
@@ -88,7 +93,16 @@ def trace_ops(model: nn.Module, example_input: Any) -> list[OpRecord]:
                 return names[m]
         return names[stack[-1]] if stack else ""
 
+    def owner_of(mod: nn.Module) -> str:
+        stack.append(mod)
+        try:
+            return owner()
+        finally:
+            stack.pop()
+
     def on_op(name: str, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
+        if any(callable(getattr(m, "effdnn_macs", None)) for m in stack):
+            return  # a module that counts its own MACs (bit-packed or emulated kernels)
         counted = _count(name, args, kwargs, out, params)
         if counted is None:
             return
@@ -101,6 +115,13 @@ def trace_ops(model: nn.Module, example_input: Any) -> list[OpRecord]:
 
     def pop(mod: nn.Module, inp: Any, out: Any) -> None:
         stack.pop()
+        own = getattr(mod, "effdnn_macs", None)
+        if callable(own) and isinstance(out, torch.Tensor) and not any(callable(getattr(m, "effdnn_macs", None)) for m in stack):
+            x = inp[0] if inp and isinstance(inp[0], torch.Tensor) else out
+            w = getattr(mod, "weight", None)
+            w = w if isinstance(w, torch.Tensor) else None
+            records.append(OpRecord(owner_of(mod), "custom", int(own(x, out)), _zero_frac(w) if w is not None else 0.0,
+                                    _zero_frac(x), x.numel(), out.numel(), w.numel() if w is not None else 0))
 
     handles = []
     for m in names:

@@ -57,9 +57,13 @@ def precision_of(module: nn.Module) -> LayerPrecision:
 
 
 def own_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """Parameters and inference buffers that belong to this module itself (not its children)."""
+    """Parameters and inference buffers that belong to this module itself (not its children).
+
+    Buffers a module names in ``effdnn_not_stored`` (training aids that deployment does not store as
+    such, e.g. a pruning mask, which the sparse index replaces) are left out."""
+    skip = {"num_batches_tracked", *getattr(module, "effdnn_not_stored", ())}
     out = [(n, p) for n, p in module.named_parameters(recurse=False)]
-    out += [(n, b) for n, b in module.named_buffers(recurse=False) if n != "num_batches_tracked"]
+    out += [(n, b) for n, b in module.named_buffers(recurse=False) if n not in skip]
     return out
 
 

@@ -149,6 +149,11 @@ class _LowpMixin:
         return LayerPrecision(weight_bits=p.weight.bits if p.weight else 32, act_bits=p.act.bits if p.act else 32,
                               acc_bits=p.acc.bits if p.acc else 32, label=p.label)
 
+    def effdnn_macs(self, x: torch.Tensor, out: torch.Tensor) -> int:
+        """K MACs per output element (the emulated kernel is not made of ops the cost model traces)."""
+        w = self.weight  # type: ignore[attr-defined]
+        return out.numel() * (w.numel() // w.shape[0])
+
     def extra_repr(self) -> str:
         return super().extra_repr() + f", precision={self.lowp_policy.label}"  # type: ignore[misc]
 

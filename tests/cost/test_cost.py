@@ -126,3 +126,34 @@ def test_subtree_storage_is_not_counted_twice():
     assert r.size_bytes == (64 + 8 * 32) / 8 + (8 * 2 + 2) * 4
     assert [l.name for l in r.layers] == ["0", "2"]  # the op inside is charged to the wrapper
     assert r.layers[0].weight_bits == 1 and r.layers[0].storage_bytes == 40
+
+
+class CustomKernel(nn.Module):
+    """A layer computed without linear / conv ops (as bit-packed kernels are) that counts its own MACs."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(3, 5))
+
+    def forward(self, x):
+        return (x.unsqueeze(1) * self.weight).sum(-1) + x.matmul(torch.zeros(5, 3))  # the matmul is not charged
+
+    def effdnn_macs(self, x, out):
+        return x.shape[0] * 5 * 3
+
+
+def test_modules_that_count_their_own_macs():
+    m = nn.Sequential(CustomKernel(), nn.Linear(3, 2))
+    r = cost(m, torch.randn(4, 5))
+    assert [l.name for l in r.layers] == ["0", "1"]
+    assert r.layers[0].macs == 15 and r.macs == 15 + 6
+
+
+def test_emulated_low_precision_layers_count_their_macs():
+    from effdnn.lowp.gemm import GemmPolicy, convert_layers
+
+    m = build_model("lenet5", 1, 10, (8, 8))
+    x = torch.randn(4, 1, 8, 8)
+    dense = cost(m, x).macs
+    convert_layers(m, lambda name, mod, i, n: GemmPolicy(label="fp32"))
+    assert cost(m, x).macs == dense

@@ -1,0 +1,119 @@
+"""Structured pruning: MACs removed vs measured CPU latency, effdnn against torch-pruning and
+torch.nn.utils.prune on the same ResNet-20 (width 16, Fashion-MNIST geometry 1x28x28).
+
+    python benchmarks/structured_latency.py [--weights runs/.../model.pt] [--threads 2]
+
+Latency does not depend on the weights' values, so untrained weights give the same timings; pass a
+checkpoint to also see the accuracy right after pruning (before fine-tuning). Variants are timed
+interleaved (round-robin) in one process, which cancels most of the machine's drift; the figure of
+merit is speedup / MAC reduction (1.0 = latency falls exactly with the MACs).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import effdnn  # noqa: E402
+from effdnn.models import build_model  # noqa: E402
+
+
+def rr_bench(variants: dict, x: torch.Tensor, rounds: int, per_round: int, warmup: int = 5) -> dict[str, float]:
+    """Median latency (ms) of each variant, timed round-robin."""
+    times = {k: [] for k in variants}
+    with torch.inference_mode():
+        for fn in variants.values():
+            for _ in range(warmup):
+                fn(x)
+        for _ in range(rounds):
+            for k, fn in variants.items():
+                for _ in range(per_round):
+                    t = time.perf_counter()
+                    fn(x)
+                    times[k].append((time.perf_counter() - t) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--weights", default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=256)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print("command: python benchmarks/structured_latency.py " + " ".join(sys.argv[1:]))
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"{args.threads} threads")
+    torch.manual_seed(0)
+    dense = build_model("resnet", 1, 10, (28, 28), depth=20, width=16).eval()
+    if args.weights:
+        dense.load_state_dict(torch.load(args.weights, map_location="cpu"))
+    x1 = torch.randn(1, 1, 28, 28)
+    calib = [(torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,)))]
+    macs0 = effdnn.cost(dense, x1).macs
+    variants: dict[str, nn.Module] = {"dense": dense}
+    for ratio, round_to in ((0.3, 1), (0.3, 4), (0.5, 1)):
+        name = f"effdnn_channel_{int(ratio * 100)}" + (f"_r{round_to}" if round_to > 1 else "")
+        variants[name] = effdnn.prune(copy.deepcopy(dense), {"method": "channel", "saliency": "l1", "sparsity": ratio,
+                                                             "round_to": round_to}, calib).eval()
+    try:
+        import torch_pruning as tp
+
+        for ratio in (0.3, 0.5):
+            m = copy.deepcopy(dense)
+            pr = tp.pruner.MagnitudePruner(m, x1, importance=tp.importance.MagnitudeImportance(p=1),
+                                           pruning_ratio=ratio, ignored_layers=[m.fc])
+            pr.step()
+            variants[f"torch_pruning_{int(ratio * 100)}"] = m.eval()
+        tp_version = tp.__version__
+    except ImportError:
+        tp_version = None
+        print("torch-pruning not installed: pip install torch-pruning (benchmark only)")
+    tnp = copy.deepcopy(dense)  # torch.nn.utils.prune: zeroes channels (ln_structured) but removes nothing
+    for mod in tnp.modules():
+        if isinstance(mod, nn.Conv2d):
+            torch_prune.ln_structured(mod, "weight", amount=0.5, n=1, dim=0)
+            torch_prune.remove(mod, "weight")
+    variants["torch_nn_utils_prune_ln50"] = tnp.eval()
+    rows = {}
+    for k, m in variants.items():
+        widths = [c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)]
+        print(f"{k}: conv widths {sorted(set(widths))}")
+        c = effdnn.cost(m, x1)
+        rows[k] = {"macs": c.macs, "effective_macs": c.effective_macs, "params": c.params,
+                   "mac_reduction": macs0 / c.macs}
+    big = args.batch
+    for bs, rounds, per in [(big, args.rounds, 3), (1, args.rounds, 30)]:
+        xb = torch.randn(bs, 1, 28, 28)
+        lat = rr_bench({k: m for k, m in variants.items()}, xb, rounds, per)
+        for k in variants:
+            tag = "big" if bs == big else "1"
+            rows[k][f"ms_bs{tag}"] = lat[k]
+            rows[k][f"speedup_bs{tag}"] = lat["dense"] / lat[k]
+            rows[k][f"speedup_over_mac_reduction_bs{tag}"] = rows[k][f"speedup_bs{tag}"] / rows[k]["mac_reduction"]
+    print(f"torch-pruning {tp_version}")
+    head = f"{'variant':<28}{'MACs':>12}{'MAC red.':>9}{'ms b' + str(big):>9}{'speedup':>8}{'/MACred':>8}{'ms b1':>8}{'speedup':>8}{'/MACred':>8}"
+    print(head)
+    for k, r in rows.items():
+        print(f"{k:<28}{r['macs']:>12,}{r['mac_reduction']:>8.2f}x{r['ms_bsbig']:>9.2f}{r['speedup_bsbig']:>7.2f}x"
+              f"{r['speedup_over_mac_reduction_bsbig']:>8.2f}{r['ms_bs1']:>8.3f}{r['speedup_bs1']:>7.2f}x"
+              f"{r['speedup_over_mac_reduction_bs1']:>8.2f}")
+    out = os.environ.get("OUT")
+    if out:
+        with open(out, "w") as f:
+            json.dump({"torch_pruning": tp_version, "threads": args.threads, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

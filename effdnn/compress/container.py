@@ -1,0 +1,336 @@
+"""The Deep-Compression container: a documented binary file, no pickle.
+
+File layout (integers little-endian)::
+
+    header   magic b"EFDC" | version u16 (= 1) | flags u16 (= 0) | section count u32
+    section  kind u8 | name length u16 | name (UTF-8) | payload length u64 | payload
+    ...
+    trailer  CRC-32 (zlib.crc32) of every byte before it, u32
+
+Section kinds:
+
+- ``0`` META: UTF-8 JSON object (what made the file; free-form, informational).
+- ``1`` RAW tensor: dtype u8 | ndim u8 | dims u32 x ndim | the elements, C order (numel x itemsize bytes).
+- ``2`` SHARED tensor (Han et al. 2016, "Deep Compression", sections 2-4): the non-zeros of a pruned
+  weight, each the index of a shared value, with relative positions::
+
+      dtype u8 | ndim u8 | dims u32 x ndim
+      k u16 | codebook: k x float32            (the shared values)
+      index_bits u8                            (width of a relative index; gaps up to 2^index_bits - 1)
+      entries u32                              (stored (gap, symbol) pairs, fillers included)
+      code lengths: (k + 1) x u8               (canonical Huffman code of the symbols; symbol k = filler zero)
+      gap lengths: 2^index_bits x u8           (canonical Huffman code of the gaps)
+      symbol stream bits u32 | gap stream bits u32
+      symbol stream (ceil(bits / 8) bytes) | gap stream (ceil(bits / 8) bytes)
+
+  Entry i sits ``gap_i + 1`` positions after entry i - 1 (the first after position -1) in the
+  flattened tensor and holds ``codebook[symbol_i]``; every other element is zero. A run of more than
+  2^index_bits - 1 zeros is bridged by *filler zeros* (paper, Figure 3): an entry with the largest gap
+  and the filler symbol k, whose value is 0. Without Huffman coding the tables simply give every
+  symbol the same length (a fixed-width code).
+
+The reader checks everything (magic, version, lengths against the bytes present, the checksum, code
+tables, positions) and raises :class:`ContainerError` (an ``EffdnnError``: one line) on any defect.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import EffdnnError
+from . import huffman
+
+MAGIC = b"EFDC"
+VERSION = 1
+META, RAW, SHARED = 0, 1, 2
+MAX_NUMEL = 1 << 31
+MAX_DIMS = 8
+
+_DTYPES: dict[int, tuple[torch.dtype, str]] = {
+    0: (torch.float32, "<f4"), 1: (torch.float64, "<f8"), 2: (torch.float16, "<f2"), 3: (torch.bfloat16, "<i2"),
+    4: (torch.int64, "<i8"), 5: (torch.int32, "<i4"), 6: (torch.int16, "<i2"), 7: (torch.int8, "<i1"),
+    8: (torch.uint8, "<u1"), 9: (torch.bool, "<u1"),
+}
+_CODE = {dt: c for c, (dt, _) in _DTYPES.items()}
+
+
+class ContainerError(EffdnnError):
+    """A container file that is missing, truncated, altered or not a container."""
+
+
+@dataclass
+class Shared:
+    """A pruned, weight-shared tensor: ``codebook[codes]`` at ``positions`` (flattened), zero elsewhere."""
+
+    shape: tuple[int, ...]
+    codebook: np.ndarray  # (k,) float32
+    positions: np.ndarray  # (nnz,) int64, increasing
+    codes: np.ndarray  # (nnz,) int64 in [0, k)
+    index_bits: int
+    huffman: bool = True
+    dtype: torch.dtype = torch.float32
+
+    def dense(self) -> torch.Tensor:
+        flat = np.zeros(int(np.prod(self.shape, dtype=np.int64)), dtype=np.float32)
+        flat[self.positions] = self.codebook[self.codes]
+        return torch.from_numpy(flat).reshape(self.shape).to(self.dtype)
+
+
+# -- relative indices with filler zeros -----------------------------------------------------------
+
+def relative_entries(positions: np.ndarray, codes: np.ndarray, index_bits: int, filler: int) -> tuple[np.ndarray, np.ndarray]:
+    """(gaps, symbols) for increasing ``positions``; gaps beyond 2^index_bits - 1 get filler entries."""
+    top = (1 << index_bits) - 1
+    gaps = np.diff(np.concatenate([[-1], positions])) - 1  # zeros skipped before each entry
+    n_fill = gaps // (top + 1)  # each filler consumes top zeros and stands on one more
+    total = len(gaps) + int(n_fill.sum())
+    out_g = np.full(total, top, dtype=np.int64)
+    out_s = np.full(total, filler, dtype=np.int64)
+    at = np.arange(len(gaps)) + np.cumsum(n_fill)  # where each real entry lands after its fillers
+    out_g[at] = gaps - n_fill * (top + 1)
+    out_s[at] = codes
+    return out_g, out_s
+
+
+def absolute_positions(gaps: np.ndarray, symbols: np.ndarray, filler: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`relative_entries`: (positions, codes) of the non-filler entries."""
+    pos = np.cumsum(gaps + 1) - 1
+    real = symbols != filler
+    return pos[real], symbols[real]
+
+
+# -- writing ----------------------------------------------------------------------------------------
+
+def _shape_bytes(code: int, shape: tuple[int, ...]) -> bytes:
+    return struct.pack("<BB", code, len(shape)) + b"".join(struct.pack("<I", d) for d in shape)
+
+
+def _tables(values: np.ndarray, alphabet: int, use_huffman: bool) -> np.ndarray:
+    if use_huffman:
+        return huffman.code_lengths(np.bincount(values, minlength=alphabet))
+    width = max(1, math.ceil(math.log2(max(alphabet, 2))))
+    return np.full(alphabet, width, dtype=np.int64)
+
+
+def shared_payload(t: Shared) -> bytes:
+    k = len(t.codebook)
+    if not (1 <= k <= 65535) or not (1 <= t.index_bits <= 16):
+        raise ContainerError(f"codebook size {k} or index bits {t.index_bits} out of range")
+    gaps, syms = relative_entries(t.positions, t.codes, t.index_bits, filler=k)
+    sym_len = _tables(syms, k + 1, t.huffman)
+    gap_len = _tables(gaps, 1 << t.index_bits, t.huffman)
+    if not t.huffman and syms.size == 0:
+        sym_len[:] = 0
+        gap_len[:] = 0
+    sym_bytes, sym_bits = huffman.encode(syms, sym_len)
+    gap_bytes, gap_bits = huffman.encode(gaps, gap_len)
+    return b"".join([
+        _shape_bytes(_CODE[t.dtype], t.shape),
+        struct.pack("<H", k), t.codebook.astype("<f4").tobytes(),
+        struct.pack("<BI", t.index_bits, len(syms)),
+        sym_len.astype(np.uint8).tobytes(), gap_len.astype(np.uint8).tobytes(),
+        struct.pack("<II", sym_bits, gap_bits), sym_bytes, gap_bytes,
+    ])
+
+
+def raw_payload(t: torch.Tensor) -> bytes:
+    t = t.detach().cpu().contiguous()
+    if t.dtype not in _CODE:
+        raise ContainerError(f"cannot store a tensor of dtype {t.dtype}")
+    arr = (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().astype(_DTYPES[_CODE[t.dtype]][1])
+    return _shape_bytes(_CODE[t.dtype], tuple(t.shape)) + arr.tobytes()
+
+
+def section(kind: int, name: str, payload: bytes) -> bytes:
+    nb = name.encode("utf-8")
+    return struct.pack("<BH", kind, len(nb)) + nb + struct.pack("<Q", len(payload)) + payload
+
+
+def write_container(path: str | Path, tensors: dict[str, torch.Tensor | Shared], meta: dict[str, Any] | None = None) -> dict[str, int]:
+    """Write ``tensors`` (name -> raw tensor or :class:`Shared`) to ``path`` atomically.
+
+    Returns the bytes each section takes (header included), with ``"<file>"`` overhead (file header,
+    META section, trailer) and ``"<total>"`` the file size."""
+    parts = [section(META, "meta", json.dumps(meta or {}, sort_keys=True).encode())]
+    sizes = {}
+    for name, t in tensors.items():
+        body = section(SHARED, name, shared_payload(t)) if isinstance(t, Shared) else section(RAW, name, raw_payload(t))
+        sizes[name] = len(body)
+        parts.append(body)
+    blob = MAGIC + struct.pack("<HHI", VERSION, 0, len(parts)) + b"".join(parts)
+    blob += struct.pack("<I", zlib.crc32(blob) & 0xFFFFFFFF)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(blob)
+    os.replace(tmp, path)
+    sizes["<file>"] = len(blob) - sum(sizes.values())
+    sizes["<total>"] = len(blob)
+    return sizes
+
+
+# -- reading ----------------------------------------------------------------------------------------
+
+class _Reader:
+    def __init__(self, data: bytes, where: str) -> None:
+        self.data, self.pos, self.where = data, 0, where
+
+    def fail(self, msg: str) -> ContainerError:
+        return ContainerError(f"{self.where}: {msg}")
+
+    def take(self, n: int, what: str) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise self.fail(f"truncated: {what} needs {n} bytes at offset {self.pos}, {len(self.data) - self.pos} left")
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def unpack(self, fmt: str, what: str) -> tuple:
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt), what))
+
+    def done(self, what: str) -> None:
+        if self.pos != len(self.data):
+            raise self.fail(f"{len(self.data) - self.pos} unexpected bytes at the end of {what}")
+
+
+def _shape(r: _Reader, what: str) -> tuple[torch.dtype, str, tuple[int, ...], int]:
+    code, ndim = r.unpack("<BB", what)
+    if code not in _DTYPES:
+        raise r.fail(f"{what}: unknown dtype code {code}")
+    if ndim > MAX_DIMS:
+        raise r.fail(f"{what}: {ndim} dimensions (at most {MAX_DIMS})")
+    shape = tuple(r.unpack(f"<{ndim}I", what)) if ndim else ()
+    numel, span = 1, 1
+    for d in shape:
+        numel *= d
+        span *= max(d, 1)  # also bounds the strides of an empty tensor
+    if span > MAX_NUMEL:
+        raise r.fail(f"{what}: shape {shape} is too large")
+    dt, np_dt = _DTYPES[code]
+    return dt, np_dt, shape, numel
+
+
+def _read_raw(r: _Reader, name: str) -> torch.Tensor:
+    dt, np_dt, shape, numel = _shape(r, name)
+    size = np.dtype(np_dt).itemsize
+    arr = np.frombuffer(r.take(numel * size, f"{name} data"), dtype=np_dt).astype(np.dtype(np_dt).newbyteorder("="))
+    t = torch.from_numpy(arr).reshape(shape)
+    if dt == torch.bfloat16:
+        return t.view(torch.bfloat16)
+    if dt == torch.bool:
+        if (arr > 1).any():
+            raise r.fail(f"{name}: boolean tensor with values other than 0 / 1")
+        return t.to(torch.bool)
+    return t.to(dt)
+
+
+def _read_shared(r: _Reader, name: str) -> Shared:
+    dt, _, shape, numel = _shape(r, name)
+    if not dt.is_floating_point:
+        raise r.fail(f"{name}: a shared tensor must be floating point")
+    (k,) = r.unpack("<H", f"{name} codebook size")
+    if k == 0:
+        raise r.fail(f"{name}: empty codebook")
+    codebook = np.frombuffer(r.take(4 * k, f"{name} codebook"), dtype="<f4").astype(np.float32)
+    if not np.isfinite(codebook).all():
+        raise r.fail(f"{name}: codebook has NaN or infinite values")
+    index_bits, entries = r.unpack("<BI", f"{name} index header")
+    if not 1 <= index_bits <= 16:
+        raise r.fail(f"{name}: index bits {index_bits} out of range 1..16")
+    if entries > numel:
+        raise r.fail(f"{name}: {entries} entries for {numel} elements")
+    sym_len = np.frombuffer(r.take(k + 1, f"{name} symbol code table"), dtype=np.uint8).astype(np.int64)
+    gap_len = np.frombuffer(r.take(1 << index_bits, f"{name} gap code table"), dtype=np.uint8).astype(np.int64)
+    sym_bits, gap_bits = r.unpack("<II", f"{name} stream lengths")
+    sym_data = r.take((sym_bits + 7) // 8, f"{name} symbol stream")
+    gap_data = r.take((gap_bits + 7) // 8, f"{name} gap stream")
+    try:
+        syms = huffman.decode(sym_data, sym_bits, entries, sym_len)
+        gaps = huffman.decode(gap_data, gap_bits, entries, gap_len)
+    except huffman.HuffmanError as e:
+        raise r.fail(f"{name}: {e}") from None
+    if entries and int((gaps + 1).sum()) > numel:
+        raise r.fail(f"{name}: entries run past the end of the tensor")
+    positions, codes = absolute_positions(gaps, syms, filler=k)
+    return Shared(shape, codebook, positions, codes, index_bits, huffman=True, dtype=dt)
+
+
+def read_container(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor | Shared]]:
+    """(meta, name -> tensor or Shared) of a container file; ContainerError on any defect."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ContainerError(f"{path}: cannot read ({e.strerror or e})") from None
+    return parse_container(data, str(path))
+
+
+def parse_container(data: bytes, where: str = "container") -> tuple[dict[str, Any], dict[str, torch.Tensor | Shared]]:
+    if len(data) < 16:
+        raise ContainerError(f"{where}: truncated ({len(data)} bytes): not an effdnn container")
+    if data[:4] != MAGIC:
+        raise ContainerError(f"{where}: not an effdnn container (bad magic {data[:4]!r})")
+    (crc,) = struct.unpack("<I", data[-4:])
+    if zlib.crc32(data[:-4]) & 0xFFFFFFFF != crc:
+        raise ContainerError(f"{where}: checksum mismatch: the file is truncated or altered")
+    r = _Reader(data[:-4], where)
+    r.take(4, "magic")
+    version, flags, count = r.unpack("<HHI", "header")
+    if version != VERSION:
+        raise r.fail(f"container version {version} is not supported (this reader: {VERSION})")
+    if flags:
+        raise r.fail(f"unknown flags {flags:#x}")
+    meta: dict[str, Any] = {}
+    tensors: dict[str, torch.Tensor | Shared] = {}
+    for i in range(count):
+        kind, nlen = r.unpack("<BH", f"section {i} header")
+        try:
+            name = r.take(nlen, f"section {i} name").decode("utf-8")
+        except UnicodeDecodeError:
+            raise r.fail(f"section {i}: name is not UTF-8") from None
+        (plen,) = r.unpack("<Q", f"section {i} length")
+        body = _Reader(r.take(plen, f"section {name!r} payload"), f"{where}: section {name!r}")
+        if kind == META:
+            try:
+                obj = json.loads(body.data.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                raise body.fail("META is not UTF-8 JSON") from None
+            if not isinstance(obj, dict):
+                raise body.fail("META is not a JSON object")
+            meta.update(obj)
+            continue
+        if kind not in (RAW, SHARED):
+            raise body.fail(f"unknown section kind {kind}")
+        if name in tensors:
+            raise body.fail("tensor stored twice")
+        tensors[name] = _read_raw(body, name) if kind == RAW else _read_shared(body, name)
+        body.done(f"section {name!r}")
+    r.done("the file")
+    return meta, tensors
+
+
+def load_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor | Shared], where: str = "container") -> torch.nn.Module:
+    """Copy the file's tensors into ``model`` (same names, shapes and dtypes as its state_dict, exactly)."""
+    state = model.state_dict()
+    missing = sorted(set(state) - set(tensors))
+    extra = sorted(set(tensors) - set(state))
+    if missing or extra:
+        raise ContainerError(f"{where}: does not match the model (missing: {missing[:3]}, unexpected: {extra[:3]})")
+    new = {}
+    for name, t in tensors.items():
+        dense = t.dense() if isinstance(t, Shared) else t
+        if tuple(dense.shape) != tuple(state[name].shape) or dense.dtype != state[name].dtype:
+            raise ContainerError(f"{where}: {name} is {tuple(dense.shape)} {dense.dtype}, the model wants "
+                                 f"{tuple(state[name].shape)} {state[name].dtype}")
+        new[name] = dense
+    model.load_state_dict(new)
+    return model

@@ -1,0 +1,176 @@
+"""Deep Compression storage (Han, Mao & Dally 2016): pruning -> k-means weight sharing -> relative
+sparse indices -> Huffman coding, written to the container file (container.py).
+
+    compress: {method: deep-compression, bits: 5, conv_bits: 8, index_bits: 5, conv_index_bits: 8, huffman: true}
+
+Runs last in an experiment (after fine-tuning and finalizers). For every convolution / linear weight:
+its non-zeros (the pruning is done by the ``prune`` block before) are clustered into 2^bits shared
+values with the k-means format (``effdnn.formats.kmeans``, linear initialisation, the paper's best;
+a weight that already has no more distinct non-zero values, e.g. after k-means QAT, keeps them exactly);
+positions are stored as relative indices of ``index_bits`` with filler zeros; symbols and gaps are
+Huffman coded. Every other tensor is stored raw. The file is then read back into a copy of the model,
+which replaces it, so the accuracy measured is the accuracy of the file.
+
+Storage reported to the cost model: each encoded layer states ``storage_bits`` = its section of the
+file plus its raw bias; the container's own overhead (file header, META section, section headers of
+the raw tensors, checksum, BatchNorm step counters) is charged to the first encoded layer, so the
+report's ``size_bytes`` is the file size, byte for byte.
+"""
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from ..cost.precision import LayerPrecision, deployed_bits
+from ..errors import EffdnnError
+from ..formats.kmeans import KMeansFormat
+from ..prune.select import select_layers
+from ..prune.sparse import strip_sparse
+from ..registry import COMPRESS, StrictModel
+from .container import Shared, load_into, read_container, write_container
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CLASSES: dict[type, type] = {}
+
+
+class DeepCompressionConfig(StrictModel):
+    method: Literal["deep-compression"] = "deep-compression"
+    bits: int = Field(5, ge=1, le=10, description="shared-value bits of linear layers (paper: 5 for fc)")
+    conv_bits: int | None = Field(None, ge=1, le=10, description="of convolutions (paper: 8); default: bits")
+    index_bits: int = Field(5, ge=1, le=16, description="relative-index bits of linear layers (paper: 5)")
+    conv_index_bits: int | None = Field(None, ge=1, le=16, description="of convolutions (paper: 8); default: index_bits")
+    huffman: bool = True
+    init: Literal["linear", "density", "random", "kmeans++"] = "linear"
+    layers: list[str] | None = None
+    exclude: list[str] = Field(default_factory=list)
+    path: str | None = Field(None, description="where to write the file (default: the experiment folder / model.edc)")
+
+
+class CompressedMixin:
+    """A layer whose weight was decoded from a container: it states the bytes it took in the file."""
+
+    effdnn_file_bits: int = 0
+    effdnn_code_bits: float = 32.0
+
+    def effdnn_precision(self) -> LayerPrecision:
+        return LayerPrecision(32, 32, storage_bits=int(self.effdnn_file_bits),
+                              label=f"deep-compression {self.effdnn_code_bits:g}b shared")
+
+
+def _compressed_class(cls: type) -> type:
+    if issubclass(cls, CompressedMixin):
+        return cls
+    if cls not in _CLASSES:
+        _CLASSES[cls] = type(f"Compressed{cls.__name__}", (CompressedMixin, cls), {"__module__": __name__})
+    return _CLASSES[cls]
+
+
+def share_weight(w: torch.Tensor, bits: int, index_bits: int, init: str, use_huffman: bool) -> Shared:
+    """The Shared form of a (pruned) weight: its non-zeros as indices into 2^bits shared values."""
+    flat = w.detach().reshape(-1).float().cpu()
+    positions = torch.nonzero(flat != 0).reshape(-1)
+    values = flat[positions]
+    distinct = torch.unique(values)
+    if len(distinct) <= 2 ** bits and len(distinct) > 0:  # already shared (k-means QAT, or few weights): exact
+        codebook = distinct
+        codes = torch.searchsorted(distinct, values)
+    elif len(distinct) == 0:
+        codebook = torch.zeros(1)
+        codes = torch.zeros(0, dtype=torch.long)
+    else:
+        fmt = KMeansFormat(bits, init=init)
+        params = fmt.fit(values)
+        codebook = params.codebook.reshape(-1)
+        codes = fmt.quantize(values, params).reshape(-1)
+        used = torch.unique(codes)  # drop centroids no weight uses (empty clusters)
+        remap = torch.full((len(codebook),), -1, dtype=torch.long)
+        remap[used] = torch.arange(len(used))
+        codebook, codes = codebook[used], remap[codes]
+    return Shared(tuple(w.shape), codebook.numpy().astype(np.float32), positions.numpy().astype(np.int64),
+                  codes.numpy().astype(np.int64), index_bits, huffman=use_huffman, dtype=w.dtype)
+
+
+def encode_model(model: nn.Module, config: DeepCompressionConfig, path: str | Path, meta: dict[str, Any] | None = None
+                 ) -> tuple[nn.Module, dict[str, Any]]:
+    """Write ``model`` to ``path`` and return (the model read back from the file, details)."""
+    for m in model.modules():
+        strip_sparse(m)
+    layers = select_layers(model, config.layers, config.exclude, "compress")
+    state = model.state_dict()
+    tensors: dict[str, torch.Tensor | Shared] = {}
+    shared_of: dict[str, str] = {}
+    for name, t in state.items():
+        owner, _, leaf = name.rpartition(".")
+        if leaf == "weight" and owner in layers:
+            conv = isinstance(layers[owner], _CONV)
+            bits = (config.conv_bits or config.bits) if conv else config.bits
+            ib = (config.conv_index_bits or config.index_bits) if conv else config.index_bits
+            tensors[name] = share_weight(t, bits, ib, config.init, config.huffman)
+            shared_of[owner] = name
+        else:
+            tensors[name] = t.detach().cpu()
+    sizes = write_container(path, tensors, meta)
+    _, back = read_container(path)
+    decoded = copy.deepcopy(model)
+    load_into(decoded, back, str(path))
+    # the file must hold exactly the weights it says: compare against the shared tensors written
+    for name, t in tensors.items():
+        got = back[name].dense() if isinstance(back[name], Shared) else back[name]
+        want = t.dense() if isinstance(t, Shared) else t
+        if not torch.equal(got, want):
+            raise EffdnnError(f"deep-compression: {name} does not survive the round trip (a bug)")
+    details = _attribute(decoded, layers, shared_of, tensors, sizes)
+    return decoded, details
+
+
+def _attribute(model: nn.Module, layers: dict[str, nn.Module], shared_of: dict[str, str], tensors: dict, sizes: dict) -> dict[str, Any]:
+    """Give every encoded layer its bytes of the file; the overhead goes to the first one."""
+    mods = dict(model.named_modules())
+    per_layer = {}
+    for owner, wname in shared_of.items():
+        mod = mods[owner]
+        mod.__class__ = _compressed_class(type(mod))
+        other = sum(t.numel() * t.element_size() * 8 for n, t in mod.named_parameters(recurse=False) if n != "weight")
+        other += sum(t.numel() * t.element_size() * 8 for n, t in mod.named_buffers(recurse=False))
+        mod.effdnn_file_bits = sizes[wname] * 8 + other
+        sh: Shared = tensors[wname]
+        mod.effdnn_code_bits = max(1, int(np.ceil(np.log2(max(len(sh.codebook), 2)))))
+        per_layer[owner] = {"bytes": sizes[wname], "nonzeros": int(len(sh.positions)), "numel": int(np.prod(sh.shape)),
+                            "shared_values": int(len(sh.codebook)), "index_bits": sh.index_bits}
+    total_bits = sum(deployed_bits(model).values())
+    overhead = sizes["<total>"] * 8 - total_bits
+    if shared_of:
+        first = mods[next(iter(shared_of))]
+        first.effdnn_file_bits += overhead
+    if sum(deployed_bits(model).values()) != sizes["<total>"] * 8:
+        raise EffdnnError("deep-compression: the storage attributed to layers does not add up to the file size (a bug)")
+    return {"layers": per_layer, "overhead_bytes": overhead / 8}
+
+
+@COMPRESS.register("deep-compression", DeepCompressionConfig)
+def deep_compression(model: nn.Module, config: DeepCompressionConfig, ctx: Any) -> nn.Module:
+    """Deep Compression container: k-means sharing + relative sparse indices + Huffman (Han et al. 2016)."""
+    if config.path:
+        path = Path(config.path)
+    elif getattr(ctx, "out_dir", None) is not None:
+        path = Path(ctx.out_dir) / "model.edc"
+    else:
+        path = Path(tempfile.mkdtemp(prefix="effdnn-")) / "model.edc"
+    meta = {"format": "effdnn deep-compression", "config": config.model_dump(mode="json")}
+    decoded, details = encode_model(model, config, path, meta)
+    size = path.stat().st_size
+    ctx.extra["container"] = {"path": str(path), "bytes": size, **details}
+    return decoded
+
+
+def load_compressed(path: str | Path, model: nn.Module) -> nn.Module:
+    """Fill ``model`` (the architecture, e.g. a fresh model of the recipe) with the container's weights."""
+    _, tensors = read_container(path)
+    return load_into(model, tensors, str(path))

@@ -1,0 +1,202 @@
+"""Activation sparsity: more exact zeros in the feature maps, so zero-skipping hardware does less work.
+
+    activation_sparsity: {method: fatrelu, target: 0.8, l1: 0.0, layers: [...]}
+    activation_sparsity: {method: l1, weight: 1e-4, layers: [...]}
+
+- FATReLU, the forced-activation-threshold ReLU (Kurtz et al. 2020, "Inducing and exploiting activation
+  sparsity for fast inference on deep neural networks", eq. 1): f(x) = x if x > T else 0. Each ReLU
+  gets its own T, chosen on calibration data as the ``target`` quantile of its input, so that about
+  ``target`` of its outputs are zero (T = 0, a plain ReLU, where the ReLU alone is already sparser).
+- An L1 penalty on activations (Georgiadis 2019, "Accelerating convolutional neural networks via
+  activation map compression", eq. 2): lambda * sum over layers of mean |a| is added to the training loss
+  (Callback.extra_loss), pushing activations to exactly zero through the ReLU.
+
+The report gets the zero fraction of every activation layer's output on calibration data
+(``activation_sparsity_per_layer``); the cost model skips the MACs whose activation input is zero.
+"""
+from __future__ import annotations
+
+import itertools
+from fnmatch import fnmatchcase
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from ..errors import EffdnnError
+from ..registry import ACTIVATION_SPARSITY, StrictModel
+from ..train.callbacks import Callback
+from ..utils.batches import iter_inputs, forward, model_device
+
+_MAX_SAMPLES = 1 << 20  # values per layer kept for the quantile
+
+
+class FATReLU(nn.Module):
+    """Forced activation threshold ReLU: x where x > threshold, else 0 (gradient 1 where it passes)."""
+
+    effdnn_channelwise = True  # structured pruning passes through it
+
+    def __init__(self, threshold: float = 0.0) -> None:
+        super().__init__()
+        self.register_buffer("threshold", torch.tensor(float(threshold)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x > self.threshold, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+    def extra_repr(self) -> str:
+        return f"threshold={float(self.threshold):.4g}"
+
+
+ACTIVATIONS = (nn.ReLU, FATReLU)
+
+
+def activation_layers(model: nn.Module, include: list[str] | None, what: str) -> dict[str, nn.Module]:
+    acts = {n: m for n, m in model.named_modules() if isinstance(m, ACTIVATIONS)}
+    if not acts:
+        raise EffdnnError(f"{what}: the model has no ReLU module (a functional relu cannot be replaced)")
+    for p in include or ():
+        if not any(fnmatchcase(n, p) for n in acts):
+            raise EffdnnError(f"{what}.layers: pattern {p!r} matches no activation layer (have: {', '.join(acts)})")
+    return {n: m for n, m in acts.items() if include is None or any(fnmatchcase(n, p) for p in include)}
+
+
+def _set(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+@torch.no_grad()
+def collect(model: nn.Module, layers: dict[str, nn.Module], batches: Any, inputs: bool) -> dict[str, torch.Tensor]:
+    """A sample (<= 1M values per layer) of each layer's input (``inputs``) or output on ``batches``."""
+    store: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+    gen = torch.Generator().manual_seed(0)
+
+    def hook(name: str):
+        def fn(mod: nn.Module, inp: tuple, out: torch.Tensor) -> None:
+            t = (inp[0] if inputs else out).detach().reshape(-1).float().cpu()
+            if t.numel() > _MAX_SAMPLES // 8:
+                t = t[torch.randint(0, t.numel(), (_MAX_SAMPLES // 8,), generator=gen)]
+            store[name].append(t)
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
+    was = model.training
+    model.eval()
+    try:
+        for x in iter_inputs(batches, device=model_device(model)):
+            forward(model, x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    if not all(store.values()):
+        raise EffdnnError("activation sparsity: the calibration data is empty or does not reach every activation layer")
+    return {n: torch.cat(v) for n, v in store.items()}
+
+
+def activation_sparsity_per_layer(model: nn.Module, batches: Any) -> dict[str, float]:
+    """Zero fraction of each ReLU / FATReLU output of ``model`` on ``batches``."""
+    acts = {n: m for n, m in model.named_modules() if isinstance(m, ACTIVATIONS)}
+    if not acts:
+        return {}
+    return {n: float((v == 0).float().mean()) for n, v in collect(model, acts, batches, inputs=False).items()}
+
+
+def calibrate_fatrelu(model: nn.Module, layers: dict[str, nn.Module], batches: Any, target: float) -> dict[str, float]:
+    """Replace each of ``layers`` by a FATReLU whose threshold makes ~``target`` of its outputs zero.
+
+    Layers are calibrated in order, each on the inputs it sees once the earlier ones are thresholded."""
+    thresholds = {}
+    for name in layers:
+        mod = model.get_submodule(name)
+        x = collect(model, {name: mod}, batches, inputs=True)[name]
+        t = max(float(torch.quantile(x, target)), 0.0)
+        _set(model, name, FATReLU(t).to(model_device(model)))
+        thresholds[name] = t
+    return thresholds
+
+
+class ActivationL1(Callback):
+    """Adds lambda * sum over layers of mean |a| (the layers' outputs in the training forward pass)."""
+
+    def __init__(self, names: list[str], weight: float) -> None:
+        self.names, self.weight = names, weight
+        self.acts: list[torch.Tensor] = []
+        self.handles: list[Any] = []
+        self.last = 0.0
+
+    def on_fit_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        mods = dict(model.named_modules())
+        missing = [n for n in self.names if n not in mods]
+        if missing:
+            raise EffdnnError(f"activation_sparsity: layers {missing} are gone from the model")
+
+        def hook(mod: nn.Module, inp: tuple, out: torch.Tensor) -> None:
+            if mod.training:
+                self.acts.append(out)
+
+        self.handles = [mods[n].register_forward_hook(hook) for n in self.names]
+
+    def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
+        if not self.acts:
+            return None
+        term = self.weight * sum(a.abs().mean() for a in self.acts)
+        self.acts = []
+        self.last = float(term.detach())
+        return term
+
+    def on_fit_end(self, model: nn.Module) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles, self.acts = [], []
+
+    def report(self) -> dict[str, Any]:
+        return {"activation_l1_last": self.last}
+
+
+class FATReLUConfig(StrictModel):
+    method: Literal["fatrelu"] = "fatrelu"
+    target: float = Field(..., ge=0, lt=1, description="fraction of zero outputs each thresholded ReLU aims at")
+    l1: float = Field(0.0, ge=0, description="also add this L1 activation penalty during fine-tuning")
+    layers: list[str] | None = None
+    batches: int = Field(8, ge=1, description="calibration batches")
+
+
+class L1Config(StrictModel):
+    method: Literal["l1"] = "l1"
+    weight: float = Field(..., gt=0, description="lambda of the L1 activation penalty")
+    layers: list[str] | None = None
+    batches: int = Field(8, ge=1, description="batches on which the per-layer sparsity is reported")
+
+
+def _report(ctx: Any, batches: list) -> Any:
+    def fin(model: nn.Module) -> nn.Module:
+        ctx.extra["activation_sparsity_per_layer"] = activation_sparsity_per_layer(model, batches)
+        return model
+    return fin
+
+
+@ACTIVATION_SPARSITY.register("fatrelu", FATReLUConfig)
+def fatrelu(model: nn.Module, config: FATReLUConfig, ctx: Any) -> nn.Module:
+    """FATReLU: per-layer thresholds calibrated to a target activation sparsity (Kurtz et al. 2020)."""
+    layers = activation_layers(model, config.layers, "activation_sparsity")
+    batches = list(itertools.islice(iter(ctx.calib_loader(config.batches)), config.batches))
+    ctx.extra["activation_sparsity_before"] = activation_sparsity_per_layer(model, batches)
+    ctx.extra["fatrelu_thresholds"] = calibrate_fatrelu(model, layers, batches, config.target)
+    if config.l1 > 0:
+        ctx.callbacks.append(ActivationL1(list(layers), config.l1))
+    ctx.finalizers.append(_report(ctx, batches))
+    ctx.extra["activation_sparsity_per_layer"] = activation_sparsity_per_layer(model, batches)
+    return model
+
+
+@ACTIVATION_SPARSITY.register("l1", L1Config)
+def l1_penalty(model: nn.Module, config: L1Config, ctx: Any) -> nn.Module:
+    """L1 penalty on activations during fine-tuning (Georgiadis 2019)."""
+    layers = activation_layers(model, config.layers, "activation_sparsity")
+    batches = list(itertools.islice(iter(ctx.calib_loader(config.batches)), config.batches))
+    ctx.extra["activation_sparsity_before"] = activation_sparsity_per_layer(model, batches)
+    ctx.callbacks.append(ActivationL1(list(layers), config.weight))
+    ctx.finalizers.append(_report(ctx, batches))
+    return model

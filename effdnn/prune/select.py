@@ -1,0 +1,35 @@
+"""Which layers a pruning block touches: name patterns (fnmatch) over the weight-bearing layers."""
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+from typing import Sequence
+
+from torch import nn
+
+from ..errors import EffdnnError
+
+PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every convolution and linear layer, by qualified name, in definition order."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
+
+
+def select_layers(model: nn.Module, include: Sequence[str] | None = None, exclude: Sequence[str] = (),
+                  what: str = "prune") -> dict[str, nn.Module]:
+    """Layers whose names match one of ``include`` (all if None) and none of ``exclude``.
+
+    A pattern that matches no layer is an error (a typo must not silently prune nothing)."""
+    layers = weight_layers(model)
+    if not layers:
+        raise EffdnnError(f"{what}: the model has no convolution or linear layer to prune")
+    for key, pats in (("layers", include or ()), ("exclude", exclude)):
+        for p in pats:
+            if not any(fnmatchcase(n, p) for n in layers):
+                raise EffdnnError(f"{what}.{key}: pattern {p!r} matches no layer (layers: {', '.join(layers)})")
+    chosen = {n: m for n, m in layers.items()
+              if (include is None or any(fnmatchcase(n, p) for p in include)) and not any(fnmatchcase(n, p) for p in exclude)}
+    if not chosen:
+        raise EffdnnError(f"{what}: the layer patterns leave no layer to prune")
+    return chosen

@@ -1,0 +1,141 @@
+"""Masked (pruned) layers: the mask lives in the layer, zeros stay zero, the storage is sparse.
+
+``make_sparse(layer, mask)`` turns a Conv / Linear layer into its sparse subclass in place (still an
+``nn.Conv2d`` / ``nn.Linear`` to every other tool, and exported to ONNX as one): the mask is the
+``weight_mask`` buffer, the weight is kept multiplied by it, and :class:`MaskCallback` re-applies
+the masks after every optimizer step so masked weights stay exactly zero through fine-tuning.
+
+Storage rule (``effdnn_precision``, used by the cost model's ``size_bytes``): a pruned weight is stored
+as its non-zero values (at the layer's value width) plus a sparse index, whichever of these is smallest:
+- dense: every value, no index;
+- bitmap: one bit per position;
+- CSR: per non-zero a column index of ceil(log2(cols)) bits, per row a 32-bit row pointer
+  (rows = output channels, cols = the rest of the weight).
+Other tensors of the layer (the bias) are stored dense at their dtype. The mask itself is not stored:
+it is the index. A layer that already states a precision (a quantized layer) keeps its value width and
+overheads (scales, codebooks); only its dense weight codes are replaced by the sparse encoding.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..cost.precision import LayerPrecision
+from ..train.callbacks import Callback
+
+_CLASSES: dict[type, type] = {}
+
+
+def sparse_index_bits(mask: torch.Tensor) -> tuple[str, int]:
+    """(format, bits) of the cheapest index of a weight's non-zeros: bitmap or CSR (dense -> 0 bits)."""
+    rows = mask.shape[0] if mask.dim() > 1 else 1
+    cols = mask.numel() // max(rows, 1)
+    nnz = int(mask.sum())
+    options = {"bitmap": mask.numel(), "csr": nnz * max(math.ceil(math.log2(max(cols, 2))), 1) + (rows + 1) * 32}
+    fmt = min(options, key=options.get)
+    return fmt, options[fmt]
+
+
+class SparseMixin:
+    """Adds ``weight_mask`` handling and a sparse storage statement to a Conv / Linear class."""
+
+    weight_mask: torch.Tensor
+    effdnn_not_stored = ("weight_mask",)  # the sparse index (in storage_bits) replaces it
+
+    def apply_mask(self) -> None:
+        with torch.no_grad():
+            self.weight.mul_(self.weight_mask.to(self.weight.dtype))
+
+    def dense_precision(self) -> LayerPrecision:
+        """What the layer states without its mask (a quantized layer's widths), or its dtype."""
+        fn = getattr(super(), "effdnn_precision", None)
+        if callable(fn):
+            return fn()
+        bits = self.weight.element_size() * 8
+        return LayerPrecision(bits, bits)
+
+    def effdnn_precision(self) -> LayerPrecision:
+        inner = self.dense_precision()
+        vb = inner.weight_bits
+        nnz = int(self.weight_mask.sum())
+        dense = self.weight.numel() * vb
+        fmt, idx = sparse_index_bits(self.weight_mask)
+        sparse = nnz * vb + idx
+        weight_bits, label = (dense, "dense") if dense <= sparse else (sparse, fmt)
+        if inner.storage_bits is not None:  # a quantized layer: keep its overheads, swap its dense weight codes
+            rest = inner.storage_bits - dense
+        else:
+            rest = sum(t.numel() * t.element_size() * 8 for n, t in self.named_parameters(recurse=False) if n != "weight")
+        density = nnz / max(self.weight.numel(), 1)
+        tag = f"sparse {1 - density:.0%} ({label})"
+        return replace(inner, storage_bits=int(math.ceil(weight_bits + rest)), label=f"{inner.label} {tag}".strip())
+
+
+def sparse_class(cls: type) -> type:
+    if issubclass(cls, SparseMixin):
+        return cls
+    if cls not in _CLASSES:
+        _CLASSES[cls] = type(f"Sparse{cls.__name__}", (SparseMixin, cls), {"__module__": __name__})
+    return _CLASSES[cls]
+
+
+def make_sparse(layer: nn.Module, mask: torch.Tensor) -> nn.Module:
+    """Give ``layer`` (in place) the keep-mask ``mask`` (bool, shaped like its weight) and zero the rest."""
+    if mask.shape != layer.weight.shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} != weight shape {tuple(layer.weight.shape)}")
+    if not isinstance(layer, SparseMixin):
+        layer.__class__ = sparse_class(type(layer))
+    m = mask.to(device=layer.weight.device, dtype=torch.bool)
+    if "weight_mask" in layer._buffers:
+        layer.weight_mask = m
+    else:
+        layer.register_buffer("weight_mask", m)
+    layer.apply_mask()
+    return layer
+
+
+def strip_sparse(layer: nn.Module) -> nn.Module:
+    """The dense layer class again (weights keep their zeros), e.g. before another format takes over."""
+    if isinstance(layer, SparseMixin):
+        layer.apply_mask()
+        del layer._buffers["weight_mask"]
+        layer.__class__ = type(layer).__mro__[2]
+    return layer
+
+
+def sparse_layers(model: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, SparseMixin)}
+
+
+def weight_sparsity(model: nn.Module) -> dict[str, float]:
+    """Fraction of exact zeros in each masked layer's weight."""
+    return {n: float((m.weight == 0).float().mean()) for n, m in sparse_layers(model).items()}
+
+
+class MaskCallback(Callback):
+    """Keeps pruned weights at exactly zero through fine-tuning: the gradient of a masked weight is
+    zeroed before the optimizer step would use it (no momentum builds up) and the mask is re-applied
+    after every step (weight decay and Adam's moments cannot revive a weight)."""
+
+    def __init__(self) -> None:
+        self._handles: list[Any] = []
+
+    def on_fit_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        for m in sparse_layers(model).values():
+            m.apply_mask()
+            self._handles.append(m.weight.register_hook(lambda g, m=m: g * m.weight_mask.to(g.dtype)))
+
+    def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        for m in sparse_layers(model).values():
+            m.apply_mask()
+
+    def on_fit_end(self, model: nn.Module) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        for m in sparse_layers(model).values():
+            m.apply_mask()

@@ -1,0 +1,116 @@
+"""DoReFa-Net weights (Zhou et al. 2016, "DoReFa-Net: Training Low Bitwidth Convolutional Neural Networks
+with Low Bitwidth Gradients", eq. 9): with quantize_k(r) = round((2^k - 1) r) / (2^k - 1),
+
+    w_q = 2 quantize_k( tanh(w) / (2 max|tanh(w)|) + 1/2 ) - 1          (in [-1, 1], 2^k levels)
+
+the tanh limits the influence of large weights; the rounding is straight-through. DoReFa relies on a
+following BatchNorm to absorb the scale; for nets without BN (LeNet-5) ``rescale`` multiplies w_q by
+max|w| (detached), which keeps the pretrained layer's output range (an effdnn addition, on by default).
+
+Deployed, the weights live on the grid c (2i / (2^k - 1) - 1), i = 0..2^k-1: the ``DoReFaFormat``
+number format (k-bit codes + one fp32 scale c per tensor).
+
+``method: dorefa`` = plain QAT (EMA activation ranges, ``qat``) with DoReFa weights.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ...context import ExperimentContext
+from ...errors import EffdnnError
+from ...formats import NumberFormat
+from ...formats.ste import round_ste
+from ...registry import QUANTIZE
+from ..config import TensorSpec
+from ..fake_quant import Quantizer
+from ..qat import QATConfig, generic_weight, prepare_qat
+from ..qat_quantizers import QATQuantizer
+
+
+@dataclass
+class DoReFaParams:
+    scale: torch.Tensor  # (1,) c: the grid spans [-c, c]
+
+
+@dataclass(frozen=True)
+class DoReFaFormat(NumberFormat):
+    """The DoReFa weight grid: c (2i / (2^k - 1) - 1), codes i in 0..2^k-1 (no zero level)."""
+
+    bits: int = 4  # type: ignore[assignment]
+    name = "dorefa"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 1 <= self.bits <= 16:
+            raise EffdnnError(f"dorefa format: bits must be an integer in 1..16, got {self.bits!r}")
+
+    @property
+    def n(self) -> int:
+        return 2**self.bits - 1
+
+    def compute_params(self, x: torch.Tensor) -> DoReFaParams:
+        return DoReFaParams(x.detach().abs().max().reshape(1).float().clamp_min(1e-12))
+
+    def quantize(self, x: torch.Tensor, params: DoReFaParams | None = None) -> torch.Tensor:
+        p = params or self.compute_params(x)
+        return torch.clamp(torch.round((x.detach() / p.scale + 1) / 2 * self.n), 0, self.n).to(torch.int32)
+
+    def dequantize(self, codes: torch.Tensor, params: DoReFaParams | None = None) -> torch.Tensor:
+        if params is None:
+            raise EffdnnError("dorefa format: dequantize needs the params the codes were made with")
+        return params.scale * (2 * codes.float() / self.n - 1)
+
+    def storage_bits(self, numel: int, params: DoReFaParams | None = None) -> int:
+        return int(numel * self.bits + 32)
+
+    @property
+    def label(self) -> str:
+        return f"dorefa{self.bits}"
+
+
+def dorefa_weight(w: torch.Tensor, bits: int, rescale: bool = True) -> torch.Tensor:
+    """DoReFa eq. 9 (straight-through rounding); times max|w| (detached) when ``rescale``."""
+    n = 2**bits - 1
+    t = torch.tanh(w)
+    r = t / (2 * t.abs().max()) + 0.5  # [0, 1]
+    wq = 2 * (round_ste(r * n) / n) - 1  # [-1, 1]
+    return wq * w.detach().abs().max() if rescale else wq
+
+
+class DoReFaWeightQuantizer(QATQuantizer):
+    def __init__(self, bits: int, rescale: bool = True) -> None:
+        super().__init__(DoReFaFormat(bits), None, role="weight")
+        self.mode, self.rescale = "quantize", rescale
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return dorefa_weight(w, self.fmt.bits, self.rescale)
+
+    def to_static(self, x: torch.Tensor | None = None) -> Quantizer:
+        q = Quantizer(self.fmt, None, role="weight")
+        q.set_params(self.fmt.compute_params(x))  # type: ignore[arg-type]
+        return q
+
+
+def dorefa_or_generic(rescale: bool):
+    """Weight factory: DoReFa for ``format: int`` specs, the generic STE quantizer for other formats."""
+
+    def make(spec: TensorSpec, name: str, layer: nn.Module) -> QATQuantizer:
+        if spec.format == "int":
+            return DoReFaWeightQuantizer(spec.bits, rescale)
+        return generic_weight(spec, name, layer)
+
+    return make
+
+
+class DoReFaConfig(QATConfig):
+    method: Literal["dorefa"] = "dorefa"  # type: ignore[assignment]
+    rescale: bool = True
+
+
+@QUANTIZE.register("dorefa", DoReFaConfig, "DoReFa-Net weights (tanh normalisation) + QAT activations")
+def dorefa(model: nn.Module, config: DoReFaConfig, ctx: ExperimentContext) -> nn.Module:
+    """DoReFa weights (Zhou et al. 2016) with STE QAT of the activations."""
+    return prepare_qat(model, config, ctx, weight_q=dorefa_or_generic(config.rescale), tag="dorefa")

@@ -1,0 +1,87 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import effdnn
+from effdnn.context import ExperimentContext
+from effdnn.errors import EffdnnError
+from effdnn.prune.activation import FATReLU, ActivationL1, activation_sparsity_per_layer
+from effdnn.registry import ACTIVATION_SPARSITY
+
+
+def test_fatrelu_forward_and_gradient():
+    f = FATReLU(0.5)
+    x = torch.tensor([-1.0, 0.2, 0.5, 0.6, 2.0], requires_grad=True)
+    y = f(x)
+    assert y.tolist() == [0.0, 0.0, 0.0, pytest.approx(0.6), 2.0]
+    y.sum().backward()
+    assert x.grad.tolist() == [0.0, 0.0, 0.0, 1.0, 1.0]
+
+
+def _ctx(data):
+    return ExperimentContext(data=None, device=torch.device("cpu"), calib_data=data)
+
+
+def test_fatrelu_calibration_reaches_the_target(tiny, tiny_data):
+    ctx = _ctx(tiny_data)
+    plain = activation_sparsity_per_layer(tiny, tiny_data)
+    m = ACTIVATION_SPARSITY.apply(tiny, {"method": "fatrelu", "target": 0.85}, ctx)
+    assert isinstance(m.relu1, FATReLU) and isinstance(m.relu2, FATReLU)
+    got = activation_sparsity_per_layer(m, tiny_data)
+    for n in ("relu1", "relu2"):
+        assert got[n] == pytest.approx(0.85, abs=0.01)
+        assert got[n] > plain[n]
+    assert ctx.extra["fatrelu_thresholds"]["relu1"] > 0
+
+
+def test_cost_model_skips_macs_of_zero_activations(tiny, tiny_data):
+    x = tiny_data[0][0]
+    m = ACTIVATION_SPARSITY.apply(tiny, {"method": "fatrelu", "target": 0.9}, _ctx(tiny_data))
+    c = effdnn.cost(m, x)
+    conv2 = next(l for l in c.layers if l.name == "conv2")
+    with torch.no_grad():
+        a = m.relu1(m.bn1(m.conv1(x)))  # conv2's input
+    zero = float((a == 0).float().mean())
+    assert conv2.activation_sparsity == pytest.approx(zero)
+    assert conv2.effective_macs == pytest.approx(conv2.macs * (1 - zero) * (1 - conv2.weight_sparsity))
+
+
+def test_l1_penalty_value_and_effect(tiny, tiny_data):
+    cb = ActivationL1(["relu1", "relu2"], weight=0.1)
+    cb.on_fit_start(tiny, None)
+    tiny.train()
+    x = tiny_data[0][0]
+    with torch.no_grad():
+        a1 = tiny.relu1(tiny.bn1(tiny.conv1(x)))
+        a2 = tiny.relu2(tiny.bn2(tiny.conv2(a1)))
+    cb.acts = []  # the reference pass above went through the hooks too
+    tiny(x)
+    torch.testing.assert_close(cb.extra_loss(tiny), 0.1 * (a1.abs().mean() + a2.abs().mean()))
+    assert cb.extra_loss(tiny) is None  # consumed
+    cb.on_fit_end(tiny)
+    assert not tiny.relu1._forward_hooks
+
+
+def test_l1_training_makes_activations_sparser(tiny, tiny_data):
+    from effdnn.train.config import TrainSpec
+
+    spec = TrainSpec(epochs=15, lr=0.03)
+    plain = copy.deepcopy(tiny)
+    _ctx(tiny_data).fit(plain, spec, desc="plain")
+    ctx = _ctx(tiny_data)
+    m = ACTIVATION_SPARSITY.apply(tiny, {"method": "l1", "weight": 5.0}, ctx)
+    ctx.fit(m, spec, desc="l1")
+    a = activation_sparsity_per_layer(plain, tiny_data)
+    b = activation_sparsity_per_layer(m, tiny_data)
+    assert b["relu1"] + b["relu2"] > a["relu1"] + a["relu2"] + 0.2
+
+
+def test_bad_activation_input(tiny, tiny_data):
+    with pytest.raises(EffdnnError, match="matches no activation layer"):
+        ACTIVATION_SPARSITY.apply(tiny, {"method": "fatrelu", "target": 0.5, "layers": ["gelu*"]}, _ctx(tiny_data))
+    with pytest.raises(EffdnnError, match="target"):
+        ACTIVATION_SPARSITY.apply(tiny, {"method": "fatrelu", "target": 1.0}, _ctx(tiny_data))
+    with pytest.raises(EffdnnError, match="no ReLU"):
+        ACTIVATION_SPARSITY.apply(nn.Sequential(nn.Linear(2, 2)), {"method": "l1", "weight": 1.0}, _ctx(tiny_data))

@@ -1,0 +1,97 @@
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import effdnn
+from effdnn.export.onnx import run_onnx
+from effdnn.models import build_model
+from effdnn.prune.structured import StructuredConfig, channel_groups, prune_channels
+
+
+def _silence(bn: nn.BatchNorm2d, channels: list[int]) -> None:
+    """Make the given channels' BN output exactly 0 (so after ReLU / in a sum they contribute nothing)."""
+    with torch.no_grad():
+        bn.weight[channels] = 0.0
+        bn.bias[channels] = 0.0
+
+
+def test_surgery_keeps_the_outputs_of_the_unpruned_channels(tiny):
+    x = torch.randn(4, 1, 8, 8)
+    drop1, drop2 = [1, 4, 6], [0, 3, 7, 9, 11]
+    _silence(tiny.bn1, drop1)
+    _silence(tiny.bn2, drop2)
+    ref = copy.deepcopy(tiny)
+    keep1 = [c for c in range(8) if c not in drop1]
+    with torch.no_grad():
+        ref_a1 = ref.relu1(ref.bn1(ref.conv1(x)))[:, keep1]
+        want = ref(x)
+    # bn_gamma saliency: the silenced channels (gamma 0) are the lowest and get removed
+    info = prune_channels(tiny, x, StructuredConfig(saliency="bn_gamma", sparsity=0.4))
+    assert tiny.conv1.out_channels == 5 and tiny.bn1.num_features == 5 and tiny.conv2.in_channels == 5
+    assert tiny.conv2.out_channels == 7 and tiny.fc.in_features == 7 * 16
+    with torch.no_grad():
+        torch.testing.assert_close(tiny.relu1(tiny.bn1(tiny.conv1(x))), ref_a1, rtol=0, atol=0)
+        torch.testing.assert_close(tiny(x), want, rtol=1e-5, atol=1e-6)
+    assert [g["kept"] for g in info["groups"]] == [5, 7]
+    assert info["kept_whole"][0]["why"] == "model output"
+
+
+def test_residual_channels_are_coupled_and_outputs_kept():
+    torch.manual_seed(0)
+    m = build_model("resnet", 1, 10, (8, 8), depth=8, width=8).eval()
+    x = torch.randn(2, 1, 8, 8)
+    groups = channel_groups(m, x)
+    stage1 = next(g for g in groups if "stem.0" in g.producers)
+    assert sorted(stage1.producers) == ["layers.0.conv2", "stem.0"]  # stem and the block's residual branch
+    assert {c for c, _ in stage1.consumers} >= {"layers.0.conv1", "layers.1.conv1", "layers.1.shortcut.0"}
+    # silence the same channels in every member of the coupled group: removing them changes nothing
+    drop = [2, 5]
+    for norm, _ in stage1.norms:
+        _silence(m.get_submodule(norm), drop)
+    want = m(x)
+    cfg = StructuredConfig(saliency="bn_gamma", sparsity=0.25, layers=["stem.0", "layers.0.conv2"])
+    prune_channels(m, x, cfg)
+    assert m.stem[0].out_channels == 6 and m.layers[0].conv2.out_channels == 6 and m.layers[0].conv1.in_channels == 6
+    assert m.layers[1].shortcut[0].in_channels == 6 and m.layers[1].conv1.in_channels == 6
+    torch.testing.assert_close(m(x), want, rtol=1e-5, atol=1e-6)
+
+
+def test_structured_resnet20_halves_channels_exports_and_cuts_macs(tmp_path):
+    torch.manual_seed(0)
+    m = build_model("resnet", 1, 10, (28, 28), depth=20, width=16).eval()
+    x = torch.randn(2, 1, 28, 28)
+    y = torch.randint(0, 10, (2,))
+    before = effdnn.cost(m, x).macs
+    effdnn.prune(m, {"method": "channel", "saliency": "l1", "sparsity": 0.5}, [(x, y)])
+    widths = sorted({c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)})
+    assert widths == [8, 16, 32]
+    after = effdnn.cost(m, x).macs
+    assert before / after == pytest.approx(4.0, rel=0.02)
+    path = effdnn.export_onnx(m, x, tmp_path / "r.onnx")
+    np.testing.assert_allclose(run_onnx(path, x), m(x).detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("saliency", ["taylor", "obd", "magnitude"])
+def test_data_driven_channel_saliencies_run(tiny, tiny_data, saliency):
+    effdnn.prune(tiny, {"method": "channel", "saliency": saliency, "sparsity": 0.5}, tiny_data)
+    assert tiny.conv1.out_channels == 4 and tiny.conv2.out_channels == 6
+    assert tiny(tiny_data[0][0]).shape == (16, 5)
+
+
+def test_unknown_op_keeps_its_channels_whole():
+    class Cat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.fc = nn.Conv2d(1, 4, 1), nn.Conv2d(1, 4, 1), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.fc(torch.cat([self.a(x), self.b(x)], 1).mean((2, 3)))
+
+    m = Cat()
+    x = torch.randn(2, 1, 4, 4)
+    info = prune_channels(m, x, StructuredConfig(sparsity=0.5))
+    assert m.a.out_channels == 4 and m.b.out_channels == 4
+    assert any("cat" in k["why"] for k in info["kept_whole"])
