@@ -31,8 +31,9 @@ def machine() -> str:
             f"onnxruntime {onnxruntime.__version__}, load average {load:.1f} at start")
 
 
-def baseline(model: str) -> tuple[Any, torch.nn.Module, list[Any], torch.Tensor, torch.Tensor, dict[str, Any]]:
-    """(recipe, trained fp32 model, calibration batches (the runner's 16 x 128), test x, test y, baseline row)."""
+def baseline(model: str, test_images: int | None = None) -> tuple[Any, torch.nn.Module, list[Any], torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """(recipe, trained fp32 model, calibration batches (the runner's 16 x 128), test x, test y, baseline row);
+    ``test_images``: the first N test images only (slow models on a busy machine)."""
     recipe = load_recipe(RECIPES[model])
     runner = Runner(recipe, out=Path(tempfile.mkdtemp()) / "run")
     runner.data = load_data(recipe.data.name, root=recipe.data.root, base_dir=recipe.base_dir, **recipe.data.kwargs)
@@ -40,8 +41,9 @@ def baseline(model: str) -> tuple[Any, torch.nn.Module, list[Any], torch.Tensor,
     m, row = runner.baseline()  # trains, or reuses the runner's cached baseline
     calib = list(runner.ctx().calib_loader(16))
     test = runner.data.test
-    xte = torch.stack([test[i][0] for i in range(len(test))])
-    yte = torch.tensor([int(test[i][1]) for i in range(len(test))])
+    n = min(test_images or len(test), len(test))
+    xte = torch.stack([test[i][0] for i in range(n)])
+    yte = torch.tensor([int(test[i][1]) for i in range(n)])
     return recipe, m.cpu().eval(), calib, xte, yte, row
 
 

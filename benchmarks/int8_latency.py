@@ -33,12 +33,16 @@ def main() -> None:
     ap.add_argument("--model", choices=["lenet5", "resnet20"], default="lenet5")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--test-images", type=int, default=None, help="first N test images only (default: all)")
+    ap.add_argument("--only", nargs="*", default=None, help="recipe experiments to run (default: all)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
     torch.set_num_threads(args.threads)
-    print(f"command: python benchmarks/int8_latency.py --model {args.model} --threads {args.threads} --rounds {args.rounds}")
-    _, model, calib, xte, yte, _ = baseline(args.model)
+    import sys
+
+    print("command: python benchmarks/int8_latency.py " + " ".join(sys.argv[1:]))
+    _, model, calib, xte, yte, _ = baseline(args.model, args.test_images)
     print(f"machine: {machine()}")
     q = effdnn.quantize(model, SPEC, calib)
     int8 = to_int8(q)

@@ -23,9 +23,11 @@ import effdnn  # noqa: E402
 from effdnn.export import prediction_agreement  # noqa: E402
 
 
-def ours(model, recipe, calib, xte, yte):
+def ours(model, recipe, calib, xte, yte, only=None):
     rows = []
     for exp in recipe.experiments:
+        if only and exp.name not in only:
+            continue
         t = time.perf_counter()
         q = effdnn.quantize(model, exp.quantize, calib)
         dt = time.perf_counter() - t
@@ -89,16 +91,20 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", choices=["lenet5", "resnet20"], default="lenet5")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--test-images", type=int, default=None, help="first N test images only (default: all)")
+    ap.add_argument("--only", nargs="*", default=None, help="recipe experiments to run (default: all)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
     torch.set_num_threads(args.threads)
-    print(f"command: python benchmarks/ptq_fashion.py --model {args.model} --threads {args.threads}")
-    recipe, model, calib, xte, yte, row = baseline(args.model)
+    import sys
+
+    print("command: python benchmarks/ptq_fashion.py " + " ".join(sys.argv[1:]))
+    recipe, model, calib, xte, yte, row = baseline(args.model, args.test_images)
     print(f"machine: {machine()}")
     fp32 = accuracy(model, xte, yte)
     print(f"calibration: {sum(len(x) for x, _ in calib)} training images; test: {len(xte)} images\n")
-    rows = ours(model, recipe, calib, xte, yte)
+    rows = ours(model, recipe, calib, xte, yte, args.only)
     peer_ao = torch_ao(model, calib, xte, yte)
     tmp = Path(tempfile.mkdtemp())
     peer_ort = ort_entropy(model, calib, xte, yte, tmp, args.threads)

@@ -3,7 +3,8 @@ Logarithmic Data Representation", eq. 3:
 
     LogQuant(x) = 0 if x = 0, else sign(x) * 2^Clip(round(log2 |x|), e_max - M + 2, e_max)
 
-with M magnitude codes (2^(bits-1) with a sign bit, 2^bits without): code 0 is zero and codes
+(``rounding="linear"`` rounds to the nearest power of two in value instead, the midpoint 1.5 * 2^e of
+INQ, Zhou et al. 2017, which lowers the squared error), with M magnitude codes (2^(bits-1) with a sign bit, 2^bits without): code 0 is zero and codes
 1..M-1 are the exponents e_max-M+2 .. e_max. ``e_max`` (the full-scale range FSR) is chosen from the
 data per block: e_max = round(log2 max|x|). Exponents below the smallest code underflow to zero.
 Codes are sign-magnitude integers ``sign(x) * m`` (monotone in x).
@@ -27,10 +28,11 @@ from .ste import ste
 HALF_OCTAVE = torch.tensor(math.sqrt(0.5), dtype=torch.float32).item()  # geometric midpoint of [0.5, 1)
 
 
-def round_log2(a: torch.Tensor) -> torch.Tensor:
-    """round(log2(a)) for a > 0 (float result; -inf for a = 0), without evaluating a logarithm."""
+def round_log2(a: torch.Tensor, linear: bool = False) -> torch.Tensor:
+    """round(log2(a)) for a > 0 (float result; -inf for a = 0), without evaluating a logarithm.
+    ``linear``: the nearest power of two in value instead (midpoint 1.5 * 2^e, as INQ, Zhou et al. 2017)."""
     f, e = torch.frexp(a.float())  # a = f * 2^e, f in [0.5, 1)
-    r = torch.where(f >= HALF_OCTAVE, e, e - 1).float()
+    r = torch.where(f >= (0.75 if linear else HALF_OCTAVE), e, e - 1).float()
     return torch.where(a > 0, r, torch.full_like(r, float("-inf")))
 
 
@@ -44,11 +46,14 @@ class LogFormat(NumberFormat):
     bits: int = 4  # type: ignore[assignment]
     signed: bool = True
     granularity: Granularity = field(default=PER_TENSOR)
+    rounding: str = "log"  # log: round(log2|x|) (Miyashita eq. 3); linear: nearest power of two in value
     name = "log"
 
     def __post_init__(self) -> None:
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
             raise EffdnnError(f"log format: bits must be an integer in 2..8, got {self.bits!r}")
+        if self.rounding not in ("log", "linear"):
+            raise EffdnnError(f"log format: rounding must be log or linear, got {self.rounding!r}")
         if isinstance(self.granularity, str):
             object.__setattr__(self, "granularity", Granularity.of(self.granularity))
 
@@ -69,7 +74,7 @@ class LogFormat(NumberFormat):
     def quantize(self, x: torch.Tensor, params: LogParams | None = None) -> torch.Tensor:
         p = params or self.compute_params(x)
         b = self.granularity.to_blocks(x.detach())  # (G, N)
-        m = round_log2(b.abs()) - p.e_max.reshape(-1, 1) + (self.levels - 1)  # magnitude code before clip
+        m = round_log2(b.abs(), self.rounding == "linear") - p.e_max.reshape(-1, 1) + (self.levels - 1)  # magnitude code before clip
         m = torch.where(m >= 1, m.clamp_max(self.levels - 1), torch.zeros_like(m))  # underflow -> 0
         sign = torch.sign(b) if self.signed else (b > 0).to(b.dtype)
         return self.granularity.from_blocks((sign * m).to(torch.int32), x.shape)

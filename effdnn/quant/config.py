@@ -34,6 +34,7 @@ class TensorSpec(StrictModel):
     exp_bits: int | None = None  # float eXmY: X (with man_bits; else from preset, else from bits: 8 -> e4m3)
     man_bits: int | None = None
     rounding: Literal["nearest", "stochastic"] = "nearest"  # float formats
+    log_rounding: Literal["log", "linear"] = "log"  # log format: round in the log domain or in value
 
     @field_validator("format")
     @classmethod
@@ -69,7 +70,7 @@ class TensorSpec(StrictModel):
             return FORMATS["int"](bits=self.bits, signed=sgn, symmetric=self.symmetric, narrow_range=self.narrow_range,
                                   granularity=gran)
         if self.format == "log":
-            return FORMATS["log"](bits=self.bits, signed=sgn, granularity=gran)
+            return FORMATS["log"](bits=self.bits, signed=sgn, granularity=gran, rounding=self.log_rounding)  # type: ignore[call-arg]
         if self.format == "kmeans":
             return FORMATS["kmeans"](bits=self.bits, init=self.init, iters=self.iters, granularity=gran)  # type: ignore[arg-type]
         if self.format == "fixed":

@@ -69,13 +69,6 @@ class Quantizer(nn.Module):
             return None
         return self._param_type(**{n: getattr(self, n) for n in self._param_fields})
 
-    @property
-    def calibrated(self) -> bool:
-        return self._param_type is not None or not self._needs_params()
-
-    def _needs_params(self) -> bool:
-        return hasattr(self.fmt, "params_from_range") or hasattr(self.fmt, "fit")
-
     # -- calibration -------------------------------------------------------------------------------
     @torch.no_grad()
     def calibrate(self, x: torch.Tensor) -> None:

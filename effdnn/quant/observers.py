@@ -16,7 +16,6 @@ and per-tensor activations share one code path. NaN / Inf in a tensor -> EffdnnE
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import torch
@@ -43,15 +42,15 @@ class Observer:
         if x.numel() == 0:
             return
         b = self.granularity.to_blocks(x).float()  # (G, N)
-        lo, hi = b.amin(1), b.amax(1)  # NaN propagates into both, Inf shows in one: no full isfinite pass
+        lo, hi = b.amin(1), b.amax(1)  # NaN propagates into both, Inf shows in one: no isfinite pass
         if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
             raise EffdnnError(f"calibration: {self.name} has NaN or Inf values")
         self.min = lo if self.min is None else torch.minimum(self.min, lo)
         self.max = hi if self.max is None else torch.maximum(self.max, hi)
         self.count += 1
-        self._update(b)
+        self._update(b, lo, hi)
 
-    def _update(self, b: torch.Tensor) -> None:
+    def _update(self, b: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
         pass
 
     @property
@@ -81,9 +80,10 @@ class HistogramObserver(Observer):
         self.hist: torch.Tensor | None = None  # (G, B) counts of |x|
         self.width: torch.Tensor | None = None  # (G,) bin width
 
-    def _update(self, b: torch.Tensor) -> None:
-        a = b.abs()  # (G, N)
-        amax = a.amax(1)
+    def _update(self, b: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        nonneg = bool((lo >= 0).all())
+        a = b if nonneg else b.abs()  # (G, N) |x|: no copy for post-ReLU data
+        amax = torch.maximum(lo.abs(), hi)
         G, B = a.shape[0], self.bins
         if self.hist is None:
             self.hist = torch.zeros(G, B, dtype=torch.float64, device=a.device)
@@ -94,6 +94,9 @@ class HistogramObserver(Observer):
                 idx = torch.arange(B, device=a.device).unsqueeze(0) // factor.unsqueeze(1)  # (G, B)
                 self.hist = torch.zeros_like(self.hist).scatter_add_(1, idx, self.hist)
                 self.width = self.width * factor
+        if G == 1:  # one pass in C++: bin k holds [k w, (k+1) w), the top edge goes to the last bin
+            self.hist[0] += torch.histc(a[0], bins=B, min=0.0, max=float(self.width[0]) * B).double()
+            return
         idx = torch.clamp((a / self.width.unsqueeze(1)).long(), max=B - 1)  # (G, N)
         idx = idx + torch.arange(G, device=a.device).unsqueeze(1) * B
         self.hist += torch.bincount(idx.flatten(), minlength=G * B).reshape(G, B).double()
@@ -134,8 +137,8 @@ class MSEObserver(HistogramObserver):
         self.candidates = candidates
         self.samples: torch.Tensor | None = None
 
-    def _update(self, b: torch.Tensor) -> None:
-        super()._update(b)
+    def _update(self, b: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        super()._update(b, lo, hi)
         self.samples = b.clone() if self.count == 1 and b.shape[1] <= self.EXACT_MAX else None
 
     def clip(self, fmt: Any) -> torch.Tensor:
@@ -205,4 +208,4 @@ def make_observer(calibrator: str, granularity: Granularity = PER_TENSOR, name: 
 
 
 __all__ = ["CALIBRATORS", "HistogramObserver", "KLObserver", "MSEObserver", "MaxObserver", "NUM_BINS", "Observer",
-           "PercentileObserver", "make_observer", "math"]
+           "PercentileObserver", "make_observer"]

@@ -15,7 +15,7 @@ vectors = st.lists(floats, min_size=2, max_size=64)
 FORMATS = [
     IntFormat(8), IntFormat(4), IntFormat(2), IntFormat(8, signed=False), IntFormat(6, symmetric=False),
     IntFormat(16), IntFormat(3, narrow_range=True), FixedPointFormat(3, 4), FixedPointFormat(0, 7, signed=False),
-    LogFormat(4), LogFormat(3, signed=False), KMeansFormat(2), KMeansFormat(4, init="density"),
+    LogFormat(4), LogFormat(3, signed=False), LogFormat(4, rounding="linear"), KMeansFormat(2), KMeansFormat(4, init="density"),
 ]
 fmt_st = st.sampled_from(FORMATS)
 

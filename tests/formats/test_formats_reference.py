@@ -77,18 +77,20 @@ def test_fixed_bit_exact() -> None:
     assert fmt.dequantize(codes).tolist() == [c / 32 for c in ref]
 
 
-def ref_log(v: float, e_max: float, levels: int) -> int:
+def ref_log(v: float, e_max: float, levels: int, linear: bool = False) -> int:
     if v == 0:
         return 0
     e = math.floor(math.log2(abs(v)))
     mant = abs(v) / 2.0**e  # in [1, 2)
-    e = e + 1 if mant >= 2 * math.sqrt(0.5) - 1e-12 and mant / 2 >= torch.tensor(math.sqrt(0.5)).item() else e
+    mid = 1.5 if linear else 2 * torch.tensor(math.sqrt(0.5), dtype=torch.float32).item()  # as float32, like frexp's f
+    e = e + 1 if mant >= mid else e
     m = e - e_max + levels - 1
     m = 0 if m < 1 else min(m, levels - 1)
     return int(math.copysign(m, v)) if m else 0
 
 
-@pytest.mark.parametrize("fmt", [LogFormat(4), LogFormat(3, signed=False), LogFormat(5, granularity=Granularity("per_channel"))])
+@pytest.mark.parametrize("fmt", [LogFormat(4), LogFormat(3, signed=False), LogFormat(5, granularity=Granularity("per_channel")),
+                                 LogFormat(4, rounding="linear")])
 def test_log_bit_exact(fmt: LogFormat) -> None:
     g = torch.Generator().manual_seed(2)
     x = torch.randn(3, 50, generator=g) * torch.tensor([[0.1], [1.0], [10.0]])
@@ -102,7 +104,7 @@ def test_log_bit_exact(fmt: LogFormat) -> None:
     codes = fmt.granularity.to_blocks(fmt.quantize(x, p))
     for gi in range(blocks.shape[0]):
         for n in range(blocks.shape[1]):
-            assert codes[gi, n].item() == ref_log(float(blocks[gi, n]), ref_e[gi], fmt.levels)
+            assert codes[gi, n].item() == ref_log(float(blocks[gi, n]), ref_e[gi], fmt.levels, fmt.rounding == "linear")
     deq = fmt.granularity.to_blocks(fmt.dequantize(fmt.quantize(x, p), p))
     for gi in range(blocks.shape[0]):
         for n in range(blocks.shape[1]):
