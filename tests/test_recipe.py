@@ -24,14 +24,17 @@ def test_errors_name_their_key_path(recipe, path):
     assert "\n" not in str(e.value)
 
 
-def test_technique_blocks_are_validated_up_front():
-    from effdnn.registry import REGISTRIES
+def test_a_block_with_no_registered_method_is_not_available_yet(monkeypatch):
+    from effdnn.registry import REGISTRIES, Registry
 
-    reg = REGISTRIES["precision"]
-    if reg.names():
-        pytest.skip("precision methods are registered in this build")
+    monkeypatch.setitem(REGISTRIES, "precision", Registry("precision", key="train"))
     with pytest.raises(NotAvailableYet, match=r"experiments\[0\]\.precision: 'precision' is not available yet"):
         parse_recipe({"experiments": [{"name": "a", "precision": {"train": "fp8"}}]})
+
+
+def test_technique_blocks_are_validated_before_any_training():
+    with pytest.raises(EffdnnError, match=r"experiments\[1\]\.prune"):
+        parse_recipe({"experiments": [{"name": "a"}, {"name": "b", "prune": {"method": "magnitude", "sparsity": 1.5}}]})
 
 
 def test_yaml_errors(tmp_path):
