@@ -38,8 +38,9 @@ from .fold_bn import fold_batchnorm
 from .modules import quantizable, quantize_layer
 
 
-class PTQConfig(StrictModel):
-    method: Literal["ptq"] = "ptq"
+class LayerPlan(StrictModel):
+    """Which tensors of which layers get which format: shared by PTQ and every QAT method."""
+
     weight: TensorSpec | None = Field(default_factory=lambda: TensorSpec(granularity="per_channel"))
     act: TensorSpec | None = Field(default_factory=TensorSpec)
     keep_fp: list[str] = Field(default_factory=list)
@@ -47,6 +48,10 @@ class PTQConfig(StrictModel):
     overrides: dict[str, LayerOverride] = Field(default_factory=dict)
     fold_bn: bool = True
     quantize_add: bool = True
+
+
+class PTQConfig(LayerPlan):
+    method: Literal["ptq"] = "ptq"
     calib_batches: int | None = Field(None, ge=1)
     # the first layer's input is the data itself (few discrete values, a known range): KL / percentile /
     # MSE clip real pixel values there (digits: KL cut the input at 0.81 of 1.85, -4 points), so it is
@@ -61,7 +66,7 @@ def _matches(name: str, patterns: list[str], first: str, last: str) -> bool:
     return False
 
 
-def layer_specs(name: str, config: PTQConfig, first: str, last: str) -> tuple[TensorSpec | None, TensorSpec | None]:
+def layer_specs(name: str, config: LayerPlan, first: str, last: str) -> tuple[TensorSpec | None, TensorSpec | None]:
     """(weight spec, act spec) of one layer after keep_fp / keep_8bit / overrides; (None, None): float."""
     if _matches(name, config.keep_fp, first, last):
         return None, None

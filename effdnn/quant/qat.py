@@ -36,31 +36,24 @@ from ..context import ExperimentContext
 from ..errors import EffdnnError
 from ..formats import KMeansFormat
 from ..models.layers import Add
-from ..registry import QUANTIZE, StrictModel
+from ..registry import QUANTIZE
 from ..train.callbacks import Callback
 from .bn_fold_qat import FoldedBNWeight
 from .calibrate import calibrate
-from .config import LayerOverride, TensorSpec
+from .config import TensorSpec
 from .fake_quant import Quantizer
 from .fold_bn import BN, _pairs_fx, _pairs_sequential, _set, fold_batchnorm, fold_pair
 from .modules import quantizable, quantize_layer
-from .ptq import _matches, layer_specs
+from .ptq import LayerPlan, _matches, layer_specs
 from .qat_quantizers import CodebookWeightQuantizer, DynamicWeightQuantizer, EMAActQuantizer, QATQuantizer
 
 WeightFactory = Callable[[TensorSpec, str, nn.Module], nn.Module]
 ActFactory = Callable[[TensorSpec, str], nn.Module]
 
 
-class QATConfig(StrictModel):
+class QATConfig(LayerPlan):
     method: Literal["qat"] = "qat"
-    weight: TensorSpec | None = Field(default_factory=lambda: TensorSpec(granularity="per_channel"))
-    act: TensorSpec | None = Field(default_factory=TensorSpec)
-    keep_fp: list[str] = Field(default_factory=list)
-    keep_8bit: list[str] = Field(default_factory=list)
-    overrides: dict[str, LayerOverride] = Field(default_factory=dict)
-    fold_bn: bool = True
     bn_freeze_epoch: int | None = Field(None, ge=0, description="epoch at which folded BN stops using batch statistics")
-    quantize_add: bool = True
     calib_batches: int | None = Field(4, ge=1)
     first_act_calibrator: str | None = None  # as PTQ: the calibrator of the first layer's input (init only)
     ema_momentum: float = Field(0.01, gt=0, le=1, description="activation range moving average (method qat)")
