@@ -170,33 +170,34 @@ class L1Config(StrictModel):
     batches: int = Field(8, ge=1, description="batches on which the per-layer sparsity is reported")
 
 
-def _report(ctx: Any, batches: list) -> Any:
-    def fin(model: nn.Module) -> nn.Module:
-        ctx.extra["activation_sparsity_per_layer"] = activation_sparsity_per_layer(model, batches)
-        return model
-    return fin
+def _observe(model: nn.Module, config: FATReLUConfig | L1Config, ctx: Any) -> tuple[list, list]:
+    """The layers a method acts on and its calibration batches; reports the per-layer activation
+    sparsity before the method and, through a finalizer, after fine-tuning."""
+    layers = activation_layers(model, config.layers, "activation_sparsity")
+    batches = list(itertools.islice(iter(ctx.calib_loader(config.batches)), config.batches))
+    ctx.extra["activation_sparsity_before"] = activation_sparsity_per_layer(model, batches)
+
+    def after(final: nn.Module) -> nn.Module:
+        ctx.extra["activation_sparsity_per_layer"] = activation_sparsity_per_layer(final, batches)
+        return final
+
+    ctx.finalizers.append(after)
+    return list(layers), batches
 
 
 @ACTIVATION_SPARSITY.register("fatrelu", FATReLUConfig)
 def fatrelu(model: nn.Module, config: FATReLUConfig, ctx: Any) -> nn.Module:
     """FATReLU: per-layer thresholds calibrated to a target activation sparsity (Kurtz et al. 2020)."""
-    layers = activation_layers(model, config.layers, "activation_sparsity")
-    batches = list(itertools.islice(iter(ctx.calib_loader(config.batches)), config.batches))
-    ctx.extra["activation_sparsity_before"] = activation_sparsity_per_layer(model, batches)
+    layers, batches = _observe(model, config, ctx)
     ctx.extra["fatrelu_thresholds"] = calibrate_fatrelu(model, layers, batches, config.target)
     if config.l1 > 0:
-        ctx.callbacks.append(ActivationL1(list(layers), config.l1))
-    ctx.finalizers.append(_report(ctx, batches))
-    ctx.extra["activation_sparsity_per_layer"] = activation_sparsity_per_layer(model, batches)
+        ctx.callbacks.append(ActivationL1(layers, config.l1))
     return model
 
 
 @ACTIVATION_SPARSITY.register("l1", L1Config)
 def l1_penalty(model: nn.Module, config: L1Config, ctx: Any) -> nn.Module:
     """L1 penalty on activations during fine-tuning (Georgiadis 2019)."""
-    layers = activation_layers(model, config.layers, "activation_sparsity")
-    batches = list(itertools.islice(iter(ctx.calib_loader(config.batches)), config.batches))
-    ctx.extra["activation_sparsity_before"] = activation_sparsity_per_layer(model, batches)
-    ctx.callbacks.append(ActivationL1(list(layers), config.weight))
-    ctx.finalizers.append(_report(ctx, batches))
+    layers, _ = _observe(model, config, ctx)
+    ctx.callbacks.append(ActivationL1(layers, config.weight))
     return model
