@@ -1,5 +1,6 @@
 """Speed of float-format emulation on one 10M-element float32 tensor, side by side, same threads:
-effdnn's FloatFormat (bit manipulation, torch.compile'd) vs qtorch's float_quantize vs torch's own cast.
+effdnn's FloatFormat (bit manipulation, torch.compile'd; ``round`` returns the float32 carrier, ``encode``
+the 1-byte codes) vs qtorch's float_quantize vs torch's own cast.
 
     nice python benchmarks/float_emulation.py [--threads 1] [--repeats 15]
 
@@ -37,6 +38,8 @@ def main() -> None:
     variants = {
         "effdnn e5m2 stochastic": lambda: FP8_E5M2.round(x, rounding="stochastic"),
         "effdnn e5m2 nearest": lambda: FP8_E5M2.round(x),
+        "effdnn e5m2 encode nearest (1-byte codes)": lambda: FP8_E5M2.encode(x),
+        "effdnn e5m2 encode stochastic (1-byte codes)": lambda: FP8_E5M2.encode(x, rounding="stochastic"),
         "torch x.to(float8_e5m2)": lambda: x.to(torch.float8_e5m2),
         "torch x.to(float8_e5m2).float()": lambda: x.to(torch.float8_e5m2).float(),
     }
@@ -68,13 +71,16 @@ def main() -> None:
         ref = ours_sr if "stochastic" in k else ours_rn
         print(f"| {k} | {v:.1f} | {v / ref:.2f}x |")
     exact = torch.equal(FP8_E5M2.round(x), x.to(torch.float8_e5m2).float())
+    exact_codes = torch.equal(FP8_E5M2.encode(x), x.to(torch.float8_e5m2).view(torch.uint8))
     sr = FP8_E5M2.round(x, rounding="stochastic")
-    print(f"\neffdnn nearest bit-exact with torch's cast: {exact}; stochastic mean error {float((sr - x).double().mean()):.2e}"
+    print(f"\neffdnn nearest bit-exact with torch's cast: {exact} (codes: {exact_codes}); stochastic mean error {float((sr - x).double().mean()):.2e}"
           f" (mean |x| {float(x.abs().mean()):.2f})")
     if "qtorch float_quantize e5m2 stochastic" in med:
         print(f"qtorch stochastic / effdnn stochastic: {med['qtorch float_quantize e5m2 stochastic'] / ours_sr:.1f}x")
     print(f"effdnn nearest / torch cast: {ours_rn / cast:.2f}x;  vs cast + .float(): "
           f"{ours_rn / med['torch x.to(float8_e5m2).float()']:.2f}x")
+    print(f"effdnn encode nearest (1 byte out) / torch cast (1 byte out): "
+          f"{med['effdnn e5m2 encode nearest (1-byte codes)'] / cast:.2f}x")
 
 
 if __name__ == "__main__":

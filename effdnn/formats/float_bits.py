@@ -15,11 +15,15 @@ Algorithm (``round_bits``), per element, on ``a`` = the float32 bits of ``|x|`` 
   significand ``sig`` (implicit bit included) and ``|x| = sig * 2^(E - 150)``, the multiple of ``q``
   is ``k = (sig + r) >> sh`` with ``sh = (emin - m) - (E - 150)`` and ``r`` as above for ``sh`` bits;
   the result is ``k * q`` (exact: ``k <= 2^m`` and ``q`` is a power of two inside float32's range).
+  Round to nearest even takes a shortcut here: float32 addition itself rounds ``|x| + C`` with
+  ``C = 2^(emin - m + 23)`` to a multiple of ``q`` (the spacing of ``[C, 2C)``), ties to even, and
+  subtracting ``C`` again is exact (two float ops instead of a dozen integer ones).
 * then overflow (rounded magnitude above the format's largest finite value), infinities and NaNs
   are mapped by the format's rules (inf, NaN or saturation to the largest value), the sign is put back.
 
 Every step is an elementwise integer op, so the function vectorises in eager torch and fuses into
-one loop under ``torch.compile`` (``compiled_round``). Stochastic rounding draws its random bits
+one loop under ``torch.compile`` (``compiled_round``; ``encode_bits`` / ``compiled_encode`` also turn
+the result into the format's bit patterns, one byte per value for 8-bit formats). Stochastic rounding draws its random bits
 from a counter-based hash (``hash_uniform32``: Wellons' "lowbias32" applied to the element index
 mixed with a per-call seed), so eager and compiled runs give identical results for the same seed.
 It uses 32 random bits per element: exact probabilities for the ``s <= 23`` dropped bits of the
@@ -56,10 +60,9 @@ class RoundingPlan:
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """(x * c) mod 2^32 for int64 x in [0, 2^32), without int64 overflow (products stay < 2^49)."""
-    lo = (x & 0xFFFF) * c
-    hi = (((x >> 16) * c) & 0xFFFF) << 16
-    return (lo + hi) & M32
+    """(x * c) mod 2^32 for int64 x in [0, 2^32): a constant of 2^31 or more is replaced by c - 2^32
+    (the same residue), so |x * c| < 2^63 and the int64 product never overflows (one multiply)."""
+    return (x * (c - (1 << 32) if c >= 1 << 31 else c)) & M32
 
 
 def hash_uniform32(index: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
@@ -99,17 +102,17 @@ def round_bits(x: torch.Tensor, plan: RoundingPlan, seed: torch.Tensor | None = 
         rn = ((ac >> s) & 1) + ((1 << (s - 1)) - 1) if s > 0 else torch.zeros_like(ac)
     mag = (ac + rn) & -(1 << s)  # target-normal range (-(2^s) = ~(2^s - 1): clears the low s bits)
     if plan.emin > -126:  # target subnormals are float32 normals: fixed quantum q = 2^(emin - m)
-        e_field = ac >> 23
-        sig = torch.where(e_field > 0, (ac & 0x7FFFFF) | 0x800000, ac)  # int32, < 2^24
-        sh = (plan.emin - m + 150) - torch.clamp(e_field, min=1)  # int32, >= s + 1 here
         if plan.stochastic:  # int64: shifts past 32 bits keep 32 random bits of probability
+            e_field = ac >> 23
+            sig = torch.where(e_field > 0, (ac & 0x7FFFFF) | 0x800000, ac)  # < 2^24
+            sh = (plan.emin - m + 150) - torch.clamp(e_field, min=1)  # >= s + 1 here
             sig, sh = sig.to(torch.int64), torch.clamp(sh, min=1, max=62).to(torch.int64)
             rs = torch.where(sh >= 32, r32 << torch.clamp(sh - 32, min=0), r32 >> torch.clamp(32 - sh, min=0))
-        else:  # int32: past 25 bits everything rounds to 0 (sig < 2^24 < half the quantum)
-            sh = torch.clamp(sh, min=1, max=25)
-            rs = ((sig >> sh) & 1) + (torch.ones_like(sig) << (sh - 1)) - 1
-        k = (sig + rs) >> sh  # multiples of q, 0 .. 2^m
-        sub = (k.to(torch.float32) * (2.0 ** (plan.emin - m))).view(torch.int32)
+            k = (sig + rs) >> sh  # multiples of q, 0 .. 2^m
+            sub = (k.to(torch.float32) * (2.0 ** (plan.emin - m))).view(torch.int32)
+        else:  # float32's own round-to-nearest-even: |x| + C lies in [C, 2C), whose spacing is q
+            c = 2.0 ** (plan.emin - m + 23)
+            sub = ((ac.view(torch.float32) + c) - c).view(torch.int32)
         min_normal = (plan.emin + 127) << 23
         mag = torch.where(ac < min_normal, sub, mag)
         if not plan.subnormals:
@@ -120,6 +123,36 @@ def round_bits(x: torch.Tensor, plan: RoundingPlan, seed: torch.Tensor | None = 
     mag = torch.where(a == INF_BITS, torch.full_like(mag, plan.inf_bits), mag)
     mag = torch.where(a > INF_BITS, torch.full_like(mag, NAN_BITS), mag)
     return (mag | sign).view(torch.float32)
+
+
+@dataclass(frozen=True)
+class CodePlan:
+    """What ``encode_bits`` adds to a rounding plan: the target's bit layout (sign | exponent | mantissa)."""
+
+    rounding: RoundingPlan
+    exp_bits: int
+    bias: int
+    inf_code: int  # magnitude code of inf (ieee formats; else unused)
+    nan_code: int  # magnitude code of NaN
+
+
+def encode_bits(x: torch.Tensor, plan: CodePlan, seed: torch.Tensor | None = None) -> torch.Tensor:
+    """The codes (int32, one per element, ``1 + exp_bits + man_bits`` bits used) of ``x`` rounded to the
+    format: from the rounded float32 bits ``mag``, a normal value's code is ``(mag >> s) - ((127 - bias) << m)``
+    (the float32 exponent field rebased, the top ``m`` mantissa bits kept); a subnormal's is its multiple
+    ``k`` of the quantum ``2^(emin - m)`` (``k = 2^m`` is the smallest normal's code, so the two agree);
+    inf and NaN get the format's codes; the sign goes to the top bit."""
+    r = plan.rounding
+    y = round_bits(x, r, seed).view(torch.int32)
+    mag = y & ABS_MASK
+    m, s = r.man_bits, 23 - r.man_bits
+    code = (mag >> s) - ((127 - plan.bias) << m)
+    if r.emin > -126:  # target subnormals (float32 normals): exact multiples of the quantum
+        sub = (mag.view(torch.float32) * (2.0 ** (m - r.emin))).to(torch.int32)
+        code = torch.where(mag < ((r.emin + 127) << 23), sub, code)
+    code = torch.where(mag == INF_BITS, torch.full_like(code, plan.inf_code), code)
+    code = torch.where(mag > INF_BITS, torch.full_like(code, plan.nan_code), code)
+    return code | ((y < 0).to(torch.int32) << (plan.exp_bits + m))
 
 
 # -- dispatch: one torch.compile'd kernel per plan, eager fallback ---------------------------------------
@@ -159,16 +192,45 @@ def compiled_round(plan: RoundingPlan) -> Callable[..., torch.Tensor]:
     return compile_kernel(fn)
 
 
-def round_tensor(x: torch.Tensor, plan: RoundingPlan, seed: torch.Tensor | None = None) -> torch.Tensor:
-    """Round any float32 tensor (any shape) to the plan's format; compiled when possible, else eager."""
+@lru_cache(maxsize=None)
+def compiled_encode(plan: CodePlan, dtype: torch.dtype) -> Callable[..., torch.Tensor]:
+    """``encode_bits`` cast to ``dtype`` in the same fused loop (a 1-byte output for 8-bit formats)."""
+
+    def fn(x: torch.Tensor, seed: torch.Tensor | None) -> torch.Tensor:
+        return _narrow(encode_bits(x, plan, seed), dtype)
+
+    return compile_kernel(fn)
+
+
+def _narrow(code: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """int32 codes < 2^16 as uint8 (< 2^8) or as int16 holding the same 16 bits."""
+    if dtype == torch.int16:
+        code = code - ((code >> 15) << 16)  # 0x8000..0xFFFF -> negative: the same 16 bits, no overflow
+    return code.to(dtype)
+
+
+def _run(compiled: Callable[[], Callable[..., torch.Tensor]], eager: Callable[..., torch.Tensor],
+         x: torch.Tensor, stochastic: bool, seed: torch.Tensor | None) -> torch.Tensor:
+    """Run a kernel on the flattened float32 ``x``: compiled when possible, else eager; same shape out."""
     flat = x.detach().contiguous().reshape(-1)
-    if plan.stochastic and seed is None:
+    if stochastic and seed is None:
         seed = torch.randint(0, 2**62, (1,), dtype=torch.int64).to(x.device)
     if compile_enabled(flat.numel()):
         try:
-            return compiled_round(plan)(flat, seed).reshape(x.shape)
+            return compiled()(flat, seed).reshape(x.shape)
         except Exception as err:  # no C++ compiler, unsupported backend: stay correct, only slower
             _compile_state["failed"] = True
             warnings.warn(f"effdnn: torch.compile of the float rounding kernel failed ({type(err).__name__}); "
-                          "using eager torch ops", RuntimeWarning, stacklevel=2)
-    return round_bits(flat, plan, seed).reshape(x.shape)
+                          "using eager torch ops", RuntimeWarning, stacklevel=3)
+    return eager(flat, seed).reshape(x.shape)
+
+
+def round_tensor(x: torch.Tensor, plan: RoundingPlan, seed: torch.Tensor | None = None) -> torch.Tensor:
+    """Round any float32 tensor (any shape) to the plan's format; compiled when possible, else eager."""
+    return _run(lambda: compiled_round(plan), lambda f, s: round_bits(f, plan, s), x, plan.stochastic, seed)
+
+
+def encode_tensor(x: torch.Tensor, plan: CodePlan, dtype: torch.dtype, seed: torch.Tensor | None = None) -> torch.Tensor:
+    """Codes of any float32 tensor in ``dtype`` (uint8 or int16); compiled when possible, else eager."""
+    return _run(lambda: compiled_encode(plan, dtype), lambda f, s: _narrow(encode_bits(f, plan, s), dtype),
+                x, plan.rounding.stochastic, seed)

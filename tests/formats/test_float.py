@@ -189,3 +189,54 @@ def test_dtypes_and_fake_quantize_gradient():
     assert FP16.round(torch.tensor([1.0001], dtype=torch.bfloat16)).dtype == torch.bfloat16
     with pytest.raises(EffdnnError):
         FP16.round(torch.tensor([1, 2]))
+
+
+# -- bit patterns: encode / decode -------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(TORCH_DTYPES))
+def test_encode_equals_torch_bit_patterns(name):
+    """encode() writes the very bits of torch's float8 / fp16 / bf16 (every pattern, ties, near-ties)."""
+    fmt, dtype = PRESETS[name], TORCH_DTYPES[name]
+    keep = 1 + 8 + fmt.man_bits
+    x = sweep(keep, low_probes(32 - keep))
+    x = x[~torch.isnan(x)]  # NaN payloads differ; NaN is checked below
+    codes = fmt.encode(x)
+    assert codes.dtype == fmt.code_dtype == (torch.uint8 if fmt.bits <= 8 else torch.int16)
+    assert torch.equal(codes, x.to(dtype).view(codes.dtype))
+    assert torch.isnan(fmt.decode(fmt.encode(torch.tensor([math.nan])))).all()
+
+
+@pytest.mark.parametrize("fmt", OTHER_FORMATS, ids=lambda f: f"{f.name}-{f.specials}-b{f.bias}-sub{int(f.subnormals)}")
+def test_decode_of_encode_is_round_and_codes_round_trip(fmt):
+    """decode(encode(x)) == round(x) bit for bit; every non-NaN code decodes to a value that encodes back
+    to that code (so the code table and the encoder agree on the layout)."""
+    vals = all_values(fmt)
+    mids = [(a + b) / 2 for a, b in zip(vals, vals[1:])]
+    pts = torch.tensor(vals + mids + [vals[-1] * 4, 1e-40, 3e38], dtype=torch.float32)
+    x = torch.cat([pts, -pts, torch.tensor([math.inf, -math.inf])])
+    assert_bit_exact(fmt.decode(fmt.encode(x)), fmt.round(x))
+    codes = torch.arange(2 ** int(fmt.bits))
+    values = fmt.decode(codes)
+    ok = ~torch.isnan(values)
+    if not fmt.subnormals:  # subnormal codes exist in the layout but rounding never produces them
+        field = (codes >> fmt.man_bits) & (2**fmt.exp_bits - 1)
+        ok &= (field > 0) | ((codes & (2**fmt.man_bits - 1)) == 0)
+    assert torch.equal(fmt.encode(values[ok]).to(torch.int64) & (2 ** int(fmt.bits) - 1), codes[ok])
+
+
+def test_encode_compiled_matches_eager_and_rejects_bad_input():
+    float_bits.set_compile(True)
+    gen = torch.Generator().manual_seed(3)
+    n = float_bits.COMPILE_MIN_NUMEL
+    x = torch.randn(n, generator=gen) * torch.exp2(torch.randint(-20, 20, (n,), generator=gen).float())
+    seed = torch.tensor([5])
+    fmt = FloatFormat(4, 3, bias=4)
+    got = [fmt.encode(x), fmt.encode(x, rounding="stochastic", seed=seed), FP16.encode(x)]
+    float_bits.set_compile(False)
+    want = [fmt.encode(x), fmt.encode(x, rounding="stochastic", seed=seed), FP16.encode(x)]
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+    assert_bit_exact(fmt.decode(got[1]), fmt.round(x, rounding="stochastic", seed=seed))
+    with pytest.raises(EffdnnError, match="at most 16 bits"):
+        FP32.encode(x)
+    with pytest.raises(EffdnnError, match="NaN has no code"):
+        FloatFormat(2, 1, specials="none").encode(torch.tensor([math.nan]))
