@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import effdnn
-from effdnn.export import op_counts, ort_fused_ops, prediction_agreement
 from effdnn.context import ExperimentContext
+from effdnn.export import op_counts, ort_fused_ops, prediction_agreement
 from effdnn.models import build_model
 from effdnn.quant.qat_quantizers import QATQuantizer
 from effdnn.registry import QUANTIZE
