@@ -1,4 +1,4 @@
-"""The ``effdnn`` command: run | demo | report | methods | formats. Bad input: one line on stderr, exit code 2."""
+"""The ``effdnn`` command: run | demo | report | sensitivity | methods | formats. Bad input: one line on stderr, exit code 2."""
 from __future__ import annotations
 
 import sys
@@ -72,6 +72,83 @@ def report(folder: Path = typer.Argument(..., help="a run's output folder")) -> 
     files = render_report(rep, folder)
     _print_table(rep)
     out_console.print("wrote " + ", ".join(str(f) for f in files))
+
+
+def _parse_bits(text: str) -> list[int]:
+    try:
+        widths = sorted({int(b) for b in text.split(",") if b.strip()}, reverse=True)
+    except ValueError:
+        widths = []
+    if not widths or not all(2 <= b <= 16 for b in widths):
+        raise EffdnnError(f"sensitivity: --bits {text!r}: give bit-widths in 2..16 separated by commas, e.g. 8,4,3,2")
+    return widths
+
+
+@app.command()
+def sensitivity(
+    recipe: Path = typer.Argument(..., help="recipe YAML file (its data, model and baseline blocks)"),
+    bits: str = typer.Option("8,4,3,2", "--bits", help="widths to try, comma-separated (2..16)"),
+    budget_kib: Optional[float] = typer.Option(None, "--budget-kib", help="pick per-layer widths whose weights fit this size"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the rows (and the picked widths) to this JSON file"),
+    weights_only: bool = typer.Option(False, "--weights-only", help="quantize each layer's weights only, not its input"),
+    calib_batches: int = typer.Option(16, "--calib-batches", min=1, help="training batches for calibration"),
+) -> None:
+    """Per-layer accuracy loss at each width (each layer quantized alone with PTQ) on RECIPE's trained
+    baseline; with --budget-kib, the mixed widths to paste into a quantize block's ``overrides``."""
+    import json
+    import os
+
+    import yaml
+
+    from .quant.sensitivity import _layers, as_overrides, pick_widths, sweep
+    from .recipe import load_recipe
+    from .runner import Runner
+    from .train import evaluate
+
+    widths = _parse_bits(bits)
+    if budget_kib is not None and budget_kib <= 0:
+        raise EffdnnError(f"sensitivity: --budget-kib must be positive, got {budget_kib}")
+    runner = Runner(load_recipe(recipe))
+    model, base_row = runner.load_baseline()  # trained once, then reused from the baseline cache
+    model.eval()
+    if budget_kib is not None:
+        narrowest = sum(m.weight.numel() for _, m in _layers(model)) * min(widths)
+        if narrowest > budget_kib * 8192:
+            raise EffdnnError(f"sensitivity: --budget-kib {budget_kib:g} is below the narrowest configuration "
+                              f"({narrowest / 8192:.2f} KiB of weights at {min(widths)} bits)")
+    test = runner.data.test
+    calib = runner.ctx().calib_loader(calib_batches)
+    rows = sweep(model, lambda m: evaluate(m, test, batch_size=512), calib, widths, act=not weights_only)
+
+    table = Table(title=f"{runner.recipe.name}: accuracy loss (points) with one layer quantized "
+                        f"(baseline {base_row['accuracy']:.4f})")
+    table.add_column("layer")
+    table.add_column("params", justify="right")
+    for b in widths:
+        table.add_column(f"W{b}" if weights_only else f"W{b}A{b}", justify="right")
+    for name in dict.fromkeys(r["layer"] for r in rows):
+        loss = {r["bits"]: r["loss_pts"] for r in rows if r["layer"] == name}
+        params = next(r["params"] for r in rows if r["layer"] == name)
+        table.add_row(name, f"{params:,}", *(f"{loss[b]:+.2f}" for b in widths))
+    out_console.print(table)
+    choice = None
+    if budget_kib is not None:
+        choice = pick_widths(rows, budget_kib * 8192)
+        params = {r["layer"]: r["params"] for r in rows}
+        used = sum(params[n] * b for n, b in choice.items()) / 8192
+        block = yaml.safe_dump({"overrides": as_overrides(choice, act=not weights_only)}, default_flow_style=None,
+                               sort_keys=False)
+        out_console.print(f"# weights {used:.2f} KiB <= budget {budget_kib:g} KiB (scales and biases not counted);\n"
+                          f"# paste into a quantize block (ptq / qat / lsq / pact): overrides beat keep_8bit\n{block}",
+                          markup=False, highlight=False, soft_wrap=True)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        tmp.write_text(json.dumps({"recipe": runner.recipe.name, "baseline_accuracy": base_row["accuracy"],
+                                   "bits": widths, "act": not weights_only, "budget_kib": budget_kib,
+                                   "widths": choice, "rows": rows}, indent=2))
+        os.replace(tmp, out)
+        out_console.print(f"rows: {out}")
 
 
 @app.command()

@@ -164,6 +164,15 @@ class Runner:
         _say(f"baseline: accuracy {row['accuracy']:.4f}  size {row['size_bytes'] / 1024:.1f} KiB")
         return model, row
 
+    def load_baseline(self) -> tuple[nn.Module, dict[str, Any]]:
+        """Load the data, then train the baseline or reuse the cached one: where ``run`` and the
+        ``effdnn sensitivity`` sweep start."""
+        r = self.recipe
+        self.data: DataBundle = load_data(r.data.name, root=r.data.root, base_dir=r.base_dir, **r.data.kwargs)
+        self.fp32_size = None
+        self.baseline_accuracy = None
+        return self.baseline()
+
     # -- experiments ------------------------------------------------------------------------------
     def experiment(self, i: int, exp: ExperimentSpec, base: nn.Module) -> dict[str, Any]:
         edir = self.out / "experiments" / exp.name
@@ -216,10 +225,7 @@ class Runner:
             for f in REPORT_FILES:  # a stale report must not pass for this run's
                 (self.out / f).unlink(missing_ok=True)
         t0 = time.perf_counter()
-        self.data: DataBundle = load_data(r.data.name, root=r.data.root, base_dir=r.base_dir, **r.data.kwargs)
-        self.fp32_size = None
-        self.baseline_accuracy = None
-        base, base_row = self.baseline()
+        base, base_row = self.load_baseline()
         self.base_key = _hash(base_row["accuracy"], r.data.model_dump(), r.model.model_dump(), r.baseline.model_dump(), r.seed)
         rows = [self.experiment(i, e, base) for i, e in enumerate(r.experiments)]
         report = {

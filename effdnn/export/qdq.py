@@ -37,13 +37,19 @@ def ort_fused_ops(path: str | Path, optimized_path: str | Path) -> dict[str, int
 
 @torch.no_grad()
 def prediction_agreement(model: nn.Module, path: str | Path, data: Iterable[Any], max_batches: int | None = None,
-                         threads: int | None = None) -> tuple[float, float]:
-    """(top-1 agreement, max |logit difference|) between ``model`` and the ONNX file on ``data``."""
+                         threads: int | None = None, optimize: bool = True) -> tuple[float, float]:
+    """(top-1 agreement, max |logit difference|) between ``model`` and the ONNX file on ``data``.
+
+    ``optimize=False`` runs the graph as written (no QLinearConv fusion): a QDQ graph then computes the
+    fake-quantized model's values to float rounding; fused, onnxruntime quantizes the bias to int32 at
+    scale S_x S_w and requantizes, which moves a few codes at 4 bits."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     model.eval()

@@ -120,9 +120,16 @@ class Quantizer(nn.Module):
             torch._C._set_tracing_state(None)
             try:
                 with torch.no_grad():
-                    return self.fmt.fake_quantize(x.detach(), p).clone()
+                    w_hat = self.fmt.fake_quantize(x.detach(), p).clone()
             finally:
                 torch._C._set_tracing_state(state)
+            grid = getattr(fmt, "int8_grid", None)  # values on an int8 grid (e.g. DoReFa): a QDQ weight
+            sz = grid(p) if grid is not None else None
+            if sz is not None and torch.allclose(x.detach(), w_hat, rtol=0, atol=1e-4 * sz[0]):
+                # an already-quantized weight (as convert_qat leaves it): Q / DQ of the initializer, which
+                # onnxruntime fuses, instead of re-quantizing a float constant its own way
+                return torch.fake_quantize_per_tensor_affine(x, sz[0], sz[1], -128, 127)
+            return w_hat
         return self.fmt.fake_quantize(x, p)  # elementwise ops (Div, Round, Clip, Mul) in the graph
 
     def extra_repr(self) -> str:

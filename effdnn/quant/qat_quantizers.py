@@ -65,11 +65,14 @@ class CodebookWeightQuantizer(QATQuantizer):
 
         w_hat[i] = C[idx[i]]          dL/dC_k = sum_{i: idx[i] = k} dL/dw_hat[i]
 
-    ``idx`` is fixed at the initial clustering; the gather's backward is exactly that grouped sum."""
+    ``idx`` is fixed at the initial clustering; the gather's backward is exactly that grouped sum. The
+    layer's own weight is no longer used, so it stops requiring a gradient (DDP needs every trained
+    parameter to get one); ``convert_qat`` writes the trained codebook back into it."""
 
     def __init__(self, fmt: KMeansFormat, weight: torch.Tensor) -> None:
         super().__init__(fmt, None, role="weight")
         self.mode = "quantize"
+        weight.requires_grad_(False)
         params = fmt.fit(weight.detach())
         self.codebook = nn.Parameter(params.codebook.clone())  # (G, k)
         self.register_buffer("index", fmt.quantize(weight.detach(), params).to(torch.int64))

@@ -74,6 +74,6 @@ def pick_widths(rows: list[dict[str, Any]], budget_bits: float) -> dict[str, int
     return choice
 
 
-def as_overrides(choice: dict[str, int]) -> dict[str, dict[str, Any]]:
-    """The recipe ``overrides`` block of a width choice."""
-    return {n: {"weight": {"bits": b}, "act": {"bits": b}} for n, b in choice.items()}
+def as_overrides(choice: dict[str, int], act: bool = True) -> dict[str, dict[str, Any]]:
+    """The recipe ``overrides`` block of a width choice (weights only when the sweep left inputs float)."""
+    return {n: {"weight": {"bits": b}, **({"act": {"bits": b}} if act else {})} for n, b in choice.items()}

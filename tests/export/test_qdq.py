@@ -1,12 +1,16 @@
-"""QDQ ONNX export of PTQ models, run in onnxruntime and compared with the fake-quantized PyTorch model."""
+"""QDQ ONNX export of PTQ and converted QAT models, run in onnxruntime and compared with the fake-quantized PyTorch model."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 import effdnn
+from effdnn.context import ExperimentContext
 from effdnn.export import op_counts, ort_fused_ops, prediction_agreement
 from effdnn.models import build_model
+from effdnn.quant.qat_quantizers import QATQuantizer
+from effdnn.registry import QUANTIZE
+from effdnn.train import TrainSpec, evaluate
 from tests.quant.digits_model import trained_digits_lenet
 
 
@@ -43,3 +47,33 @@ def test_resnet_qdq_with_residual_add_fuses_in_onnxruntime(tmp_path) -> None:
     assert agree >= 0.95 and worst < 0.05
     fused = ort_fused_ops(path, tmp_path / "r_opt.onnx")
     assert fused.get("QLinearConv", 0) >= 1
+
+
+@pytest.mark.parametrize("spec", [
+    {"method": "qat", "weight": {"bits": 4, "granularity": "per_channel"}, "act": {"bits": 4}},
+    {"method": "lsq", "weight": {"bits": 4}, "act": {"bits": 4}},  # first / last layers at 8 bits
+    {"method": "pact", "weight": {"bits": 4}, "act": {"bits": 4}},  # DoReFa weights: constants
+], ids=lambda s: s["method"])
+def test_qat_model_converted_by_its_finalizer_exports_as_qdq(tmp_path, digits_lenet, spec) -> None:
+    """The runner's path: transform -> a few fine-tuning steps -> finalizers (convert_qat) -> ONNX."""
+    m, data = digits_lenet
+    ctx = ExperimentContext(data=data, device=torch.device("cpu"), batch_size=64, calib_batches=4)
+    config = QUANTIZE.parse(spec)
+    q = QUANTIZE.method_of(config).transform(m, config, ctx)
+    assert any(isinstance(mod, QATQuantizer) for mod in q.modules())
+    ctx.fit(q, TrainSpec(epochs=1, lr=5e-4, max_batches=8), desc=spec["method"])
+    for fin in ctx.finalizers:
+        q = fin(q)
+    assert not any(isinstance(mod, QATQuantizer) for mod in q.modules())
+    x = torch.stack([data.test[i][0] for i in range(2)])
+    path = effdnn.export_onnx(q, x, tmp_path / "qat.onnx")
+    ops = op_counts(path)
+    # 5 layers x (input, weight); PACT's 8-bit DoReFa first / last weights (odd codes up to 255) are constants
+    pairs = 8 if spec["method"] == "pact" else 10
+    assert ops.get("QuantizeLinear") == pairs and ops.get("DequantizeLinear") == pairs
+    test = torch.utils.data.DataLoader(data.test, batch_size=128)
+    agree, _ = prediction_agreement(q, path, test)  # fused by onnxruntime into QLinearConv / QLinearMatMul
+    assert agree >= 0.995
+    agree, worst = prediction_agreement(q, path, test, optimize=False)  # the graph as exported: same values
+    assert agree == 1.0 and worst < 1e-4
+    assert evaluate(q, data.test) > 0.9  # still a working classifier after QAT + conversion

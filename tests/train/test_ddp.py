@@ -3,9 +3,13 @@ import os
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pytest
 import torch
 import yaml
+
+ROOT = Path(__file__).resolve().parents[2]  # the processes import this checkout's effdnn, not an installed one
 
 RECIPE = {
     "name": "ddp",
@@ -24,7 +28,8 @@ def _run(cmd, cwd, env):
 @pytest.mark.slow
 def test_two_process_ddp_equals_one_process(tmp_path):
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(RECIPE))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "EFFDNN_CACHE": str(tmp_path / "cache")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "EFFDNN_CACHE": str(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     _run([sys.executable, "-m", "effdnn.cli", "run", "r.yaml", "--out", "one"], tmp_path, env)
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
           "-m", "effdnn.cli", "run", "r.yaml", "--out", "two"], tmp_path, env)

@@ -66,6 +66,11 @@ class DoReFaFormat(NumberFormat):
     def storage_bits(self, numel: int, params: DoReFaParams | None = None) -> int:
         return int(numel * self.bits + 32)
 
+    def int8_grid(self, params: DoReFaParams) -> tuple[float, int] | None:
+        """c (2i / n - 1) = (c / n) (2i - n): odd int8 codes -n..n at scale c / n, zero point 0 (k <= 7);
+        the ONNX export writes such weights as QuantizeLinear / DequantizeLinear pairs."""
+        return (float(params.scale[0]) / self.n, 0) if self.bits <= 7 else None
+
     @property
     def label(self) -> str:
         return f"dorefa{self.bits}"
