@@ -36,11 +36,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("recipe", nargs="?", default="recipes/fashion_binary.yaml")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--resume", action="store_true", help="reuse experiments an earlier run in --out finished unchanged")
     a = ap.parse_args()
     print(f"command: python {' '.join(sys.argv)}")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
-    rep = effdnn.run(a.recipe, out=a.out)
+    rep = effdnn.run(a.recipe, out=a.out, resume=a.resume)
     base = rep["baseline"]
     print(f"\nFP32 baseline: {base['accuracy'] * 100:.2f} %, {base['size_bytes'] / 1024:.1f} KiB\n")
     print("| method | accuracy % | vs FP32 (pts) | target | met | size KiB | vs fp32 | bit-ops | energy uJ | packed max abs diff | paper (quantized vs fp) |")

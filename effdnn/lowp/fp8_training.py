@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..formats.float import FP8_E4M3, FP8_152, FP16_169, FloatFormat
-from ..train.callbacks import Callback
+from ..hooks import Callback
 from .gemm import GemmPolicy, PolicyFn
 
 Variant = Literal["fp8", "hfp8"]

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..train.callbacks import Callback
+from ..hooks import Callback
 from .gemm import LowpStats
 
 

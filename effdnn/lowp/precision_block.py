@@ -28,7 +28,7 @@ from ..context import ExperimentContext
 from ..errors import EffdnnError
 from ..formats.float import BF16, FP16, FP16_169
 from ..registry import PRECISION, StrictModel
-from ..train.callbacks import Callback
+from ..hooks import Callback
 from ..utils.batches import batch_input, forward, move
 from .fp8_training import RoundWeightsCallback, convert_native_fp8, fp8_available, fp8_policies
 from .gemm import GemmPolicy, LowpStats, convert_layers

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..errors import EffdnnError
 from ..registry import ACTIVATION_SPARSITY, StrictModel
-from ..train.callbacks import Callback
+from ..hooks import Callback
 from ..utils.batches import iter_inputs, forward, model_device
 
 _MAX_SAMPLES = 1 << 20  # values per layer kept for the quantile

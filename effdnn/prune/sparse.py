@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..cost.precision import LayerPrecision
-from ..train.callbacks import Callback
+from ..hooks import Callback
 
 _CLASSES: dict[type, type] = {}
 

@@ -37,7 +37,7 @@ from ..errors import EffdnnError
 from ..formats import KMeansFormat
 from ..models.layers import Add
 from ..registry import QUANTIZE
-from ..train.callbacks import Callback
+from ..hooks import Callback
 from .bn_fold_qat import FoldedBNWeight
 from .calibrate import calibrate
 from .config import TensorSpec

@@ -1,5 +1,5 @@
 """Training engine: fit / evaluate, checkpoints and resume, callbacks, DDP under torchrun."""
-from .callbacks import Callback
+from ..hooks import Callback
 from .checkpoint import load_checkpoint, load_weights, save_atomic
 from .config import TrainSpec
 from .loop import TrainResult, evaluate, fit, predictions

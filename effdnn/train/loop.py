@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from ..errors import EffdnnError
 from ..utils.batches import batch_input, forward, move, model_device
 from . import distributed as ddp
-from .callbacks import Callback
+from ..hooks import Callback
 from .checkpoint import load_checkpoint, save_atomic
 from .config import TrainSpec
 

@@ -28,7 +28,7 @@ from ...cost.precision import LayerPrecision
 from ...errors import EffdnnError
 from ...formats.ste import clipped_ste
 from ...registry import StrictModel
-from ...train.callbacks import Callback
+from ...hooks import Callback
 from ...utils.batches import forward as run_batch, iter_inputs, model_device
 from ..bitpack import packed_bytes
 from ..fake_quant import Quantizer

@@ -31,7 +31,7 @@ from ...formats import IntFormat
 from ...formats.integer import IntParams
 from ...formats.ste import ste
 from ...registry import QUANTIZE
-from ...train.callbacks import Callback
+from ...hooks import Callback
 from ..config import TensorSpec
 from ..fake_quant import Quantizer
 from ..observers import Observer

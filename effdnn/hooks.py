@@ -2,6 +2,8 @@
 
 A pruning mask re-applies itself after each step, PACT adds its L2 term to the loss, BatchNorm
 statistics freeze at an epoch, a loss scaler takes over backward-and-step. Every method is optional.
+It lives below both the training loop (which calls the hooks) and the techniques (which implement
+them), so quant / prune / lowp never import the training engine.
 """
 from __future__ import annotations
 
