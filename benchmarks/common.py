@@ -1,12 +1,15 @@
 """Shared by the PTQ benchmarks: the recipe's trained baseline, its calibration images, the test set."""
 from __future__ import annotations
 
+import argparse
+import logging
 import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,6 +23,24 @@ from effdnn.recipe import load_recipe  # noqa: E402
 from effdnn.runner import Runner  # noqa: E402
 
 RECIPES = {"lenet5": ROOT / "recipes" / "fashion_ptq.yaml", "resnet20": ROOT / "recipes" / "fashion_resnet20_ptq.yaml"}
+
+
+def ptq_args(script: str, threads: int, extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """The PTQ benchmarks' shared command line (--model, --threads, --test-images, --only, + ``extra``);
+    also quiets warnings / logging, sets the torch threads and prints the command."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", choices=["lenet5", "resnet20"], default="lenet5")
+    ap.add_argument("--threads", type=int, default=threads)
+    if extra:
+        extra(ap)
+    ap.add_argument("--test-images", type=int, default=None, help="first N test images only (default: all)")
+    ap.add_argument("--only", nargs="*", default=None, help="recipe experiments to run (default: all)")
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    torch.set_num_threads(args.threads)
+    print(f"command: python benchmarks/{script} " + " ".join(sys.argv[1:]))
+    return args
 
 
 def machine() -> str:

@@ -8,16 +8,13 @@ FX int8 model as a reference peer. Usage:
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import logging
 import tempfile
-import warnings
 from pathlib import Path
 
 import torch
 
-from common import accuracy, baseline, machine, round_robin
+from common import accuracy, baseline, machine, ptq_args, round_robin
 
 import effdnn  # noqa: E402
 from effdnn.export import ort_fused_ops  # noqa: E402
@@ -29,19 +26,7 @@ SPEC = {"method": "ptq", "weight": {"format": "int", "bits": 8, "granularity": "
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", choices=["lenet5", "resnet20"], default="lenet5")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=10)
-    ap.add_argument("--test-images", type=int, default=None, help="first N test images only (default: all)")
-    ap.add_argument("--only", nargs="*", default=None, help="recipe experiments to run (default: all)")
-    args = ap.parse_args()
-    warnings.filterwarnings("ignore")
-    logging.disable(logging.WARNING)
-    torch.set_num_threads(args.threads)
-    import sys
-
-    print("command: python benchmarks/int8_latency.py " + " ".join(sys.argv[1:]))
+    args = ptq_args("int8_latency.py", 1, lambda ap: ap.add_argument("--rounds", type=int, default=10))
     _, model, calib, xte, yte, _ = baseline(args.model, args.test_images)
     print(f"machine: {machine()}")
     q = effdnn.quantize(model, SPEC, calib)

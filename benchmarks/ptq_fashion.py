@@ -6,18 +6,15 @@ and the same 2048 calibration images. Usage:
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import logging
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common import accuracy, baseline, machine
+from common import accuracy, baseline, machine, ptq_args
 
 import effdnn  # noqa: E402
 from effdnn.export import prediction_agreement  # noqa: E402
@@ -88,18 +85,7 @@ def ort_entropy(model, calib, xte, yte, tmp: Path, threads: int):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", choices=["lenet5", "resnet20"], default="lenet5")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--test-images", type=int, default=None, help="first N test images only (default: all)")
-    ap.add_argument("--only", nargs="*", default=None, help="recipe experiments to run (default: all)")
-    args = ap.parse_args()
-    warnings.filterwarnings("ignore")
-    logging.disable(logging.WARNING)
-    torch.set_num_threads(args.threads)
-    import sys
-
-    print("command: python benchmarks/ptq_fashion.py " + " ".join(sys.argv[1:]))
+    args = ptq_args("ptq_fashion.py", 2)
     recipe, model, calib, xte, yte, row = baseline(args.model, args.test_images)
     print(f"machine: {machine()}")
     fp32 = accuracy(model, xte, yte)
