@@ -42,7 +42,7 @@ class Observer:
         if x.numel() == 0:
             return
         b = self.granularity.to_blocks(x).float()  # (G, N)
-        lo, hi = b.amin(1), b.amax(1)  # NaN propagates into both, Inf shows in one: no isfinite pass
+        lo, hi = torch.aminmax(b, dim=1)  # one pass; NaN propagates into both, Inf shows in one: no isfinite pass
         if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
             raise EffdnnError(f"calibration: {self.name} has NaN or Inf values")
         self.min = lo if self.min is None else torch.minimum(self.min, lo)
