@@ -30,6 +30,24 @@ class IntParams:
     zero_point: torch.Tensor  # (G,) float32 holding integers
 
 
+class _FakeQuant(torch.autograd.Function):
+    """``(clamp(round(b / s) + z, qmin, qmax) - z) * s`` for fixed ``s``, ``z``, with the clipped
+    straight-through gradient (1 where the code is inside [qmin, qmax], else 0) in one autograd node
+    that saves one boolean mask (the same gradient the composed ops give, without their intermediates)."""
+
+    @staticmethod
+    def forward(ctx, b: torch.Tensor, s: torch.Tensor, z: torch.Tensor, qmin: float, qmax: float) -> torch.Tensor:
+        v = torch.round(b / s) + z
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward((v >= qmin) & (v <= qmax))
+        return (v.clamp(qmin, qmax) - z) * s
+
+    @staticmethod
+    def backward(ctx, gy: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None]:
+        (inside,) = ctx.saved_tensors
+        return gy * inside, None, None, None, None
+
+
 @dataclass(frozen=True)
 class IntFormat(NumberFormat):
     bits: int = 8  # type: ignore[assignment]
@@ -111,8 +129,10 @@ class IntFormat(NumberFormat):
         is a learnable tensor."""
         s, z = self._params(x, params)
         b = self.granularity.to_blocks(x)  # (G, N)
-        q = torch.clamp(round_ste(b / s) + z, self.qmin, self.qmax)
-        return self.granularity.from_blocks((q - z) * s, x.shape)
+        if s.requires_grad or z.requires_grad:  # learnable scale: autograd carries its gradient
+            q = torch.clamp(round_ste(b / s) + z, self.qmin, self.qmax)
+            return self.granularity.from_blocks((q - z) * s, x.shape)
+        return self.granularity.from_blocks(_FakeQuant.apply(b, s, z, float(self.qmin), float(self.qmax)), x.shape)
 
     def storage_bits(self, numel: int, params: IntParams | None = None) -> int:
         """Codes + one fp32 scale per block (+ a ``bits``-wide zero point per block if affine)."""

@@ -8,6 +8,7 @@ import torch
 
 from effdnn.errors import EffdnnError
 from effdnn.formats import FixedPointFormat, Granularity, IntFormat, KMeansFormat, LogFormat
+from effdnn.formats.integer import IntParams
 
 
 def ref_round(v: float) -> float:
@@ -184,3 +185,19 @@ def test_granularity_round_trip() -> None:
     assert Granularity("per_channel", 1).to_blocks(x)[2].tolist() == x[:, 2].flatten().tolist()
     with pytest.raises(EffdnnError):
         Granularity("per_group", 0, 5).to_blocks(x)
+
+
+def test_int_fake_quantize_straight_through_gradient_on_hand_made_values():
+    """Fixed scale / zero point: the value is the quantize-dequantize round trip, the gradient is 1 where
+    the code lands inside [qmin, qmax] and 0 where it is clamped (STE with the clip gate); a learnable
+    scale takes the autograd path and gets a gradient too."""
+    fmt = IntFormat(bits=3, symmetric=False, signed=False)  # codes 0..7
+    params = IntParams(torch.tensor([0.5]), torch.tensor([2.0]))  # values -1.0 .. 2.5
+    x = torch.tensor([-3.0, -1.0, -0.74, 0.2, 1.26, 2.5, 2.8, 9.0], requires_grad=True)
+    y = fmt.fake_quantize(x, params)
+    assert torch.equal(y.detach(), torch.tensor([-1.0, -1.0, -0.5, 0.0, 1.5, 2.5, 2.5, 2.5]))
+    y.backward(torch.arange(1.0, 9.0))
+    assert torch.equal(x.grad, torch.tensor([0.0, 2.0, 3.0, 4.0, 5.0, 6.0, 0.0, 0.0]))
+    scale = torch.tensor([0.5], requires_grad=True)
+    fmt.fake_quantize(x.detach(), IntParams(scale, torch.tensor([2.0]))).sum().backward()
+    assert scale.grad is not None and torch.isfinite(scale.grad).all()
