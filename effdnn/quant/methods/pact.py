@@ -29,7 +29,6 @@ from torch import nn
 from ...context import ExperimentContext
 from ...formats import IntFormat
 from ...formats.integer import IntParams
-from ...formats.ste import ste
 from ...registry import QUANTIZE
 from ...hooks import Callback
 from ..config import TensorSpec
@@ -40,34 +39,36 @@ from ..qat_quantizers import ActStatsMixin, QATQuantizer
 from .dorefa import dorefa_or_generic
 
 
-class PACTClip(torch.autograd.Function):
-    """clip(x, lo, a) with lo = 0 (or -a when signed); PACT's gradients (eq. 3)."""
+class PACTQuantize(torch.autograd.Function):
+    """PACT eq. 1-3 in one autograd node: y = clip(x, lo, a) with lo = 0 (or -a when signed), then the
+    k-bit grid round(y / s) * s, s = a / levels, rounding straight-through. Gradients: dy/dx = 1 inside
+    (lo, a), else 0; dy/da = 1 where x >= a (and -1 where x <= -a when signed), else 0. Saves two
+    boolean masks instead of x."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, alpha: torch.Tensor, signed: bool) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, alpha: torch.Tensor, signed: bool, levels: int) -> torch.Tensor:  # type: ignore[override]
         lo = -alpha if signed else torch.zeros_like(alpha)
-        ctx.save_for_backward(x, alpha)
-        ctx.signed = signed
-        return torch.minimum(torch.maximum(x, lo), alpha)
+        y = torch.minimum(torch.maximum(x, lo), alpha)
+        s = alpha / levels
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            ctx.save_for_backward(x >= alpha, x <= -alpha if signed else x < 0)
+            ctx.signed, ctx.alpha_shape = signed, alpha.shape
+        return torch.round(y / s) * s
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:  # type: ignore[override]
-        x, alpha = ctx.saved_tensors
-        above = x >= alpha
-        below = x <= -alpha if ctx.signed else x < 0
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None]:  # type: ignore[override]
+        above, below = ctx.saved_tensors
         gx = g * ~(above | below)
         ga = (g * above).sum()
         if ctx.signed:
             ga = ga - (g * below).sum()
-        return gx, ga.reshape(alpha.shape), None
+        return gx, ga.reshape(ctx.alpha_shape), None, None
 
 
 def pact_quantize(x: torch.Tensor, alpha: torch.Tensor, bits: int, signed: bool = False) -> torch.Tensor:
     """PACT eq. 1-2 with straight-through rounding: clip to [0, a] (or [-a, a]), k-bit uniform grid."""
     levels = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
-    y = PACTClip.apply(x, alpha, signed)
-    s = alpha.detach() / levels
-    return ste(y, torch.round(y / s) * s) if y.requires_grad else torch.round(y / s) * s
+    return PACTQuantize.apply(x, alpha, signed, levels)
 
 
 class PACTActQuantizer(ActStatsMixin, QATQuantizer):
