@@ -77,3 +77,18 @@ def test_bad_shapes_and_chunk():
         lowp_matmul(torch.ones(2, 3), torch.ones(3, 3), FP16, chunk=-1)
     with pytest.raises(EffdnnError):
         lowp_matmul(torch.ones(2, 3), torch.ones(3, 3), FloatFormat(8, 23))
+
+
+def test_compiled_chunked_matmul_equals_eager_for_two_shapes():
+    """The torch.compile'd multiply-round-add kernels (plan integers folded in, sizes dynamic) give the
+    eager kernels' bits, for a second shape too (no per-shape recompile needed for correctness)."""
+    from effdnn.formats import float_bits
+    from effdnn.formats.float import FP8_E5M2
+
+    gen = torch.Generator().manual_seed(0)
+    for m, k, n in [(64, 512, 128), (100, 300, 70)]:  # m * chunks * n >= the compile threshold
+        a, b = torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen)
+        float_bits.set_compile(True)
+        compiled = lowp_matmul(a, b, FP16, FP8_E5M2, chunk=64)
+        float_bits.set_compile(False)
+        assert torch.equal(compiled, lowp_matmul(a, b, FP16, FP8_E5M2, chunk=64))
