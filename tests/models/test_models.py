@@ -44,3 +44,15 @@ def test_user_model_file(tmp_path):
         build_model(f"{f}:not_a_model", 1, 4, (8, 8))
     with pytest.raises(EffdnnError, match="unknown model"):
         build_model("alexnet", 1, 4, (8, 8))
+
+
+def test_lenet5_caffe_variant_is_the_deep_compression_network():
+    """Caffe's MNIST LeNet (Han et al. 2015/2016: 431K weights): params and MACs by hand on 28x28."""
+    import effdnn
+
+    m = build_model("lenet5", 1, 10, (28, 28), variant="caffe")
+    assert sum(p.numel() for p in m.parameters()) == (20 * 25 + 20) + (50 * 20 * 25 + 50) + (800 * 500 + 500) + (500 * 10 + 10) == 431_080
+    macs = 20 * 24 * 24 * 25 + 50 * 8 * 8 * 20 * 25 + 800 * 500 + 500 * 10
+    assert effdnn.cost(m, torch.randn(1, 1, 28, 28)).macs == macs == 2_293_000
+    with pytest.raises(EffdnnError, match="variant"):
+        build_model("lenet5", 1, 10, (28, 28), variant="big")
