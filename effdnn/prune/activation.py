@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 from fnmatch import fnmatchcase
-from typing import Any, Literal
+from typing import Any, Iterable, Literal
 
 import torch
 from pydantic import Field
@@ -27,6 +27,7 @@ from torch import nn
 from ..errors import EffdnnError
 from ..registry import ACTIVATION_SPARSITY, StrictModel
 from ..hooks import Callback
+from .schedules import agp_sparsity
 from ..utils.batches import iter_inputs, forward, model_device
 
 _MAX_SAMPLES = 1 << 20  # values per layer kept for the quantile
@@ -103,18 +104,46 @@ def activation_sparsity_per_layer(model: nn.Module, batches: Any) -> dict[str, f
     return {n: float((v == 0).float().mean()) for n, v in collect(model, acts, batches, inputs=False).items()}
 
 
-def calibrate_fatrelu(model: nn.Module, layers: dict[str, nn.Module], batches: Any, target: float) -> dict[str, float]:
-    """Replace each of ``layers`` by a FATReLU whose threshold makes ~``target`` of its outputs zero.
-
-    Layers are calibrated in order, each on the inputs it sees once the earlier ones are thresholded."""
+def calibrate_fatrelu(model: nn.Module, layers: Iterable[str], batches: Any, target: float) -> dict[str, float]:
+    """Make each of ``layers`` a FATReLU (in place if it is one) whose threshold makes ~``target`` of its
+    outputs zero. Layers are calibrated in order, each on the inputs it sees once the earlier ones are
+    thresholded."""
     thresholds = {}
     for name in layers:
         mod = model.get_submodule(name)
         x = collect(model, {name: mod}, batches, inputs=True)[name]
         t = max(float(torch.quantile(x, target)), 0.0)
-        _set(model, name, FATReLU(t).to(model_device(model)))
+        if isinstance(mod, FATReLU):
+            mod.threshold.fill_(t)
+        else:
+            _set(model, name, FATReLU(t).to(model_device(model)))
         thresholds[name] = t
     return thresholds
+
+
+class GradualFATReLU(Callback):
+    """Recalibrates the FATReLU thresholds ``n`` times, every ``dt`` steps, to the AGP cubic target."""
+
+    def __init__(self, layers: list[str], batches: Any, target: float, total_steps: int, end: float, n: int) -> None:
+        self.layers, self.batches, self.target, self.n = layers, batches, target, n
+        self.dt = max(1, int(end * total_steps) // n)
+        self.step = 0
+        self.thresholds: dict[str, float] = {}
+
+    def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.step += 1
+        if self.step % self.dt == 0 and self.step // self.dt <= self.n:
+            self.thresholds = calibrate_fatrelu(model, self.layers, self.batches,
+                                                agp_sparsity(self.step, self.target, n=self.n, dt=self.dt))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+
+    def report(self) -> dict[str, Any]:
+        return {"fatrelu_thresholds": self.thresholds} if self.thresholds else {}
 
 
 class ActivationL1(Callback):
@@ -161,6 +190,9 @@ class FATReLUConfig(StrictModel):
     l1: float = Field(0.0, ge=0, description="also add this L1 activation penalty during fine-tuning")
     layers: list[str] | None = None
     batches: int = Field(8, ge=1, description="calibration batches")
+    schedule: Literal["oneshot", "agp"] = "oneshot"
+    end: float = Field(0.5, gt=0, le=1, description="agp: fraction of the fine-tuning over which the target is reached")
+    steps: int = Field(10, ge=1, description="agp: threshold recalibrations")
 
 
 class L1Config(StrictModel):
@@ -189,7 +221,14 @@ def _observe(model: nn.Module, config: FATReLUConfig | L1Config, ctx: Any) -> tu
 def fatrelu(model: nn.Module, config: FATReLUConfig, ctx: Any) -> nn.Module:
     """FATReLU: per-layer thresholds calibrated to a target activation sparsity (Kurtz et al. 2020)."""
     layers, batches = _observe(model, config, ctx)
-    ctx.extra["fatrelu_thresholds"] = calibrate_fatrelu(model, layers, batches, config.target)
+    if config.schedule == "agp":
+        if ctx.finetune is None:
+            raise EffdnnError("activation_sparsity.schedule: agp raises the thresholds during fine-tuning: add a finetune block")
+        calibrate_fatrelu(model, layers, batches, 0.0)  # plain ReLUs (threshold 0) to start from
+        total = ctx.steps_per_epoch(ctx.finetune) * ctx.finetune.epochs
+        ctx.callbacks.append(GradualFATReLU(layers, batches, config.target, total, config.end, config.steps))
+    else:
+        ctx.extra["fatrelu_thresholds"] = calibrate_fatrelu(model, layers, batches, config.target)
     if config.l1 > 0:
         ctx.callbacks.append(ActivationL1(layers, config.l1))
     return model

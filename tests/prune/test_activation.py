@@ -85,3 +85,32 @@ def test_bad_activation_input(tiny, tiny_data):
         ACTIVATION_SPARSITY.apply(tiny, {"method": "fatrelu", "target": 1.0}, _ctx(tiny_data))
     with pytest.raises(EffdnnError, match="no ReLU"):
         ACTIVATION_SPARSITY.apply(nn.Sequential(nn.Linear(2, 2)), {"method": "l1", "weight": 1.0}, _ctx(tiny_data))
+
+
+def test_fatrelu_agp_schedule_raises_thresholds_to_the_target(tiny, tiny_data):
+    """schedule: agp starts from plain ReLUs and recalibrates n times along the cubic AGP targets; at the
+    end of the ramp the layers sit at the target sparsity (weights untouched here: no optimizer step)."""
+    from effdnn.prune.activation import GradualFATReLU
+    from effdnn.prune.schedules import agp_sparsity
+    from effdnn.train import TrainSpec
+
+    ctx = _ctx(tiny_data)
+    ctx.finetune = TrainSpec(epochs=2)
+    ctx.steps_per_epoch = lambda spec: 10  # type: ignore[method-assign]
+    m = ACTIVATION_SPARSITY.apply(tiny, {"method": "fatrelu", "target": 0.9, "schedule": "agp", "end": 0.5, "steps": 5}, ctx)
+    assert float(m.relu1.threshold) == 0.0 and float(m.relu2.threshold) == 0.0  # plain ReLUs at first
+    cb = next(c for c in ctx.callbacks if isinstance(c, GradualFATReLU))
+    assert cb.dt == 2  # 0.5 x 20 steps / 5 recalibrations
+    seen = []
+    for _ in range(20):
+        cb.after_step(m, None)
+        seen.append(float(m.relu2.threshold))
+    # recalibrations at steps 2, 4, ..., 10 to targets 0.44, 0.71, 0.84, 0.89, 0.9 (a plain ReLU already
+    # sparser than a target keeps threshold 0), then the thresholds stay
+    assert seen[0] == 0.0 and 0 < seen[5] < seen[9]
+    assert all(b >= a for a, b in zip(seen, seen[1:])) and seen[9:] == [seen[9]] * 11
+    assert agp_sparsity(10, 0.9, n=5, dt=2) == pytest.approx(0.9)
+    got = activation_sparsity_per_layer(m, tiny_data)
+    assert got["relu1"] == pytest.approx(0.9, abs=0.01) and got["relu2"] == pytest.approx(0.9, abs=0.01)
+    with pytest.raises(EffdnnError, match="finetune"):
+        ACTIVATION_SPARSITY.apply(tiny, {"method": "fatrelu", "target": 0.9, "schedule": "agp"}, _ctx(tiny_data))
