@@ -183,6 +183,15 @@ class Runner:
             if saved.get("key") == key:
                 _say(f"{exp.name}: done in an earlier run, reusing {result_path}")
                 return saved["row"]
+        key_path = edir / "experiment.key"  # what the folder's checkpoints were made for
+        if ddp.is_main():
+            if edir.is_dir() and (not key_path.is_file() or key_path.read_text() != key):
+                if self.resume:
+                    _say(f"{exp.name}: its definition (or the baseline) changed since {edir} was written; starting it over")
+                shutil.rmtree(edir)
+            edir.mkdir(parents=True, exist_ok=True)
+            key_path.write_text(key)
+        ddp.barrier()
         t0 = time.perf_counter()
         torch.manual_seed(self.recipe.seed)
         ctx = self.ctx(exp, edir)

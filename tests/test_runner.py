@@ -59,3 +59,20 @@ def test_report_json_is_valid_json_with_numbers(tmp_path):
     data = json.loads((tmp_path / "out" / "report.json").read_text())
     assert isinstance(data["baseline"]["energy_pj"], float) and data["baseline"]["energy_pj"] > 0
     assert data["experiments"] == []
+
+
+def test_resume_reuses_unchanged_experiments_and_restarts_changed_ones(tmp_path, capsys):
+    """--resume: an unchanged experiment is reused; one whose definition changed starts over (its old
+    checkpoints, made for other settings, are removed instead of stopping the run)."""
+    exp = {"name": "ft", "quantize": {"method": "qat", "weight": {"bits": 8}, "act": None}, "finetune": {"epochs": 1, "lr": 0.01}}
+    effdnn.run(_recipe(tmp_path, experiments=[exp, {**exp, "name": "same"}]))
+    assert (tmp_path / "out/experiments/ft/ckpt").is_dir()
+    capsys.readouterr()
+    changed = {**exp, "finetune": {"epochs": 2, "lr": 0.01}}
+    report = effdnn.run(_recipe(tmp_path, experiments=[changed, {**exp, "name": "same"}]), resume=True)
+    err = capsys.readouterr().err
+    assert "same: done in an earlier run" in err and "ft: its definition (or the baseline) changed" in err
+    from effdnn.train import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "out/experiments/ft/ckpt/ft/last.pt")["epoch"] == 2  # the new definition's
+    assert [r["name"] for r in report["experiments"]] == ["ft", "same"]
