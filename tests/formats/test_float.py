@@ -166,12 +166,16 @@ def test_stochastic_hash_is_uniform():
     assert abs(u.mean().item() - 0.5) < 1e-3
 
 
+def wide_random(n: int, seed: int) -> torch.Tensor:
+    """n normal values scaled by random powers of two in [2^-20, 2^19] (every binade of fp8 / fp16)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, generator=gen) * torch.exp2(torch.randint(-20, 20, (n,), generator=gen).float())
+
+
 def test_compiled_kernel_matches_eager():
     """The torch.compile'd kernel gives the same bits as the eager one (nearest and stochastic)."""
     float_bits.set_compile(True)
-    gen = torch.Generator().manual_seed(2)
-    n = float_bits.COMPILE_MIN_NUMEL
-    x = torch.randn(n, generator=gen) * torch.exp2(torch.randint(-20, 20, (n,), generator=gen).float())
+    x = wide_random(float_bits.COMPILE_MIN_NUMEL, 2)
     seed = torch.tensor([99])
     fmt = FP8_E5M2
     compiled_nearest, compiled_sr = fmt.round(x), fmt.round(x, rounding="stochastic", seed=seed)
@@ -225,9 +229,7 @@ def test_decode_of_encode_is_round_and_codes_round_trip(fmt):
 
 def test_encode_compiled_matches_eager_and_rejects_bad_input():
     float_bits.set_compile(True)
-    gen = torch.Generator().manual_seed(3)
-    n = float_bits.COMPILE_MIN_NUMEL
-    x = torch.randn(n, generator=gen) * torch.exp2(torch.randint(-20, 20, (n,), generator=gen).float())
+    x = wide_random(float_bits.COMPILE_MIN_NUMEL, 3)
     seed = torch.tensor([5])
     fmt = FloatFormat(4, 3, bias=4)
     got = [fmt.encode(x), fmt.encode(x, rounding="stochastic", seed=seed), FP16.encode(x)]
