@@ -112,13 +112,18 @@ def calibrate_fatrelu(model: nn.Module, layers: Iterable[str], batches: Any, tar
     for name in layers:
         mod = model.get_submodule(name)
         x = collect(model, {name: mod}, batches, inputs=True)[name]
-        t = max(float(torch.quantile(x, target)), 0.0)
-        if isinstance(mod, FATReLU):
-            mod.threshold.fill_(t)
-        else:
-            _set(model, name, FATReLU(t).to(model_device(model)))
-        thresholds[name] = t
+        thresholds[name] = max(float(torch.quantile(x, target)), 0.0)
+        set_threshold(model, name, thresholds[name])
     return thresholds
+
+
+def set_threshold(model: nn.Module, name: str, t: float) -> None:
+    """Layer ``name`` becomes a FATReLU with threshold ``t`` (in place if it already is one)."""
+    mod = model.get_submodule(name)
+    if isinstance(mod, FATReLU):
+        mod.threshold.fill_(t)
+    else:
+        _set(model, name, FATReLU(t).to(model_device(model)))
 
 
 class GradualFATReLU(Callback):
@@ -224,7 +229,8 @@ def fatrelu(model: nn.Module, config: FATReLUConfig, ctx: Any) -> nn.Module:
     if config.schedule == "agp":
         if ctx.finetune is None:
             raise EffdnnError("activation_sparsity.schedule: agp raises the thresholds during fine-tuning: add a finetune block")
-        calibrate_fatrelu(model, layers, batches, 0.0)  # plain ReLUs (threshold 0) to start from
+        for name in layers:  # plain ReLUs (threshold 0) to start from: nothing to calibrate
+            set_threshold(model, name, 0.0)
         total = ctx.steps_per_epoch(ctx.finetune) * ctx.finetune.epochs
         ctx.callbacks.append(GradualFATReLU(layers, batches, config.target, total, config.end, config.steps))
     else:
