@@ -52,7 +52,7 @@ def main() -> None:
         rep = effdnn.run(args.recipe, out=args.out, resume=args.resume)
         rows = rep["experiments"]
     ref = next((r["accuracy"] for r in rows if r["name"] == "fp32"), rep["baseline"]["accuracy"])
-    print(f"\nrecipe baseline (15 epochs fp32, cached): accuracy {rep['baseline']['accuracy']:.4f}\n")
+    print(f"\nrecipe baseline (the runner's reference model): accuracy {rep['baseline']['accuracy']:.4f}\n")
     print("| variant | accuracy | vs fp32 (pts) | step time vs fp32 | overflows (skipped) | final loss scale | error underflow | weights unchanged/step |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

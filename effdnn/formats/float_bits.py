@@ -31,7 +31,9 @@ normal range; in the subnormal range, for shifts past 32 bits, probabilities are
 """
 from __future__ import annotations
 
+import itertools
 import os
+import types
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
@@ -157,7 +159,8 @@ def encode_bits(x: torch.Tensor, plan: CodePlan, seed: torch.Tensor | None = Non
 
 # -- dispatch: one torch.compile'd kernel per plan, eager fallback ---------------------------------------
 _compile_state = {"enabled": os.environ.get("EFFDNN_COMPILE", "1") != "0", "failed": False}
-COMPILE_MIN_NUMEL = 1 << 15  # smaller tensors run eagerly: not worth a compile (seconds) or a guard check
+COMPILE_MIN_NUMEL = 1 << 15
+_kernel_ids = itertools.count()  # smaller tensors run eagerly: not worth a compile (seconds) or a guard check
 
 
 def compile_kernel(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -173,6 +176,11 @@ def compile_kernel(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tenso
 
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
     dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 1024)
+    # Dynamo caches by code object: kernels made by one factory share theirs, and a second plan's
+    # integers would then be recompiled as symbols (automatic dynamic). A code object per kernel keeps
+    # each plan's integers constant (on torch 2.11 the symbolic shift also failed to compile on CUDA).
+    code = fn.__code__.replace(co_name=f"{fn.__code__.co_name}_{next(_kernel_ids)}")
+    fn = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
     compiled = torch.compile(fn, dynamic=None)
 
     def call(*tensors: torch.Tensor | None) -> torch.Tensor:
@@ -187,6 +195,13 @@ def compile_kernel(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tenso
 def set_compile(enabled: bool) -> None:
     """Use torch.compile'd rounding kernels (default, unless EFFDNN_COMPILE=0) or eager torch ops."""
     _compile_state["enabled"] = bool(enabled)
+
+
+def disable_compile(err: Exception) -> None:
+    """After a failed torch.compile: eager kernels from now on, with one warning."""
+    _compile_state["failed"] = True
+    warnings.warn(f"effdnn: torch.compile of a rounding kernel failed ({type(err).__name__}: {err}); using eager "
+                  "torch ops", RuntimeWarning, stacklevel=3)
 
 
 def compile_enabled(numel: int | None = None) -> bool:
@@ -232,9 +247,7 @@ def _run(compiled: Callable[[], Callable[..., torch.Tensor]], eager: Callable[..
         try:
             return compiled()(flat, seed).reshape(x.shape)
         except Exception as err:  # no C++ compiler, unsupported backend: stay correct, only slower
-            _compile_state["failed"] = True
-            warnings.warn(f"effdnn: torch.compile of the float rounding kernel failed ({type(err).__name__}); "
-                          "using eager torch ops", RuntimeWarning, stacklevel=3)
+            disable_compile(err)
     return eager(flat, seed).reshape(x.shape)
 
 

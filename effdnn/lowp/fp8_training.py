@@ -17,9 +17,8 @@ float32 GEMM (the accumulation of their im2col GEMM over 100k positions is the c
 The optimizer (Adam or SGD) keeps float32 state; the weights it produces are rounded to FP16 after
 every step (:class:`RoundWeightsCallback`).
 
-GPU path (unmeasured here: no GPU in this task): :class:`Fp8Linear` uses torch._scaled_mm with
-per-tensor scales, e4m3 forward and e5m2 error operands (the HFP8 split, which is also what fp8 tensor
-cores support), for Linear layers whose sizes are multiples of 16; other layers stay emulated.
+Native path (``backend: native``, on a CUDA GPU with fp8 tensor cores): lowp/fp8_native.py runs the
+body layers' three GEMMs as real fp8 matrix products (torch._scaled_mm).
 """
 from __future__ import annotations
 
@@ -56,8 +55,13 @@ class RoundWeightsCallback(Callback):
 
     def __init__(self, fmt: FloatFormat = FP16_169, rounding: Literal["nearest", "stochastic"] = "stochastic") -> None:
         self.fmt, self.rounding = fmt, rounding
-        self.unchanged_sum, self.steps = 0.0, 0
+        self._unchanged: torch.Tensor | float = 0.0  # summed on the device: no sync per step
+        self.steps = 0
         self._prev: list[torch.Tensor] = []
+
+    @property
+    def unchanged_sum(self) -> float:
+        return float(self._unchanged)
 
     @torch.no_grad()
     def on_fit_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -69,78 +73,25 @@ class RoundWeightsCallback(Callback):
     def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         if not self._prev:  # after a resume: compare against the reloaded weights
             self._prev = [p.detach().clone() for p in model.parameters()]
-        same = total = 0
+        same: list[torch.Tensor] = []
+        total = 0
         for p, prev in zip(model.parameters(), self._prev):
             q = self.fmt.round(p, rounding=self.rounding)
-            same += int((q == prev).sum())
+            same.append((q == prev).sum())
             total += q.numel()
             p.copy_(q)
             prev.copy_(q)
-        self.unchanged_sum += same / max(total, 1)  # share of weights this update left unchanged (swamped)
+        # share of weights this update left unchanged (swamped)
+        self._unchanged = self._unchanged + torch.stack(same).sum() / max(total, 1)
         self.steps += 1
 
     def state_dict(self) -> dict[str, Any]:
         return {"unchanged_sum": self.unchanged_sum, "steps": self.steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:  # resumed: the weights were reloaded after on_fit_start
-        self.unchanged_sum, self.steps = state["unchanged_sum"], state["steps"]
+        self._unchanged, self.steps = float(state["unchanged_sum"]), state["steps"]
         self._prev = []
 
     def report(self) -> dict[str, Any]:
         return {"weight_format": self.fmt.name, "weight_update_rounding": self.rounding,
                 "weight_unchanged_frac": self.unchanged_sum / self.steps if self.steps else None}
-
-
-# -- GPU: real fp8 GEMMs through torch._scaled_mm (guarded; not measured in this task) ------------------------
-def fp8_available(device: torch.device) -> bool:
-    return (device.type == "cuda" and torch.cuda.is_available() and hasattr(torch, "_scaled_mm")
-            and torch.cuda.get_device_capability(device) >= (8, 9))
-
-
-def _to_fp8(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-tensor scaling to the fp8 dtype's range; returns codes and the dequantisation scale."""
-    fmax = torch.finfo(dtype).max
-    scale = fmax / x.detach().abs().amax().float().clamp(min=1e-12)
-    return (x.float() * scale).clamp(-fmax, fmax).to(dtype), scale.reciprocal()
-
-
-def _scaled_mm(a: torch.Tensor, b: torch.Tensor, da: torch.dtype, db: torch.dtype) -> torch.Tensor:
-    """(M, K) @ (K, N) with fp8 operands (b column-major, as _scaled_mm requires), float32 result."""
-    qa, sa = _to_fp8(a, da)
-    qb, sb = _to_fp8(b.t().contiguous(), db)
-    return torch._scaled_mm(qa, qb.t(), scale_a=sa, scale_b=sb, out_dtype=torch.float32)
-
-
-class _Fp8LinearFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias):  # x (M, K), weight (N, K)
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        y = _scaled_mm(x, weight.t(), torch.float8_e4m3fn, torch.float8_e4m3fn)
-        return y + bias if bias is not None else y
-
-    @staticmethod
-    def backward(ctx, gy):  # gy (M, N)
-        x, weight = ctx.saved_tensors
-        gx = _scaled_mm(gy, weight, torch.float8_e5m2, torch.float8_e4m3fn)  # (M, K)
-        gw = _scaled_mm(gy.t(), x, torch.float8_e5m2, torch.float8_e4m3fn)  # (N, K)
-        return gx, gw, gy.sum(0) if ctx.has_bias else None
-
-
-class Fp8Linear(nn.Linear):
-    """nn.Linear whose three GEMMs run on fp8 tensor cores (e4m3 forward, e5m2 errors)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        y = _Fp8LinearFn.apply(x.reshape(-1, x.shape[-1]), self.weight, self.bias)
-        return y.reshape(*lead, y.shape[-1])
-
-
-def convert_native_fp8(model: nn.Module) -> list[str]:
-    """Swap Linear layers with sizes divisible by 16 to :class:`Fp8Linear`; returns their names."""
-    done = []
-    for name, mod in model.named_modules():
-        if type(mod) is nn.Linear and mod.in_features % 16 == 0 and mod.out_features % 16 == 0:
-            mod.__class__ = Fp8Linear
-            done.append(name)
-    return done

@@ -30,8 +30,9 @@ from ..formats.float import BF16, FP16, FP16_169
 from ..registry import PRECISION, StrictModel
 from ..hooks import Callback
 from ..utils.batches import batch_input, forward, move
-from .fp8_training import RoundWeightsCallback, convert_native_fp8, fp8_available, fp8_policies
-from .gemm import GemmPolicy, LowpStats, convert_layers
+from .fp8_native import convert_native_fp8, fp8_available
+from .fp8_training import RoundWeightsCallback, fp8_policies
+from .gemm import GemmPolicy, LowpStats, convert_layers, gemm_layers
 from .mixed_precision import DynamicLossScaler, GradScalerCallback, LossScaleCallback, attach_autocast
 
 Backend = Literal["auto", "emulate", "native"]
@@ -99,10 +100,13 @@ def _fp8(config: FP8Config, model: nn.Module, device: torch.device, stats: LowpS
     if _native(config, device):
         if not fp8_available(device):
             raise EffdnnError("precision.backend: native fp8 needs a GPU with fp8 tensor cores (compute capability >= 8.9)")
-        convert_native_fp8(model)
+        layers = [n for n, _ in gemm_layers(model)]
+        edges = {layers[0], layers[-1]} if config.edge_layers == "fp16" else set()
+        convert_native_fp8(model, skip=edges)  # the edge layers stay emulated FP16
     acc = FP16_169 if config.accumulate == "fp16" else None
     policies = fp8_policies(config.train, acc, config.chunk or None, edge_fp16=config.edge_layers == "fp16")
-    convert_layers(model, policies, stats)  # the layers not already on native fp8
+    if gemm_layers(model):  # the layers not on native fp8
+        convert_layers(model, policies, stats)
     extra.append(RoundWeightsCallback(FP16_169, config.rounding))
     return [LossScaleCallback(_scaler(config), stats), *extra]
 
@@ -130,10 +134,15 @@ def step_time(model: nn.Module, batches: list[Any], callbacks: list[Callback]) -
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     for cb in callbacks:
         cb.on_fit_start(model, opt)
+    cuda = next(model.parameters()).is_cuda
     _train_step(model, opt, batches[0], callbacks)  # warm-up: compiles the rounding kernels
+    if cuda:
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
     for b in batches:
         _train_step(model, opt, b, callbacks)
+    if cuda:
+        torch.cuda.synchronize()
     return (time.perf_counter() - t0) / len(batches)
 
 
