@@ -21,7 +21,7 @@ import torch  # noqa: E402
 import effdnn  # noqa: E402
 import effdnn.techniques  # noqa: E402,F401
 
-TARGETS = {"ttq": 1.0, "twn": 1.5, "bwn": 1.5, "bc": 2.0, "bc-stochastic": 2.0, "xnor": 4.0, "bnn": 6.0}
+TARGETS = {"ttq": 1.0, "twn": 1.5, "bwn": 1.5, "bc": 2.0, "bc-bn": 2.0, "bc-stochastic": 2.0, "xnor": 4.0, "bnn": 6.0}
 PAPERS = {
     "twn": "TWN LeNet-5 MNIST 99.35 vs 99.41 (-0.06)",
     "ttq": "TTQ ResNet-20 CIFAR-10 91.13 vs 91.77 (-0.64)",

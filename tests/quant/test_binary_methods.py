@@ -207,3 +207,26 @@ def test_clip_latent_ignores_unclipped_methods():
     before = [p.clone() for p in model.parameters()]
     clip_latent(model)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_batch_norm_option_wraps_binarised_layers_starting_at_the_float_output_statistics():
+    """``batch_norm: true`` (BinaryConnect's normalised layers) puts a BatchNorm after each binarised
+    layer whose affine part is the float layer's per-channel output mean / std, so the eval-mode output
+    of each wrapped layer has the float layer's statistics on the calibration batches."""
+    from effdnn.quant.methods.binary import OutputBatchNorm
+
+    torch.manual_seed(0)
+    model = build_model("lenet5", 1, 10, (28, 28))
+    data = [torch.randn(32, 1, 28, 28) for _ in range(4)]
+    q = effdnn.quantize(model, {"method": "bc", "batch_norm": True, "bn_init_batches": 4}, calib_data=data).eval()
+    wrapped = [m for m in q.modules() if isinstance(m, OutputBatchNorm)]
+    assert len(wrapped) == 5 and all(isinstance(w[0], (BinaryConv2d, BinaryLinear)) for w in wrapped)
+    conv_f, conv_q = model.features[0].eval(), q.features[0]
+    x = torch.cat(data)
+    with torch.no_grad():
+        f, b = conv_f(x), conv_q(x)
+    dims = (0, 2, 3)
+    torch.testing.assert_close(b.mean(dims), f.mean(dims), atol=0.05 * float(f.std()), rtol=0.05)
+    torch.testing.assert_close(b.std(dims), f.std(dims), atol=0.05 * float(f.std()), rtol=0.05)
+    packed = effdnn.quantize(model, {"method": "bc", "batch_norm": True, "packed": True}, calib_data=data)
+    assert sum(isinstance(m, OutputBatchNorm) for m in packed.modules()) == 5

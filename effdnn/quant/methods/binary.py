@@ -217,6 +217,8 @@ class BinaryMethodConfig(StrictModel):
 
     keep_fp: list[str] | None = None  # first / last / fnmatch patterns; None: the paper's choice
     bn_init_batches: int = Field(8, ge=0)  # batches that set the inserted BatchNorms' statistics
+    batch_norm: bool = Field(False, description="a BatchNorm after every binarised layer (for nets without "
+                             "one: BinaryConnect and BNN normalise every layer's output)")
     packed: bool = False  # after fine-tuning, deploy bit-packed (effdnn.quant.packed): the report measures it
 
 
@@ -225,11 +227,67 @@ def _matches(name: str, patterns: list[str], first: str, last: str) -> bool:
                for p in patterns)
 
 
+class OutputBatchNorm(nn.Sequential):
+    """A binarised layer followed by the BatchNorm that ``batch_norm: true`` inserts (a Sequential: the
+    packed deployment swaps the layer inside it, the cost model sees a float BatchNorm)."""
+
+    def __init__(self, layer: nn.Module, channels: int, conv: bool) -> None:
+        bn = nn.BatchNorm2d(channels) if conv else nn.BatchNorm1d(channels)
+        super().__init__(layer, bn.to(layer.weight.device))
+
+
+@torch.no_grad()
+def output_channel_stats(model: nn.Module, names: list[str], batches: Any, limit: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per-channel (dim 1) mean and standard deviation of the named modules' outputs over a few batches."""
+    mods = dict(model.named_modules())
+    acc: dict[str, list[Any]] = {n: [0.0, 0.0, 0] for n in names}
+
+    def hook(name: str) -> Callable[..., None]:
+        def record(mod: nn.Module, args: Any, out: torch.Tensor) -> None:
+            o = out.detach().transpose(0, 1).reshape(out.shape[1], -1).double()  # (C, everything else)
+            a = acc[name]
+            a[0], a[1], a[2] = a[0] + o.sum(1), a[1] + (o * o).sum(1), a[2] + o.shape[1]
+        return record
+
+    handles = [mods[n].register_forward_hook(hook(n)) for n in names]
+    was = model.training
+    model.eval()
+    try:
+        for x in iter_inputs(batches, limit, model_device(model)):
+            run_batch(model, x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    out = {}
+    for n, (s1, s2, k) in acc.items():
+        if k:
+            mean = s1 / k
+            out[n] = (mean.float(), (s2 / k - mean * mean).clamp(min=1e-12).sqrt().float())
+    return out
+
+
+def insert_output_bn(model: nn.Module, names: list[str], stats: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Wrap each named layer as layer -> BatchNorm; the BatchNorm's affine part starts at the float layer's
+    per-channel output mean / std, so the normalised binary output starts where the float one was."""
+    mods = dict(model.named_modules())
+    for name in names:
+        layer = mods[name]
+        wrapped = OutputBatchNorm(layer, layer.weight.shape[0], isinstance(layer, nn.Conv2d))
+        if name in stats:
+            mean, std = stats[name]
+            wrapped[1].weight.data.copy_(std)
+            wrapped[1].bias.data.copy_(mean)
+        parent, _, attr = name.rpartition(".")
+        setattr(mods[parent] if parent else model, attr, wrapped)
+
+
 @torch.no_grad()
 def init_bn_statistics(model: nn.Module, batches: Any, limit: int) -> int:
     """Set the inserted BatchNorms' running mean / variance to their cumulative averages over a few
     batches (the rest of the model in eval mode), so a binarised model is usable before fine-tuning."""
     bns = [m.bn for m in model.modules() if isinstance(m, SignActivation)]
+    bns += [m[1] for m in model.modules() if isinstance(m, OutputBatchNorm)]
     was = model.training
     model.eval()
     for bn in bns:
@@ -257,6 +315,10 @@ def binarize(model: nn.Module, config: BinaryMethodConfig, ctx: ExperimentContex
     first, last = layers[0][0], layers[-1][0]
     keep = list(default_keep_fp) if config.keep_fp is None else config.keep_fp
     summary: list[dict[str, Any]] = []
+    stats = {}
+    if config.batch_norm and config.bn_init_batches:  # the float layers' output statistics, before the swap
+        stats = output_channel_stats(model, [n for n, _ in layers], ctx.calib_loader(config.bn_init_batches),
+                                     config.bn_init_batches)
     for name, m in layers:
         if type(m) not in BINARY_CLASSES or (isinstance(m, nn.Conv2d) and m.groups != 1 and binary_input):
             summary.append({"layer": name, "type": type(m).__name__, "weight": "fp32", "act": "fp32",
@@ -278,11 +340,13 @@ def binarize(model: nn.Module, config: BinaryMethodConfig, ctx: ExperimentContex
                         "act": "binary" if binary_input else "fp32"})
     if not any(r["weight"] != "fp32" for r in summary):
         raise EffdnnError(f"{method}: keep_fp leaves no layer to binarise")
+    if config.batch_norm:
+        insert_output_bn(model, [r["layer"] for r in summary if r["weight"] != "fp32"], stats)
     clip_latent(model)
     if any(isinstance(getattr(m, "weight_quant", None), WeightBinarizer) and m.weight_quant.clip is not None
            for m in model.modules()):
         ctx.callbacks.append(ClipLatentWeights())
-    if binary_input and config.bn_init_batches:
+    if (binary_input or config.batch_norm) and config.bn_init_batches:
         ctx.extra["bn_init_batches"] = init_bn_statistics(model, ctx.calib_loader(config.bn_init_batches),
                                                           config.bn_init_batches)
     ctx.extra["binary_layers"] = summary
@@ -306,5 +370,5 @@ def _deploy_packed(model: nn.Module, ctx: ExperimentContext) -> nn.Module:
 
 
 __all__ = ["BINARY_CLASSES", "BinaryConv2d", "BinaryLayerMixin", "BinaryLinear", "BinaryMethodConfig",
-           "ClipLatentWeights", "SignActivation", "SignCode", "WeightBinarizer", "binarize", "clip_latent",
+           "ClipLatentWeights", "OutputBatchNorm", "SignActivation", "SignCode", "WeightBinarizer", "binarize", "clip_latent",
            "expand_scale", "glorot_h", "init_bn_statistics", "sign_pm1"]
