@@ -74,7 +74,10 @@ class QuantConv1d(QuantLayerMixin, nn.Conv1d):
 
 class QuantConv2d(QuantLayerMixin, nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
-        return self._observe_out(self._conv_forward(self._q_input(x), self._q_weight(), self.bias))
+        w = self._q_weight()
+        if not self.weight.is_contiguous() and self.weight.is_contiguous(memory_format=torch.channels_last):
+            w = w.contiguous(memory_format=torch.channels_last)  # a channels-last model (calibration) stays so
+        return self._observe_out(self._conv_forward(self._q_input(x), w, self.bias))
 
 
 class QuantAdd(Add):

@@ -71,3 +71,51 @@ def test_nan_and_empty_are_one_line_errors(name: str) -> None:
         make_observer(name).compute_params(IntFormat(8))
     with pytest.raises(EffdnnError, match="unknown 'foo'"):
         make_observer("foo")
+
+
+def test_observers_of_the_same_tensor_share_its_statistics_not_a_changed_one(monkeypatch) -> None:
+    """Two observers of one tensor (a block input read by a conv and its shortcut) count it once and end
+    with equal histograms; after an in-place change the tensor is counted again."""
+    from effdnn.quant import observers
+
+    calls = []
+    real = torch.bincount
+    monkeypatch.setattr(observers.torch, "bincount", lambda *a, **k: calls.append(1) or real(*a, **k))
+    a, b = KLObserver(bins=128), KLObserver(bins=128)
+    x = torch.rand(4, 3, 8, 8)
+    a.update(x)
+    b.update(x)
+    assert len(calls) == 1 and torch.equal(a.hist, b.hist) and torch.equal(a.max, b.max)
+    x.mul_(0.5)  # same object, new version: not the statistics of before
+    a.update(x)
+    assert len(calls) == 2 and a.hist.sum() == 2 * x.numel()
+    y = x.clone()  # equal values, another tensor: counted on its own
+    b.update(y)
+    assert len(calls) == 3
+
+
+def test_per_tensor_statistics_read_channels_last_activations_without_a_copy() -> None:
+    from effdnn.quant.observers import memory_order_row
+
+    x = torch.randn(2, 5, 4, 3).contiguous(memory_format=torch.channels_last)
+    row = memory_order_row(x)
+    assert row.data_ptr() == x.data_ptr() and row.shape == (1, x.numel())
+    assert torch.equal(row.sort().values, x.reshape(1, -1).sort().values)
+    o, p = KLObserver(bins=64), KLObserver(bins=64)
+    o.update(x)
+    p.update(x.contiguous())
+    assert torch.equal(o.hist, p.hist) and torch.equal(o.min, p.min)
+
+
+def test_calibration_leaves_the_model_in_its_memory_format() -> None:
+    from torch import nn
+
+    import effdnn
+    from effdnn.models import build_model
+
+    model = build_model("lenet5", 1, 10, (28, 28)).eval()
+    data = [torch.randn(16, 1, 28, 28) for _ in range(2)]
+    q = effdnn.quantize(model, {"method": "ptq", "act": {"format": "int", "bits": 8, "calibrator": "kl"}}, calib_data=data)
+    assert all(m.weight.is_contiguous() for m in q.modules() if isinstance(m, nn.Conv2d))
+    with torch.no_grad():
+        assert q(data[0]).is_contiguous()
