@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--channels-last", action="store_true", help="time every variant (and its input) in channels-last layout")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print("command: python benchmarks/structured_latency.py " + " ".join(sys.argv[1:]))
@@ -105,8 +106,12 @@ def main() -> None:
                 rows[k]["accuracy_no_finetune"] = float((m(test[0]).argmax(1) == test[1]).float().mean())
             print(f"{k}: accuracy right after pruning {rows[k]['accuracy_no_finetune']:.3f}")
     big = args.batch
+    layout = torch.channels_last if args.channels_last else torch.contiguous_format
+    print(f"layout: {'channels_last' if args.channels_last else 'contiguous (NCHW)'}")
+    for m in variants.values():
+        m.to(memory_format=layout)
     for bs, rounds, per in [(big, args.rounds, 3), (1, args.rounds, 30)]:
-        xb = torch.randn(bs, 1, 28, 28)
+        xb = torch.randn(bs, 1, 28, 28).contiguous(memory_format=layout)
         lat = rr_bench({k: m for k, m in variants.items()}, xb, rounds, per)
         for k in variants:
             tag = "big" if bs == big else "1"

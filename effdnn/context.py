@@ -31,6 +31,7 @@ class ExperimentContext:
     calib_batches: int = 16
     out_dir: Path | None = None
     baseline_spec: TrainSpec | None = None
+    teacher: nn.Module | None = None  # the experiment's baseline model, for finetune.distill
     make_model: Callable[[], nn.Module] | None = None  # a fresh, untrained model of the recipe
     resume: bool = False
     callbacks: list[Callback] = field(default_factory=list)
@@ -84,7 +85,8 @@ class ExperimentContext:
         """Train with this experiment's callbacks, checkpointed under ``out_dir/desc`` when there is one."""
         ckpt = self.out_dir / "ckpt" / desc if self.out_dir else None
         result = fit(model, self.train_set(), spec, batch_size=self.batch_size, seed=self.seed,
-                     checkpoint_dir=ckpt, resume=self.resume, callbacks=[*self.callbacks, *extra_callbacks], desc=desc)
+                     checkpoint_dir=ckpt, resume=self.resume, callbacks=[*self.callbacks, *extra_callbacks], desc=desc,
+                     teacher=self.teacher if spec.distill is not None else None)
         self.train_result = result
         return result
 

@@ -120,11 +120,12 @@ class Runner:
         }
         return row
 
-    def ctx(self, exp: ExperimentSpec | None = None, out_dir: Path | None = None) -> ExperimentContext:
+    def ctx(self, exp: ExperimentSpec | None = None, out_dir: Path | None = None,
+            teacher: nn.Module | None = None) -> ExperimentContext:
         return ExperimentContext(
             data=self.data, device=self.device, seed=self.recipe.seed, batch_size=self.recipe.data.batch_size,
             calib_batches=exp.calib_batches if exp else 16, out_dir=out_dir, baseline_spec=self.recipe.baseline,
-            make_model=self.make_model, resume=self.resume,
+            make_model=self.make_model, resume=self.resume, teacher=teacher,
             finetune=exp.finetune if exp is not None and exp.finetune is not None and exp.finetune.epochs > 0 else None,
         )
 
@@ -194,7 +195,7 @@ class Runner:
         ddp.barrier()
         t0 = time.perf_counter()
         torch.manual_seed(self.recipe.seed)
-        ctx = self.ctx(exp, edir)
+        ctx = self.ctx(exp, edir, teacher=base)
         model = copy.deepcopy(base)
         used: dict[str, Any] = {}
 

@@ -76,3 +76,13 @@ def test_resume_reuses_unchanged_experiments_and_restarts_changed_ones(tmp_path,
 
     assert load_checkpoint(tmp_path / "out/experiments/ft/ckpt/ft/last.pt")["epoch"] == 2  # the new definition's
     assert [r["name"] for r in report["experiments"]] == ["ft", "same"]
+
+
+def test_finetune_distills_from_the_experiment_baseline(tmp_path):
+    recipe = {"name": "kd", "seed": 0, "data": {"name": "synthetic", "batch_size": 32, "kwargs": {"n_train": 256, "n_test": 128}},
+              "model": {"name": "mlp"}, "baseline": {"epochs": 3, "lr": 0.01}, "output": str(tmp_path / "out"),
+              "experiments": [{"name": "pruned-kd", "prune": {"method": "magnitude", "sparsity": 0.5},
+                               "finetune": {"epochs": 2, "lr": 0.01, "distill": {"alpha": 0.9, "temperature": 2.0}}}]}
+    report = effdnn.run(recipe)
+    row = report["experiments"][0]
+    assert row["accuracy"] > 0.9 and row["weight_sparsity"] >= 0.45

@@ -1,11 +1,20 @@
 """Training settings: the ``baseline`` and ``finetune`` blocks of a recipe."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from ..registry import StrictModel
+
+
+class DistillSpec(StrictModel):
+    """Knowledge distillation (Hinton, Vinyals & Dean 2015, "Distilling the knowledge in a neural
+    network"): loss = (1 - alpha) CE(z_s, y) + alpha T^2 KL(softmax(z_t / T) || softmax(z_s / T)), the
+    teacher being the experiment's own baseline model (before its transforms)."""
+
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the distillation term")
+    temperature: float = Field(4.0, gt=0)
 
 
 class TrainSpec(StrictModel):
@@ -26,6 +35,16 @@ class TrainSpec(StrictModel):
     max_batches: int | None = Field(None, ge=1, description="cap on batches per epoch (quick runs)")
     batch_size: int | None = Field(None, ge=1, description="overrides data.batch_size")
     checkpoint: str | None = None
+    distill: DistillSpec | None = Field(None, description="finetune only: learn from the baseline model's soft outputs")
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_distill(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Without distillation the dump is what it was before the field existed: the cache keys of
+        trained baselines and finished experiments are hashes of these dumps."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("distill") is None:
+            data.pop("distill", None)
+        return data
 
     @model_validator(mode="after")
     def _nesterov_needs_sgd(self) -> "TrainSpec":

@@ -97,13 +97,20 @@ def fit(
     callbacks: Sequence[Callback] = (),
     desc: str = "train",
     log: bool = True,
+    teacher: nn.Module | None = None,
 ) -> TrainResult:
     """Train ``model`` in place with cross-entropy for ``spec.epochs`` epochs.
 
     With ``checkpoint_dir`` a checkpoint is written atomically after each epoch; ``resume=True`` then
     continues from it and reaches the same final weights as an uninterrupted run. Under torchrun the
-    model is wrapped in DistributedDataParallel and only rank 0 writes checkpoints.
+    model is wrapped in DistributedDataParallel and only rank 0 writes checkpoints. ``spec.distill``
+    adds the distillation term against ``teacher``'s outputs (``distillation_loss``).
     """
+    if spec.distill is not None and teacher is None:
+        raise EffdnnError(f"{desc}: distill needs a teacher model (in a recipe: the experiment's baseline)")
+    teacher_was_training = teacher.training if teacher is not None else False
+    if teacher is not None:
+        teacher.eval()
     batch_size = spec.batch_size or batch_size
     device = model_device(model)
     torch.manual_seed(seed)
@@ -152,6 +159,10 @@ def fit(
             x, y = _split(move(batch, device))
             logits = _logits(forward(net, x))
             loss = F.cross_entropy(logits, y, label_smoothing=spec.label_smoothing)
+            if spec.distill is not None:
+                with torch.no_grad():
+                    soft = _logits(forward(teacher, x))  # type: ignore[arg-type]
+                loss = distillation_loss(logits, soft, loss, spec.distill.alpha, spec.distill.temperature)
             if not torch.isfinite(loss):
                 raise EffdnnError(f"{desc}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; lower the learning rate")
             full = loss
@@ -191,7 +202,19 @@ def fit(
         ddp.barrier()
     for cb in callbacks:
         cb.on_fit_end(model)
+    if teacher is not None:
+        teacher.train(teacher_was_training)
     return result
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, hard: torch.Tensor, alpha: float,
+                      temperature: float) -> torch.Tensor:
+    """(1 - alpha) hard + alpha T^2 KL(softmax(teacher / T) || softmax(student / T)) (Hinton et al. 2015,
+    section 2: the T^2 keeps the soft term's gradients on the hard term's scale as T changes)."""
+    t = temperature
+    soft = F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1), reduction="batchmean",
+                    log_target=True)
+    return (1 - alpha) * hard + alpha * t * t * soft
 
 
 @torch.no_grad()

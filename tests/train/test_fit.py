@@ -100,3 +100,38 @@ def test_lr_schedules():
     assert [lr_factor(step, e * 10, 10) for e in range(6)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
     warm = TrainSpec(epochs=4, schedule="none", warmup_epochs=1)
     assert lr_factor(warm, 4, 10) == 0.5 and lr_factor(warm, 10, 10) == 1.0
+
+
+def test_distillation_loss_is_hintons_objective():
+    from effdnn.train.loop import distillation_loss
+
+    torch.manual_seed(0)
+    s, t, y = torch.randn(8, 5), torch.randn(8, 5), torch.randint(0, 5, (8,))
+    hard = nn.functional.cross_entropy(s, y)
+    T, a = 3.0, 0.7
+    pt, ps = torch.softmax(t / T, 1), torch.softmax(s / T, 1)
+    kl = (pt * (pt.log() - ps.log())).sum(1).mean()
+    torch.testing.assert_close(distillation_loss(s, t, hard, a, T), (1 - a) * hard + a * T * T * kl)
+    assert float(distillation_loss(s, s, hard, 1.0, T)) == pytest.approx(0.0, abs=1e-6)  # own outputs: nothing to learn
+
+
+def test_fit_with_distillation_needs_a_teacher_and_learns_from_it():
+    from effdnn.train.config import DistillSpec
+
+    data = load_data("synthetic", n_train=256, n_test=128)
+    teacher = _model()
+    fit(teacher, data.train, TrainSpec(epochs=3, lr=0.01), batch_size=32, seed=3, log=False)
+    spec = TrainSpec(epochs=3, lr=0.01, distill=DistillSpec(alpha=1.0, temperature=2.0))
+    with pytest.raises(EffdnnError, match="teacher"):
+        fit(_model(), data.train, spec, batch_size=32, seed=3, log=False)
+    teacher.train()
+    student = _model()
+    fit(student, data.train, spec, batch_size=32, seed=3, log=False, teacher=teacher)
+    assert teacher.training  # its mode is given back
+    assert evaluate(student, data.test) > 0.9  # alpha = 1: the labels never seen, only the teacher
+
+
+def test_train_spec_dump_without_distill_is_unchanged():
+    """Baseline cache keys and experiment keys hash these dumps: an unset distill must not change them."""
+    assert "distill" not in TrainSpec().model_dump()
+    assert TrainSpec(distill={"alpha": 0.3}).model_dump()["distill"] == {"alpha": 0.3, "temperature": 4.0}
