@@ -37,9 +37,10 @@ def calibrate(model: nn.Module, data: Iterable[Any], max_batches: int | None = N
             model.to(memory_format=torch.contiguous_format)
     if seen == 0:
         raise EffdnnError("calibration: the calibration set is empty (no batches)")
-    for q in model.modules():
-        if isinstance(q, Quantizer) and q.mode == "observe":
-            if q.observer is not None and q.observer.count == 0:
-                raise EffdnnError(f"calibration: {q.observer.name} was never reached by the calibration data")
-            q.finish_calibration()
+    observing = [q for q in model.modules() if isinstance(q, Quantizer) and q.mode == "observe"]
+    for q in observing:
+        if q.observer is not None and q.observer.count == 0:
+            raise EffdnnError(f"calibration: {q.observer.name} was never reached by the calibration data")
+    for q in observing:
+        q.finish_calibration()
     return seen

@@ -11,7 +11,8 @@ i in [L, B) keeps the first i bins:
     KL(P || Q) on the normalised P and Q (+inf where P > 0 and Q = 0)
 
 and the threshold is (argmin_i KL + 0.5) * bin_width. Instead of a Python loop over i, all candidates
-are (C, L) tensors: level sums, non-zero bin counts and sum p log p all come from prefix sums.
+are evaluated at once from prefix sums (level sums, non-zero bin counts, sum p log p); the levels that
+candidates with the same i // L share are summed once (see ``kl_divergences``).
 """
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ def kl_divergences(hist: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch
 
         KL = (sum_b p_b log p_b) / T - log T - (sum_j pm_j log(lsum_j / n_j)) / T + log S
 
-    where the first sum comes from a prefix sum of h log h, so each candidate costs O(L), not O(B)."""
+    where the first sum comes from a prefix sum of h log h. All candidates with the same m = i // L
+    merge the same bins into their first L - 1 levels (only the last level, which ends at i and holds
+    the outliers, differs), so those levels' sum is computed once per m: O(B + (B / L) L) in all."""
     h = hist.double().flatten()  # (B,)
     B = h.numel()
     cand = torch.arange(levels, max(levels, B), device=h.device)  # (C,)
@@ -37,24 +40,26 @@ def kl_divergences(hist: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch
     cnz = F.pad((h > 0).double().cumsum(0), (1, 0))  # (B+1,) prefix non-zero bins
     hlogh = F.pad(torch.where(h > 0, h * torch.log(h.clamp_min(1e-300)), 0.0).cumsum(0), (1, 0))
     total = cum[-1]
-    i = cand.unsqueeze(1)  # (C, 1)
-    lv = torch.arange(levels, device=h.device).unsqueeze(0)  # (1, L)
-    last = lv == levels - 1
-    outliers = total - cum[i]  # (C, 1) folded into bin i-1
-    p_last = h[i - 1] + outliers  # (C, 1)
-    m = i // levels  # bins merged per level
-    starts = lv * m  # (C, L)
-    ends = torch.where(last, i, starts + m)
-    lsum = cum[ends] - cum[starts]  # (C, L) level counts of hist[:i] (without the outliers)
-    pm = lsum + last * outliers  # mass of P per level
-    nz = cnz[ends] - cnz[starts] + last * ((h[i - 1] == 0) & (outliers > 0))  # non-zero bins of P per level
-    sum_plogp = hlogh[i - 1] + torch.where(p_last > 0, p_last * torch.log(p_last.clamp_min(1e-300)), 0.0)
-    ratio = torch.where(pm > 0, torch.log(lsum.clamp_min(1e-300) / nz.clamp_min(1)), 0.0)
-    S = cum[i]
-    kl = (sum_plogp - (pm * ratio).sum(1, keepdim=True)) / total - torch.log(total) + torch.log(S.clamp_min(1e-300))
-    diverges = ((pm > 0) & (lsum <= 0)).any(1, keepdim=True) | (S <= 0)
-    kl = torch.where(diverges, torch.full_like(kl, float("inf")), kl)
-    return cand, kl.squeeze(1)
+    # the first L - 1 levels of every m = i // L: no outliers there, so P's mass is the level's count
+    ms = torch.arange(1, (B - 1) // levels + 1, device=h.device).unsqueeze(1)  # (M, 1)
+    starts = torch.arange(levels - 1, device=h.device).unsqueeze(0) * ms  # (M, L-1)
+    lsum = cum[starts + ms] - cum[starts]
+    nz = cnz[starts + ms] - cnz[starts]
+    head = torch.where(lsum > 0, lsum * torch.log(lsum.clamp_min(1e-300) / nz.clamp_min(1)), 0.0).sum(1)  # (M,)
+    # the last level of each candidate: bins [(L-1) m, i) plus the outliers sum(hist[i:])
+    m = cand // levels
+    first = (levels - 1) * m
+    outliers = total - cum[cand]
+    last_sum = cum[cand] - cum[first]
+    last_pm = last_sum + outliers
+    last_nz = cnz[cand] - cnz[first] + ((h[cand - 1] == 0) & (outliers > 0))
+    last = torch.where(last_pm > 0, last_pm * torch.log(last_sum.clamp_min(1e-300) / last_nz.clamp_min(1)), 0.0)
+    p_last = h[cand - 1] + outliers  # bin i-1 of P holds the outliers
+    sum_plogp = hlogh[cand - 1] + torch.where(p_last > 0, p_last * torch.log(p_last.clamp_min(1e-300)), 0.0)
+    S = cum[cand]
+    kl = (sum_plogp - (head[m - 1] + last)) / total - torch.log(total) + torch.log(S.clamp_min(1e-300))
+    diverges = ((last_pm > 0) & (last_sum <= 0)) | (S <= 0)
+    return cand, torch.where(diverges, torch.full_like(kl, float("inf")), kl)
 
 
 def kl_threshold(hist: torch.Tensor, bin_width: float, levels: int) -> float:

@@ -40,7 +40,17 @@ class QuantLayerMixin:
 
     def _q_weight(self) -> torch.Tensor:
         w = self.weight  # type: ignore[attr-defined]
-        return self.weight_quant(w) if self.weight_quant is not None else w
+        if self.weight_quant is None:
+            return w
+        if torch.is_grad_enabled() or self.input_quant is None or self.input_quant.mode != "observe":
+            self._wq_cache = None
+            return self.weight_quant(w)
+        # calibration (no autograd, activations observed): the weights stay put, quantise them once
+        key = (w._version, w.data_ptr(), w.stride())
+        cached = getattr(self, "_wq_cache", None)
+        if cached is None or cached[0] != key:
+            cached = self._wq_cache = (key, self.weight_quant(w))
+        return cached[1]
 
     def _observe_out(self, y: torch.Tensor) -> torch.Tensor:
         if self.out_observer is not None and self.input_quant is not None and self.input_quant.mode == "observe":

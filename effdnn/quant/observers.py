@@ -36,6 +36,18 @@ def memory_order_row(x: torch.Tensor) -> torch.Tensor:
     return x.permute(sorted(range(x.dim()), key=lambda d: -x.stride(d))).reshape(1, -1)
 
 
+_SCRATCH: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _scratch(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A reused buffer of n elements: a fresh multi-MB tensor per batch costs its page faults (the
+    histogram pass ran 1.3x slower with them). Calibration observes on one thread."""
+    buf = _SCRATCH.get((dtype, device))
+    if buf is None or buf.numel() < n:
+        buf = _SCRATCH[(dtype, device)] = torch.empty(n, dtype=dtype, device=device)
+    return buf[:n]
+
+
 class BatchStats:
     """The statistics last computed from a tensor, so observers of the same tensor compute them once (a
     residual block's input feeds both its first convolution and its projection shortcut). Entries are
@@ -149,7 +161,10 @@ class HistogramObserver(Observer):
         G, B = a.shape[0], self.bins
         if G == 1:  # torch.histc does the same ~2.7x slower than one index pass + bincount of 16-bit indices
             dt = torch.int16 if B <= 2**15 else torch.int32
-            idx = (a[0] * (1.0 / float(self.width[0]))).clamp_(max=B - 1).to(dt)  # type: ignore[index]
+            n = a.shape[1]
+            scaled, idx = _scratch(n, torch.float32, a.device), _scratch(n, dt, a.device)
+            torch.mul(a[0], 1.0 / float(self.width[0]), out=scaled)  # type: ignore[index]
+            idx.copy_(scaled.clamp_(max=B - 1))  # truncation = floor for |x| >= 0
             return torch.bincount(idx, minlength=B).double().unsqueeze(0)
         idx = torch.clamp((a / self.width.unsqueeze(1)).long(), max=B - 1)  # type: ignore[union-attr]
         idx = idx + torch.arange(G, device=a.device).unsqueeze(1) * B
