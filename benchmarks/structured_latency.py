@@ -64,7 +64,7 @@ def main() -> None:
     calib = [(torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,)))]
     macs0 = effdnn.cost(dense, x1).macs
     variants: dict[str, nn.Module] = {"dense": dense}
-    for ratio, round_to in ((0.3, 1), (0.3, 4), (0.5, 1)):
+    for ratio, round_to in ((0.3, 1), (0.3, 4), (0.4, 4), (0.5, 1)):
         name = f"effdnn_channel_{int(ratio * 100)}" + (f"_r{round_to}" if round_to > 1 else "")
         variants[name] = effdnn.prune(copy.deepcopy(dense), {"method": "channel", "saliency": "l1", "sparsity": ratio,
                                                              "round_to": round_to}, calib).eval()
