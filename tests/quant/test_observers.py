@@ -32,6 +32,23 @@ def test_histogram_growth_merges_bins_exactly() -> None:
     assert (o.hist[0] - direct.double()).abs().sum() <= 2  # the same histogram (up to edge rounding)
 
 
+@pytest.mark.parametrize("granularity", [Granularity("per_tensor"), Granularity("per_channel", 0)])
+def test_histogram_of_signed_data_counts_abs_values(granularity: Granularity) -> None:
+    """Signed data is binned by |x| (truncation of x / w, then abs on the integer codes) exactly as a
+    plain loop over float64 |x| bins it."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 4000) * torch.tensor([[1.0], [0.3], [2.0]])
+    o = HistogramObserver(granularity, bins=128)
+    o.update(x)
+    rows = x.reshape(1, -1) if granularity.kind == "per_tensor" else x
+    for g, row in enumerate(rows):
+        w = float(o.width[g])
+        ref = [0] * 128
+        for v in row.tolist():
+            ref[min(int(abs(v) / w), 127)] += 1
+        assert o.hist[g].tolist() == ref
+
+
 def test_percentile_clip() -> None:
     o = PercentileObserver(percentile=99.0)
     x = torch.arange(1, 10001, dtype=torch.float32)
