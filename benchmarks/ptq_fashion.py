@@ -11,7 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+import statistics
+
 import torch
 
 from common import accuracy, baseline, machine, ptq_args
@@ -20,35 +21,45 @@ import effdnn  # noqa: E402
 from effdnn.export import prediction_agreement  # noqa: E402
 
 
-def ours(model, recipe, calib, xte, yte, only=None):
+def timed(fn, repeats: int):
+    """(median seconds over ``repeats`` calls, the last call's result)."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def ours(model, recipe, calib, xte, yte, only=None, repeats=1):
     rows = []
     for exp in recipe.experiments:
         if only and exp.name not in only:
             continue
-        t = time.perf_counter()
-        q = effdnn.quantize(model, exp.quantize, calib)
-        dt = time.perf_counter() - t
+        dt, q = timed(lambda: effdnn.quantize(model, exp.quantize, calib), repeats)
         c = effdnn.cost(q, xte[:64])
         rows.append((f"effdnn {exp.name}", accuracy(q, xte, yte), dt, c.size_bytes, q))
     return rows
 
 
-def torch_ao(model, calib, xte, yte):
+def torch_ao(model, calib, xte, yte, repeats=1):
     import torch.ao.quantization as tq
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     torch.backends.quantized.engine = "x86"
-    t = time.perf_counter()
-    fx = prepare_fx(copy.deepcopy(model), tq.get_default_qconfig_mapping("x86"), example_inputs=(calib[0][0][:2],))
-    with torch.inference_mode():
-        for x, _ in calib:
-            fx(x)
-    q = convert_fx(fx)
-    dt = time.perf_counter() - t
+
+    def ptq():
+        fx = prepare_fx(copy.deepcopy(model), tq.get_default_qconfig_mapping("x86"), example_inputs=(calib[0][0][:2],))
+        with torch.inference_mode():
+            for x, _ in calib:
+                fx(x)
+        return convert_fx(fx)
+
+    dt, q = timed(ptq, repeats)
     return ("torch.ao FX x86 (HistogramObserver)", accuracy(q, xte, yte), dt, None, None)
 
 
-def ort_entropy(model, calib, xte, yte, tmp: Path, threads: int):
+def ort_entropy(model, calib, xte, yte, tmp: Path, threads: int, repeats: int = 1):
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
@@ -66,17 +77,20 @@ def ort_entropy(model, calib, xte, yte, tmp: Path, threads: int):
             return next(self.it, None)
 
     cache = tmp / "entropy2048.json"
+
+    def calibrate():
+        c = create_calibrator(str(pre), None, augmented_model_path=str(tmp / "aug.onnx"),
+                              calibrate_method=CalibrationMethod.Entropy, extra_options={"num_bins": 2048, "num_quantized_bins": 128})
+        c.collect_data(Reader())
+        save_tensors_data(c.compute_data(), str(cache))
+
+    calib_s, _ = timed(calibrate, repeats)
     t = time.perf_counter()
-    c = create_calibrator(str(pre), None, augmented_model_path=str(tmp / "aug.onnx"), calibrate_method=CalibrationMethod.Entropy,
-                          extra_options={"num_bins": 2048, "num_quantized_bins": 128})
-    c.collect_data(Reader())
-    save_tensors_data(c.compute_data(), str(cache))
-    calib_s = time.perf_counter() - t
     out = tmp / "int8_entropy2048.onnx"
     quantize_static(str(pre), str(out), None, quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8, per_channel=True, calibrate_method=CalibrationMethod.Entropy,
                     calibration_cache_path=str(cache))
-    total_s = time.perf_counter() - t
+    total_s = calib_s + time.perf_counter() - t
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     s = ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
@@ -85,15 +99,17 @@ def ort_entropy(model, calib, xte, yte, tmp: Path, threads: int):
 
 
 def main() -> None:
-    args = ptq_args("ptq_fashion.py", 2)
+    args = ptq_args("ptq_fashion.py", 2, lambda ap: ap.add_argument(
+        "--repeats", type=int, default=3, help="calibration times are the median of this many runs (every tool)"))
     recipe, model, calib, xte, yte, row = baseline(args.model, args.test_images)
     print(f"machine: {machine()}")
     fp32 = accuracy(model, xte, yte)
     print(f"calibration: {sum(len(x) for x, _ in calib)} training images; test: {len(xte)} images\n")
-    rows = ours(model, recipe, calib, xte, yte, args.only)
-    peer_ao = torch_ao(model, calib, xte, yte)
+    print(f"calibration times: median of {args.repeats} runs of each tool\n")
+    rows = ours(model, recipe, calib, xte, yte, args.only, args.repeats)
+    peer_ao = torch_ao(model, calib, xte, yte, args.repeats)
     tmp = Path(tempfile.mkdtemp())
-    peer_ort = ort_entropy(model, calib, xte, yte, tmp, args.threads)
+    peer_ort = ort_entropy(model, calib, xte, yte, tmp, args.threads, args.repeats)
     print("| method | accuracy | vs FP32 (points) | calibration s | size KiB |")
     print("|---|---|---|---|---|")
     print(f"| FP32 ({args.model}) | {fp32:.4f} | - | - | {row['size_bytes'] / 1024:.1f} |")
@@ -110,7 +126,6 @@ def main() -> None:
     agree, worst = prediction_agreement(kl[4], path, [xte[i:i + 1000] for i in range(0, len(xte), 1000)], threads=args.threads)
     print(f"effdnn int8-kl exported as QDQ ONNX, run in onnxruntime: top-1 agreement with the fake-quantized PyTorch "
           f"model {agree * 100:.2f}% of {len(xte)} test images (max |logit diff| {worst:.4f})")
-    _ = np
 
 
 if __name__ == "__main__":
