@@ -7,11 +7,10 @@ and the same 2048 calibration images. Usage:
 from __future__ import annotations
 
 import copy
+import statistics
 import tempfile
 import time
 from pathlib import Path
-
-import statistics
 
 import torch
 
