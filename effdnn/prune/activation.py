@@ -2,6 +2,7 @@
 
     activation_sparsity: {method: fatrelu, target: 0.8, l1: 0.0, layers: [...]}
     activation_sparsity: {method: l1, weight: 1e-4, layers: [...]}
+    activation_sparsity: {method: hoyer, weight: 0.3, layers: [...]}
 
 - FATReLU, the forced-activation-threshold ReLU (Kurtz et al. 2020, "Inducing and exploiting activation
   sparsity for fast inference on deep neural networks", eq. 1): f(x) = x if x > T else 0. Each ReLU
@@ -10,6 +11,12 @@
 - An L1 penalty on activations (Georgiadis 2019, "Accelerating convolutional neural networks via
   activation map compression", eq. 2): lambda * sum over layers of mean |a| is added to the training loss
   (Callback.extra_loss), pushing activations to exactly zero through the ReLU.
+- The Hoyer-square penalty (Yang, Wen & Li 2020, "DeepHoyer: learning sparser neural network with
+  differentiable scale-invariant sparsity measures", eq. 4) on activations: lambda * sum over layers of
+  the batch mean of H_S(a) / n = (sum |a|)^2 / (n * sum a^2) per sample (n values). H_S / n lies in
+  [1/n, 1] like a density, and is scale-invariant: its gradient pushes the activations below
+  sum a^2 / sum |a| towards zero and the larger ones up, so it sparsifies without shrinking the whole
+  feature map, which L1 does and the next layer must undo.
 
 The report gets the zero fraction of every activation layer's output on calibration data
 (``activation_sparsity_per_layer``); the cost model skips the MACs whose activation input is zero.
@@ -154,6 +161,10 @@ class GradualFATReLU(Callback):
 class ActivationL1(Callback):
     """Adds lambda * sum over layers of mean |a| (the layers' outputs in the training forward pass)."""
 
+    @staticmethod
+    def penalty(a: torch.Tensor) -> torch.Tensor:
+        return a.abs().mean()
+
     def __init__(self, names: list[str], weight: float) -> None:
         self.names, self.weight = names, weight
         self.acts: list[torch.Tensor] = []
@@ -175,7 +186,7 @@ class ActivationL1(Callback):
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
         if not self.acts:
             return None
-        term = self.weight * sum(a.abs().mean() for a in self.acts)
+        term = self.weight * sum(self.penalty(a) for a in self.acts)
         self.acts = []
         self.last = float(term.detach())
         return term
@@ -187,6 +198,25 @@ class ActivationL1(Callback):
 
     def report(self) -> dict[str, Any]:
         return {"activation_l1_last": self.last}
+
+
+def hoyer_density(a: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Batch mean of the normalised Hoyer-square measure (sum |a|)^2 / (n * sum a^2) of each sample
+    (DeepHoyer eq. 4 divided by n): 1 for a constant map, 1/n for a single non-zero, 1 for all zeros
+    (eps keeps it finite; a dead map has no gradient either way)."""
+    flat = a.reshape(a.shape[0], -1)
+    l1 = flat.abs().sum(1)
+    l2 = flat.square().sum(1)
+    return ((l1.square() + eps) / (flat.shape[1] * l2 + eps)).mean()
+
+
+class ActivationHoyer(ActivationL1):
+    """Adds lambda * sum over layers of the normalised Hoyer-square measure of their outputs."""
+
+    penalty = staticmethod(hoyer_density)
+
+    def report(self) -> dict[str, Any]:
+        return {"activation_hoyer_last": self.last}
 
 
 class FATReLUConfig(StrictModel):
@@ -207,7 +237,14 @@ class L1Config(StrictModel):
     batches: int = Field(8, ge=1, description="batches on which the per-layer sparsity is reported")
 
 
-def _observe(model: nn.Module, config: FATReLUConfig | L1Config, ctx: Any) -> tuple[list, list]:
+class HoyerConfig(StrictModel):
+    method: Literal["hoyer"] = "hoyer"
+    weight: float = Field(..., gt=0, description="lambda of the Hoyer-square activation penalty")
+    layers: list[str] | None = None
+    batches: int = Field(8, ge=1, description="batches on which the per-layer sparsity is reported")
+
+
+def _observe(model: nn.Module, config: FATReLUConfig | L1Config | HoyerConfig, ctx: Any) -> tuple[list, list]:
     """The layers a method acts on and its calibration batches; reports the per-layer activation
     sparsity before the method and, through a finalizer, after fine-tuning."""
     layers = activation_layers(model, config.layers, "activation_sparsity")
@@ -245,4 +282,12 @@ def l1_penalty(model: nn.Module, config: L1Config, ctx: Any) -> nn.Module:
     """L1 penalty on activations during fine-tuning (Georgiadis 2019)."""
     layers, _ = _observe(model, config, ctx)
     ctx.callbacks.append(ActivationL1(layers, config.weight))
+    return model
+
+
+@ACTIVATION_SPARSITY.register("hoyer", HoyerConfig)
+def hoyer_penalty(model: nn.Module, config: HoyerConfig, ctx: Any) -> nn.Module:
+    """Hoyer-square penalty on activations during fine-tuning (Yang, Wen & Li 2020)."""
+    layers, _ = _observe(model, config, ctx)
+    ctx.callbacks.append(ActivationHoyer(layers, config.weight))
     return model

@@ -7,7 +7,7 @@ from torch import nn
 import effdnn
 from effdnn.context import ExperimentContext
 from effdnn.errors import EffdnnError
-from effdnn.prune.activation import FATReLU, ActivationL1, activation_sparsity_per_layer
+from effdnn.prune.activation import FATReLU, ActivationHoyer, ActivationL1, activation_sparsity_per_layer, hoyer_density
 from effdnn.registry import ACTIVATION_SPARSITY
 
 
@@ -73,6 +73,44 @@ def test_l1_training_makes_activations_sparser(tiny, tiny_data):
     ctx = _ctx(tiny_data)
     m = ACTIVATION_SPARSITY.apply(tiny, {"method": "l1", "weight": 5.0}, ctx)
     ctx.fit(m, spec, desc="l1")
+    a = activation_sparsity_per_layer(plain, tiny_data)
+    b = activation_sparsity_per_layer(m, tiny_data)
+    assert b["relu1"] + b["relu2"] > a["relu1"] + a["relu2"] + 0.2
+
+
+def test_hoyer_density_on_hand_made_maps():
+    # per sample (sum |a|)^2 / (n sum a^2): a constant map 1, one non-zero of n = 4 values 1/4
+    a = torch.tensor([[[2.0, 2.0], [2.0, 2.0]], [[0.0, 3.0], [0.0, 0.0]]])
+    torch.testing.assert_close(hoyer_density(a), torch.tensor((1.0 + 0.25) / 2))
+    torch.testing.assert_close(hoyer_density(5 * a), hoyer_density(a))  # scale-invariant
+    # the gradient pushes values below sum a^2 / sum |a| down and the larger ones up
+    x = torch.tensor([[0.1, 0.2, 1.0, 3.0]], requires_grad=True)
+    hoyer_density(x).backward()
+    pivot = float((x.detach() ** 2).sum() / x.detach().sum())
+    assert all((g > 0) == (v < pivot) for g, v in zip(x.grad[0].tolist(), x.detach()[0].tolist()))
+
+
+def test_hoyer_penalty_value_and_training_effect(tiny, tiny_data):
+    from effdnn.train.config import TrainSpec
+
+    cb = ActivationHoyer(["relu1", "relu2"], weight=0.5)
+    cb.on_fit_start(tiny, None)
+    tiny.train()
+    x = tiny_data[0][0]
+    with torch.no_grad():
+        a1 = tiny.relu1(tiny.bn1(tiny.conv1(x)))
+        a2 = tiny.relu2(tiny.bn2(tiny.conv2(a1)))
+    cb.acts = []
+    tiny(x)
+    torch.testing.assert_close(cb.extra_loss(tiny), 0.5 * (hoyer_density(a1) + hoyer_density(a2)))
+    cb.on_fit_end(tiny)
+
+    spec = TrainSpec(epochs=15, lr=0.03)
+    plain = copy.deepcopy(tiny)
+    _ctx(tiny_data).fit(plain, spec, desc="plain")
+    ctx = _ctx(tiny_data)
+    m = ACTIVATION_SPARSITY.apply(tiny, {"method": "hoyer", "weight": 20.0}, ctx)
+    ctx.fit(m, spec, desc="hoyer")
     a = activation_sparsity_per_layer(plain, tiny_data)
     b = activation_sparsity_per_layer(m, tiny_data)
     assert b["relu1"] + b["relu2"] > a["relu1"] + a["relu2"] + 0.2
