@@ -2,7 +2,7 @@
 
     activation_sparsity: {method: fatrelu, target: 0.8, l1: 0.0, layers: [...]}
     activation_sparsity: {method: l1, weight: 1e-4, layers: [...]}
-    activation_sparsity: {method: hoyer, weight: 0.3, layers: [...]}
+    activation_sparsity: {method: hoyer, weight: 0.6, extra_zeros: 0.02, layers: [...]}
 
 - FATReLU, the forced-activation-threshold ReLU (Kurtz et al. 2020, "Inducing and exploiting activation
   sparsity for fast inference on deep neural networks", eq. 1): f(x) = x if x > T else 0. Each ReLU
@@ -17,6 +17,11 @@
   [1/n, 1] like a density, and is scale-invariant: its gradient pushes the activations below
   sum a^2 / sum |a| towards zero and the larger ones up, so it sparsifies without shrinking the whole
   feature map, which L1 does and the next layer must undo.
+- ``extra_zeros`` (both penalties): once fine-tuning is done, every ReLU becomes a FATReLU whose
+  threshold zeroes ``extra_zeros`` more of its outputs than it already does (the quantile of its input
+  at its own zero fraction + extra_zeros, calibrated layer by layer): the penalty leaves many
+  activations just above zero, and these cost little accuracy (Kurtz et al. 2020 pair a regulariser
+  with FATReLU thresholds likewise).
 
 The report gets the zero fraction of every activation layer's output on calibration data
 (``activation_sparsity_per_layer``); the cost model skips the MACs whose activation input is zero.
@@ -120,6 +125,21 @@ def calibrate_fatrelu(model: nn.Module, layers: Iterable[str], batches: Any, tar
         mod = model.get_submodule(name)
         x = collect(model, {name: mod}, batches, inputs=True)[name]
         thresholds[name] = max(float(torch.quantile(x, target)), 0.0)
+        set_threshold(model, name, thresholds[name])
+    return thresholds
+
+
+def raise_zeros(model: nn.Module, layers: Iterable[str], batches: Any, extra: float) -> dict[str, float]:
+    """Make each of ``layers`` a FATReLU that zeroes ``extra`` more of its outputs than it now does:
+    its threshold is the quantile of its input at (fraction of inputs <= its threshold) + ``extra``.
+    Layers are calibrated in order, each on the inputs it sees once the earlier ones are raised."""
+    thresholds = {}
+    for name in layers:
+        mod = model.get_submodule(name)
+        t0 = float(mod.threshold) if isinstance(mod, FATReLU) else 0.0
+        x = collect(model, {name: mod}, batches, inputs=True)[name]
+        zeros = float((x <= t0).float().mean())
+        thresholds[name] = max(float(torch.quantile(x, min(zeros + extra, 1.0))), t0)
         set_threshold(model, name, thresholds[name])
     return thresholds
 
@@ -233,18 +253,17 @@ class FATReLUConfig(StrictModel):
 class L1Config(StrictModel):
     method: Literal["l1"] = "l1"
     weight: float = Field(..., gt=0, description="lambda of the L1 activation penalty")
+    extra_zeros: float = Field(0.0, ge=0, lt=1, description="after fine-tuning: FATReLU thresholds zeroing this much more of each layer's outputs")
     layers: list[str] | None = None
-    batches: int = Field(8, ge=1, description="batches on which the per-layer sparsity is reported")
+    batches: int = Field(8, ge=1, description="calibration batches (sparsity report, extra_zeros thresholds)")
 
 
-class HoyerConfig(StrictModel):
-    method: Literal["hoyer"] = "hoyer"
+class HoyerConfig(L1Config):
+    method: Literal["hoyer"] = "hoyer"  # type: ignore[assignment]
     weight: float = Field(..., gt=0, description="lambda of the Hoyer-square activation penalty")
-    layers: list[str] | None = None
-    batches: int = Field(8, ge=1, description="batches on which the per-layer sparsity is reported")
 
 
-def _observe(model: nn.Module, config: FATReLUConfig | L1Config | HoyerConfig, ctx: Any) -> tuple[list, list]:
+def _observe(model: nn.Module, config: FATReLUConfig | L1Config, ctx: Any) -> tuple[list, list]:
     """The layers a method acts on and its calibration batches; reports the per-layer activation
     sparsity before the method and, through a finalizer, after fine-tuning."""
     layers = activation_layers(model, config.layers, "activation_sparsity")
@@ -277,17 +296,25 @@ def fatrelu(model: nn.Module, config: FATReLUConfig, ctx: Any) -> nn.Module:
     return model
 
 
+def _penalty(model: nn.Module, config: L1Config, ctx: Any, callback: type[ActivationL1]) -> nn.Module:
+    layers, batches = _observe(model, config, ctx)
+    ctx.callbacks.append(callback(layers, config.weight))
+    if config.extra_zeros > 0:
+        def threshold(final: nn.Module) -> nn.Module:
+            ctx.extra["fatrelu_thresholds"] = raise_zeros(final, layers, batches, config.extra_zeros)
+            return final
+
+        ctx.finalizers.insert(len(ctx.finalizers) - 1, threshold)  # before _observe's sparsity report
+    return model
+
+
 @ACTIVATION_SPARSITY.register("l1", L1Config)
 def l1_penalty(model: nn.Module, config: L1Config, ctx: Any) -> nn.Module:
     """L1 penalty on activations during fine-tuning (Georgiadis 2019)."""
-    layers, _ = _observe(model, config, ctx)
-    ctx.callbacks.append(ActivationL1(layers, config.weight))
-    return model
+    return _penalty(model, config, ctx, ActivationL1)
 
 
 @ACTIVATION_SPARSITY.register("hoyer", HoyerConfig)
 def hoyer_penalty(model: nn.Module, config: HoyerConfig, ctx: Any) -> nn.Module:
     """Hoyer-square penalty on activations during fine-tuning (Yang, Wen & Li 2020)."""
-    layers, _ = _observe(model, config, ctx)
-    ctx.callbacks.append(ActivationHoyer(layers, config.weight))
-    return model
+    return _penalty(model, config, ctx, ActivationHoyer)

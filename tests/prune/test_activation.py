@@ -116,6 +116,21 @@ def test_hoyer_penalty_value_and_training_effect(tiny, tiny_data):
     assert b["relu1"] + b["relu2"] > a["relu1"] + a["relu2"] + 0.2
 
 
+def test_extra_zeros_thresholds_after_the_penalty(tiny, tiny_data):
+    ctx = _ctx(tiny_data)
+    before = activation_sparsity_per_layer(tiny, tiny_data)
+    m = ACTIVATION_SPARSITY.apply(tiny, {"method": "hoyer", "weight": 1.0, "extra_zeros": 0.1, "batches": 4}, ctx)
+    assert isinstance(m.relu1, nn.ReLU)  # thresholds come after fine-tuning, in a finalizer
+    for fin in ctx.finalizers:
+        m = fin(m)
+    assert isinstance(m.relu1, FATReLU) and isinstance(m.relu2, FATReLU)
+    assert set(ctx.extra["fatrelu_thresholds"]) == {"relu1", "relu2"}
+    after = ctx.extra["activation_sparsity_per_layer"]  # reported after the thresholds
+    for n in ("relu1", "relu2"):
+        assert after[n] == pytest.approx(before[n] + 0.1, abs=0.02)
+    assert activation_sparsity_per_layer(m, tiny_data) == after
+
+
 def test_bad_activation_input(tiny, tiny_data):
     with pytest.raises(EffdnnError, match="matches no activation layer"):
         ACTIVATION_SPARSITY.apply(tiny, {"method": "fatrelu", "target": 0.5, "layers": ["gelu*"]}, _ctx(tiny_data))
