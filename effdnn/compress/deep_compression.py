@@ -32,6 +32,7 @@ from ..cost.precision import LayerPrecision, deployed_bits
 from ..errors import EffdnnError
 from ..formats.kmeans import KMeansFormat
 from ..prune.select import select_layers
+from ..quant.fold_bn import fold_batchnorm
 from ..prune.sparse import strip_sparse
 from ..registry import COMPRESS, StrictModel
 from .container import Shared, load_into, read_container, write_container
@@ -47,6 +48,8 @@ class DeepCompressionConfig(StrictModel):
     index_bits: int = Field(5, ge=1, le=16, description="relative-index bits of linear layers (paper: 5)")
     conv_index_bits: int | None = Field(None, ge=1, le=16, description="of convolutions (paper: 8); default: index_bits")
     huffman: bool = True
+    fold_bn: bool = Field(False, description="fold BatchNorm into the conv / linear before it (the deployed form): "
+                          "the file stores the folded weights and a bias instead of four BatchNorm vectors")
     init: Literal["linear", "density", "random", "kmeans++"] = "linear"
     layers: list[str] | None = None
     exclude: list[str] = Field(default_factory=list)
@@ -102,6 +105,10 @@ def encode_model(model: nn.Module, config: DeepCompressionConfig, path: str | Pa
     """Write ``model`` to ``path`` and return (the model read back from the file, details)."""
     for m in model.modules():
         strip_sparse(m)
+    if config.fold_bn:  # zeros stay zeros: folding scales each output channel
+        model = copy.deepcopy(model).eval()
+        fold_batchnorm(model)
+        meta = {**(meta or {}), "fold_bn": True}  # the reader folds a fresh architecture likewise
     layers = select_layers(model, config.layers, config.exclude, "compress")
     state = model.state_dict()
     tensors: dict[str, torch.Tensor | Shared] = {}
@@ -171,6 +178,9 @@ def deep_compression(model: nn.Module, config: DeepCompressionConfig, ctx: Any) 
 
 
 def load_compressed(path: str | Path, model: nn.Module) -> nn.Module:
-    """Fill ``model`` (the architecture, e.g. a fresh model of the recipe) with the container's weights."""
-    _, tensors = read_container(path)
+    """Fill ``model`` (the architecture, e.g. a fresh model of the recipe) with the container's weights;
+    its BatchNorms are folded first where the file was written with ``fold_bn``."""
+    meta, tensors = read_container(path)
+    if meta.get("fold_bn"):
+        fold_batchnorm(model)
     return load_into(model, tensors, str(path))

@@ -78,6 +78,27 @@ def test_deep_compression_round_trip_is_exact(tmp_path, huffman):
     assert torch.allclose(decoded(x), fresh.eval()(x))
 
 
+def test_deep_compression_folds_batchnorm_into_the_file(tmp_path):
+    m = _pruned_small()
+    with torch.no_grad():
+        m.bn.weight.uniform_(0.5, 2)
+        m.bn.bias.uniform_(-1, 1)
+    # 6 bits hold the 7 non-zeros of conv and the 39 of fc exactly: the only change is the folding
+    plain, _ = encode_model(copy.deepcopy(m), DeepCompressionConfig(bits=6, index_bits=4), tmp_path / "p.edc")
+    cfg = DeepCompressionConfig(bits=6, index_bits=4, fold_bn=True)
+    decoded, details = encode_model(copy.deepcopy(m), cfg, tmp_path / "f.edc")
+    assert isinstance(decoded.bn, nn.Identity) and decoded.conv.bias is not None
+    assert torch.equal(decoded.conv.weight == 0, m.conv.weight == 0)  # folding keeps the zeros
+    x = torch.randn(5, 1, 6, 6)
+    torch.testing.assert_close(decoded(x), m(x), rtol=1e-5, atol=1e-5)
+    assert (tmp_path / "f.edc").stat().st_size < (tmp_path / "p.edc").stat().st_size
+    fresh = Small()  # a fresh architecture is folded before it is filled
+    load_compressed(tmp_path / "f.edc", fresh)
+    assert isinstance(fresh.bn, nn.Identity)
+    torch.testing.assert_close(fresh.eval()(x), decoded(x), rtol=0, atol=0)
+    assert effdnn.cost(decoded, x).size_bytes == (tmp_path / "f.edc").stat().st_size
+
+
 def test_already_shared_weights_are_kept_exactly(tmp_path):
     t = torch.tensor([[0.0, 0.25, -1.5, 0.0], [0.25, 0.0, 0.0, 3.0]])
     write_container(tmp_path / "a.edc", {"w": Shared((2, 4), np.array([-1.5, 0.25, 3.0], np.float32),
