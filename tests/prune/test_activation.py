@@ -48,8 +48,17 @@ def test_cost_model_skips_macs_of_zero_activations(tiny, tiny_data):
     assert conv2.effective_macs == pytest.approx(conv2.macs * (1 - zero) * (1 - conv2.weight_sparsity))
 
 
-def test_l1_penalty_value_and_effect(tiny, tiny_data):
-    cb = ActivationL1(["relu1", "relu2"], weight=0.1)
+def _l1(a):
+    return a.abs().mean()
+
+
+# (method, callback, the penalty of one layer's output, a lambda that sparsifies the tiny net in 15 epochs)
+PENALTIES = [("l1", ActivationL1, _l1, 5.0), ("hoyer", ActivationHoyer, hoyer_density, 20.0)]
+
+
+@pytest.mark.parametrize("method,callback,penalty,_", PENALTIES)
+def test_activation_penalty_value(tiny, tiny_data, method, callback, penalty, _):
+    cb = callback(["relu1", "relu2"], weight=0.1)
     cb.on_fit_start(tiny, None)
     tiny.train()
     x = tiny_data[0][0]
@@ -58,21 +67,22 @@ def test_l1_penalty_value_and_effect(tiny, tiny_data):
         a2 = tiny.relu2(tiny.bn2(tiny.conv2(a1)))
     cb.acts = []  # the reference pass above went through the hooks too
     tiny(x)
-    torch.testing.assert_close(cb.extra_loss(tiny), 0.1 * (a1.abs().mean() + a2.abs().mean()))
+    torch.testing.assert_close(cb.extra_loss(tiny), 0.1 * (penalty(a1) + penalty(a2)))
     assert cb.extra_loss(tiny) is None  # consumed
     cb.on_fit_end(tiny)
     assert not tiny.relu1._forward_hooks
 
 
-def test_l1_training_makes_activations_sparser(tiny, tiny_data):
+@pytest.mark.parametrize("method,_,__,weight", PENALTIES)
+def test_activation_penalty_training_makes_activations_sparser(tiny, tiny_data, method, _, __, weight):
     from effdnn.train.config import TrainSpec
 
     spec = TrainSpec(epochs=15, lr=0.03)
     plain = copy.deepcopy(tiny)
     _ctx(tiny_data).fit(plain, spec, desc="plain")
     ctx = _ctx(tiny_data)
-    m = ACTIVATION_SPARSITY.apply(tiny, {"method": "l1", "weight": 5.0}, ctx)
-    ctx.fit(m, spec, desc="l1")
+    m = ACTIVATION_SPARSITY.apply(tiny, {"method": method, "weight": weight}, ctx)
+    ctx.fit(m, spec, desc=method)
     a = activation_sparsity_per_layer(plain, tiny_data)
     b = activation_sparsity_per_layer(m, tiny_data)
     assert b["relu1"] + b["relu2"] > a["relu1"] + a["relu2"] + 0.2
@@ -88,32 +98,6 @@ def test_hoyer_density_on_hand_made_maps():
     hoyer_density(x).backward()
     pivot = float((x.detach() ** 2).sum() / x.detach().sum())
     assert all((g > 0) == (v < pivot) for g, v in zip(x.grad[0].tolist(), x.detach()[0].tolist()))
-
-
-def test_hoyer_penalty_value_and_training_effect(tiny, tiny_data):
-    from effdnn.train.config import TrainSpec
-
-    cb = ActivationHoyer(["relu1", "relu2"], weight=0.5)
-    cb.on_fit_start(tiny, None)
-    tiny.train()
-    x = tiny_data[0][0]
-    with torch.no_grad():
-        a1 = tiny.relu1(tiny.bn1(tiny.conv1(x)))
-        a2 = tiny.relu2(tiny.bn2(tiny.conv2(a1)))
-    cb.acts = []
-    tiny(x)
-    torch.testing.assert_close(cb.extra_loss(tiny), 0.5 * (hoyer_density(a1) + hoyer_density(a2)))
-    cb.on_fit_end(tiny)
-
-    spec = TrainSpec(epochs=15, lr=0.03)
-    plain = copy.deepcopy(tiny)
-    _ctx(tiny_data).fit(plain, spec, desc="plain")
-    ctx = _ctx(tiny_data)
-    m = ACTIVATION_SPARSITY.apply(tiny, {"method": "hoyer", "weight": 20.0}, ctx)
-    ctx.fit(m, spec, desc="hoyer")
-    a = activation_sparsity_per_layer(plain, tiny_data)
-    b = activation_sparsity_per_layer(m, tiny_data)
-    assert b["relu1"] + b["relu2"] > a["relu1"] + a["relu2"] + 0.2
 
 
 def test_extra_zeros_thresholds_after_the_penalty(tiny, tiny_data):
