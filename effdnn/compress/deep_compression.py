@@ -32,8 +32,8 @@ from ..cost.precision import LayerPrecision, deployed_bits
 from ..errors import EffdnnError
 from ..formats.kmeans import KMeansFormat
 from ..prune.select import select_layers
-from ..quant.fold_bn import fold_batchnorm
 from ..prune.sparse import strip_sparse
+from ..quant.fold_bn import fold_batchnorm
 from ..registry import COMPRESS, StrictModel
 from .container import Shared, load_into, read_container, write_container
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import itertools
 from fnmatch import fnmatchcase
-from typing import Any, Iterable, Literal
+from typing import Any, Callable, Iterable, Literal
 
 import torch
 from pydantic import Field
@@ -116,32 +116,33 @@ def activation_sparsity_per_layer(model: nn.Module, batches: Any) -> dict[str, f
     return {n: float((v == 0).float().mean()) for n, v in collect(model, acts, batches, inputs=False).items()}
 
 
-def calibrate_fatrelu(model: nn.Module, layers: Iterable[str], batches: Any, target: float) -> dict[str, float]:
-    """Make each of ``layers`` a FATReLU (in place if it is one) whose threshold makes ~``target`` of its
-    outputs zero. Layers are calibrated in order, each on the inputs it sees once the earlier ones are
-    thresholded."""
+def _calibrate(model: nn.Module, layers: Iterable[str], batches: Any,
+               threshold_of: Callable[[nn.Module, torch.Tensor], float]) -> dict[str, float]:
+    """Set each of ``layers`` to a FATReLU of threshold ``threshold_of(layer, its inputs)``, in order:
+    each layer is calibrated on the inputs it sees once the earlier ones are thresholded."""
     thresholds = {}
     for name in layers:
         mod = model.get_submodule(name)
-        x = collect(model, {name: mod}, batches, inputs=True)[name]
-        thresholds[name] = max(float(torch.quantile(x, target)), 0.0)
+        thresholds[name] = threshold_of(mod, collect(model, {name: mod}, batches, inputs=True)[name])
         set_threshold(model, name, thresholds[name])
     return thresholds
+
+
+def calibrate_fatrelu(model: nn.Module, layers: Iterable[str], batches: Any, target: float) -> dict[str, float]:
+    """Make each of ``layers`` a FATReLU (in place if it is one) whose threshold makes ~``target`` of its
+    outputs zero (T = 0 where the ReLU alone is sparser)."""
+    return _calibrate(model, layers, batches, lambda mod, x: max(float(torch.quantile(x, target)), 0.0))
 
 
 def raise_zeros(model: nn.Module, layers: Iterable[str], batches: Any, extra: float) -> dict[str, float]:
     """Make each of ``layers`` a FATReLU that zeroes ``extra`` more of its outputs than it now does:
-    its threshold is the quantile of its input at (fraction of inputs <= its threshold) + ``extra``.
-    Layers are calibrated in order, each on the inputs it sees once the earlier ones are raised."""
-    thresholds = {}
-    for name in layers:
-        mod = model.get_submodule(name)
+    its threshold is the quantile of its input at (fraction of inputs <= its threshold) + ``extra``."""
+    def threshold_of(mod: nn.Module, x: torch.Tensor) -> float:
         t0 = float(mod.threshold) if isinstance(mod, FATReLU) else 0.0
-        x = collect(model, {name: mod}, batches, inputs=True)[name]
         zeros = float((x <= t0).float().mean())
-        thresholds[name] = max(float(torch.quantile(x, min(zeros + extra, 1.0))), t0)
-        set_threshold(model, name, thresholds[name])
-    return thresholds
+        return max(float(torch.quantile(x, min(zeros + extra, 1.0))), t0)
+
+    return _calibrate(model, layers, batches, threshold_of)
 
 
 def set_threshold(model: nn.Module, name: str, t: float) -> None:
