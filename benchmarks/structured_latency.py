@@ -1,7 +1,7 @@
 """Structured pruning: MACs removed vs measured CPU latency, effdnn against torch-pruning and
-torch.nn.utils.prune on the same ResNet-20 (width 16, Fashion-MNIST geometry 1x28x28).
+torch.nn.utils.prune on the same ResNet-20 (width 16, Fashion-MNIST geometry 1x28x28) or LeNet-5.
 
-    python benchmarks/structured_latency.py [--weights runs/.../model.pt] [--threads 2]
+    python benchmarks/structured_latency.py [--model resnet20 | lenet5] [--weights runs/.../model.pt] [--threads 2]
 
 Latency does not depend on the weights' values, so untrained weights give the same timings; pass a
 checkpoint to also see the accuracy right after pruning (before fine-tuning). Variants are timed
@@ -46,6 +46,7 @@ def rr_bench(variants: dict, x: torch.Tensor, rounds: int, per_round: int, warmu
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", choices=("resnet20", "lenet5"), default="resnet20")
     ap.add_argument("--weights", default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=10)
@@ -57,14 +58,19 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{args.threads} threads")
     torch.manual_seed(0)
-    dense = build_model("resnet", 1, 10, (28, 28), depth=20, width=16).eval()
+    if args.model == "resnet20":
+        dense = build_model("resnet", 1, 10, (28, 28), depth=20, width=16).eval()
+        configs = ((0.3, 1), (0.3, 4), (0.4, 4), (0.5, 1))
+    else:
+        dense = build_model("lenet5", 1, 10, (28, 28)).eval()
+        configs = ((0.3, 1), (0.4, 1), (0.5, 1))
     if args.weights:
         dense.load_state_dict(torch.load(args.weights, map_location="cpu"))
     x1 = torch.randn(1, 1, 28, 28)
     calib = [(torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,)))]
     macs0 = effdnn.cost(dense, x1).macs
     variants: dict[str, nn.Module] = {"dense": dense}
-    for ratio, round_to in ((0.3, 1), (0.3, 4), (0.4, 4), (0.5, 1)):
+    for ratio, round_to in configs:
         name = f"effdnn_channel_{int(ratio * 100)}" + (f"_r{round_to}" if round_to > 1 else "")
         variants[name] = effdnn.prune(copy.deepcopy(dense), {"method": "channel", "saliency": "l1", "sparsity": ratio,
                                                              "round_to": round_to}, calib).eval()
@@ -73,8 +79,9 @@ def main() -> None:
 
         for ratio in (0.3, 0.5):
             m = copy.deepcopy(dense)
+            last_m = [mod for mod in m.modules() if isinstance(mod, nn.Linear)][-1]
             pr = tp.pruner.MagnitudePruner(m, x1, importance=tp.importance.MagnitudeImportance(p=1),
-                                           pruning_ratio=ratio, ignored_layers=[m.fc])
+                                           pruning_ratio=ratio, ignored_layers=[last_m])
             pr.step()
             variants[f"torch_pruning_{int(ratio * 100)}"] = m.eval()
         tp_version = tp.__version__
