@@ -264,14 +264,17 @@ class HoyerConfig(L1Config):
     weight: float = Field(..., gt=0, description="lambda of the Hoyer-square activation penalty")
 
 
-def _observe(model: nn.Module, config: FATReLUConfig | L1Config, ctx: Any) -> tuple[list, list]:
+def _observe(model: nn.Module, config: FATReLUConfig | L1Config, ctx: Any, extra_zeros: float = 0.0) -> tuple[list, list]:
     """The layers a method acts on and its calibration batches; reports the per-layer activation
-    sparsity before the method and, through a finalizer, after fine-tuning."""
+    sparsity before the method and, through a finalizer, after fine-tuning (after ``extra_zeros``
+    thresholds where asked)."""
     layers = activation_layers(model, config.layers, "activation_sparsity")
     batches = list(itertools.islice(iter(ctx.calib_loader(config.batches)), config.batches))
     ctx.extra["activation_sparsity_before"] = activation_sparsity_per_layer(model, batches)
 
     def after(final: nn.Module) -> nn.Module:
+        if extra_zeros > 0:
+            ctx.extra["fatrelu_thresholds"] = raise_zeros(final, layers, batches, extra_zeros)
         ctx.extra["activation_sparsity_per_layer"] = activation_sparsity_per_layer(final, batches)
         return final
 
@@ -298,14 +301,8 @@ def fatrelu(model: nn.Module, config: FATReLUConfig, ctx: Any) -> nn.Module:
 
 
 def _penalty(model: nn.Module, config: L1Config, ctx: Any, callback: type[ActivationL1]) -> nn.Module:
-    layers, batches = _observe(model, config, ctx)
+    layers, _ = _observe(model, config, ctx, config.extra_zeros)
     ctx.callbacks.append(callback(layers, config.weight))
-    if config.extra_zeros > 0:
-        def threshold(final: nn.Module) -> nn.Module:
-            ctx.extra["fatrelu_thresholds"] = raise_zeros(final, layers, batches, config.extra_zeros)
-            return final
-
-        ctx.finalizers.insert(len(ctx.finalizers) - 1, threshold)  # before _observe's sparsity report
     return model
 
 

@@ -84,9 +84,9 @@ def test_deep_compression_folds_batchnorm_into_the_file(tmp_path):
         m.bn.weight.uniform_(0.5, 2)
         m.bn.bias.uniform_(-1, 1)
     # 6 bits hold the 7 non-zeros of conv and the 39 of fc exactly: the only change is the folding
-    plain, _ = encode_model(copy.deepcopy(m), DeepCompressionConfig(bits=6, index_bits=4), tmp_path / "p.edc")
+    encode_model(copy.deepcopy(m), DeepCompressionConfig(bits=6, index_bits=4), tmp_path / "p.edc")
     cfg = DeepCompressionConfig(bits=6, index_bits=4, fold_bn=True)
-    decoded, details = encode_model(copy.deepcopy(m), cfg, tmp_path / "f.edc")
+    decoded, _ = encode_model(copy.deepcopy(m), cfg, tmp_path / "f.edc")
     assert isinstance(decoded.bn, nn.Identity) and decoded.conv.bias is not None
     assert torch.equal(decoded.conv.weight == 0, m.conv.weight == 0)  # folding keeps the zeros
     x = torch.randn(5, 1, 6, 6)
