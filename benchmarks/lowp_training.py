@@ -2,9 +2,14 @@
 accumulation + stochastic rounding) and its ablations, through recipes/fashion_lowp.yaml.
 
     nice python benchmarks/lowp_training.py [--threads 1] [--recipe recipes/fashion_lowp.yaml] [--out runs/fashion-lowp]
+                                            [--seeds 0 1 2]
 
 Prints a markdown table: accuracy, points against the fp32 row of the same run, step time as a ratio
 to an fp32 step measured in the same experiment, loss-scale overflows / final scale, error underflow.
+``--seeds``: the whole recipe once per seed (into OUT-seedN; weights, shuffling and stochastic rounding
+all follow the seed), then a table of each variant's accuracy per seed, its mean, and its difference to
+the fp32 row of the same seed (mean +- sample std over the seeds): one seed's gap is not a property of
+the precision when two fp32 runs of one seed already differ by a few tenths.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true", help="reuse the experiments an interrupted run finished")
     ap.add_argument("--only", nargs="*", help="run only these experiments (into OUT-NAME; parallel processes)")
     ap.add_argument("--table", nargs="*", help="print one table from these report.json files instead of running")
+    ap.add_argument("--seeds", nargs="*", type=int, help="run the recipe once per seed and compare over the seeds")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import effdnn
@@ -37,6 +43,10 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
           f"{args.threads} thread(s)")
     t0 = time.time()
+    if args.seeds:
+        seed_table(effdnn, args)
+        print(f"\ntotal {time.time() - t0:.0f} s")
+        return
     if args.table is not None:
         reports = [json.loads(Path(p).read_text()) for p in args.table]
         rows = [r for rep in reports for r in rep["experiments"]]
@@ -63,6 +73,30 @@ def main() -> None:
               f"{r.get('loss_scale_final', '-')} | {'-' if uf is None else f'{uf:.2%}'} | "
               f"{'-' if wu is None else f'{wu:.1%}'} |")
     print(f"\ntotal {time.time() - t0:.0f} s")
+
+
+def seed_table(effdnn, args: argparse.Namespace) -> None:
+    """Each seed's run (resumable), then per variant: accuracy per seed, mean, and paired gap to fp32."""
+    import statistics
+
+    from effdnn.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    acc: dict[str, dict[int, float]] = {}
+    for seed in args.seeds:
+        rep = effdnn.run(recipe.model_copy(update={"seed": seed}), out=f"{args.out}-seed{seed}", resume=True)
+        for r in rep["experiments"]:
+            acc.setdefault(r["name"], {})[seed] = r["accuracy"]
+    if "fp32" not in acc:
+        raise SystemExit("--seeds needs an experiment named fp32 in the recipe")
+    seeds = args.seeds
+    print(f"\n| variant | {' | '.join(f'seed {s}' for s in seeds)} | mean | vs fp32 of the same seed (pts, mean +- std) |")
+    print("|---|" + "---|" * (len(seeds) + 2))
+    for name, by_seed in acc.items():
+        gaps = [100 * (by_seed[s] - acc["fp32"][s]) for s in seeds]
+        spread = f" +- {statistics.stdev(gaps):.2f}" if len(gaps) > 1 else ""
+        print(f"| {name} | {' | '.join(f'{by_seed[s]:.4f}' for s in seeds)} | {statistics.mean(by_seed.values()):.4f} | "
+              f"{'' if name == 'fp32' else f'{statistics.mean(gaps):+.2f}{spread}'} |")
 
 
 if __name__ == "__main__":

@@ -2,11 +2,15 @@
 torch.nn.utils.prune on the same ResNet-20 (width 16, Fashion-MNIST geometry 1x28x28) or LeNet-5.
 
     python benchmarks/structured_latency.py [--model resnet20 | lenet5] [--weights runs/.../model.pt] [--threads 2]
+                                            [--engine torch | onnxruntime]
 
 Latency does not depend on the weights' values, so untrained weights give the same timings; pass a
 checkpoint to also see the accuracy right after pruning (before fine-tuning). Variants are timed
 interleaved (round-robin) in one process, which cancels most of the machine's drift; the figure of
-merit is speedup / MAC reduction (1.0 = latency falls exactly with the MACs).
+merit is speedup / MAC reduction (1.0 = latency falls exactly with the MACs). ``dense_copy``, a deep
+copy of the dense model timed as one more variant, shows how far two runs of the same work drift
+apart in one measurement. ``--engine onnxruntime`` times every variant's ONNX export in onnxruntime
+(the deployment path: Conv + ReLU fused, no Python per layer) instead of torch eager.
 """
 from __future__ import annotations
 
@@ -17,7 +21,9 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -44,6 +50,21 @@ def rr_bench(variants: dict, x: torch.Tensor, rounds: int, per_round: int, warmu
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def ort_runners(variants: dict[str, nn.Module], example: torch.Tensor, threads: int) -> dict:
+    """Each variant exported to ONNX (effdnn's exporter) and wrapped as an onnxruntime session."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    tmp = Path(tempfile.mkdtemp())
+    out = {}
+    for k, m in variants.items():
+        sess = ort.InferenceSession(str(effdnn.export_onnx(m, example, tmp / f"{k}.onnx")), so,
+                                    providers=["CPUExecutionProvider"])
+        out[k] = lambda x, s=sess: s.run(None, {"input": x.numpy()})[0]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", choices=("resnet20", "lenet5"), default="resnet20")
@@ -52,6 +73,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--channels-last", action="store_true", help="time every variant (and its input) in channels-last layout")
+    ap.add_argument("--engine", choices=("torch", "onnxruntime"), default="torch")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print("command: python benchmarks/structured_latency.py " + " ".join(sys.argv[1:]))
@@ -60,20 +82,23 @@ def main() -> None:
     torch.manual_seed(0)
     if args.model == "resnet20":
         dense = build_model("resnet", 1, 10, (28, 28), depth=20, width=16).eval()
-        configs = ((0.3, 1), (0.3, 4), (0.4, 4), (0.5, 1))
+        configs = ((0.3, 1, {}), (0.3, 4, {}), (0.4, 4, {}), (0.5, 1, {}))
     else:
         dense = build_model("lenet5", 1, 10, (28, 28)).eval()
-        configs = ((0.3, 1), (0.4, 1), (0.5, 1))
+        # uniform ratios, then the latency-aware splits of recipes/fashion_prune.yaml (conv1 cut harder)
+        configs = ((0.3, 1, {}), (0.4, 1, {}), (0.5, 1, {}), (0.25, 1, {"features.0": 0.5}),
+                   (0.0, 1, {"features.0": 0.5, "features.3": 0.25}))
     if args.weights:
         dense.load_state_dict(torch.load(args.weights, map_location="cpu"))
     x1 = torch.randn(1, 1, 28, 28)
     calib = [(torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,)))]
     macs0 = effdnn.cost(dense, x1).macs
-    variants: dict[str, nn.Module] = {"dense": dense}
-    for ratio, round_to in configs:
-        name = f"effdnn_channel_{int(ratio * 100)}" + (f"_r{round_to}" if round_to > 1 else "")
+    variants: dict[str, nn.Module] = {"dense": dense, "dense_copy": copy.deepcopy(dense)}
+    for ratio, round_to, per_layer in configs:
+        name = (f"effdnn_channel_{int(ratio * 100)}" + (f"_r{round_to}" if round_to > 1 else "")
+                + "".join(f"_{k.replace('features.', 'f')}-{int(v * 100)}" for k, v in per_layer.items()))
         variants[name] = effdnn.prune(copy.deepcopy(dense), {"method": "channel", "saliency": "l1", "sparsity": ratio,
-                                                             "round_to": round_to}, calib).eval()
+                                                             "round_to": round_to, "layer_sparsity": per_layer}, calib).eval()
     try:
         import torch_pruning as tp
 
@@ -117,25 +142,27 @@ def main() -> None:
     print(f"layout: {'channels_last' if args.channels_last else 'contiguous (NCHW)'}")
     for m in variants.values():
         m.to(memory_format=layout)
+    runners = dict(variants) if args.engine == "torch" else ort_runners(variants, x1, args.threads)
+    print(f"engine: {args.engine}")
     for bs, rounds, per in [(big, args.rounds, 3), (1, args.rounds, 30)]:
         xb = torch.randn(bs, 1, 28, 28).contiguous(memory_format=layout)
-        lat = rr_bench({k: m for k, m in variants.items()}, xb, rounds, per)
+        lat = rr_bench(runners, xb, rounds, per)
         for k in variants:
             tag = "big" if bs == big else "1"
             rows[k][f"ms_bs{tag}"] = lat[k]
             rows[k][f"speedup_bs{tag}"] = lat["dense"] / lat[k]
             rows[k][f"speedup_over_mac_reduction_bs{tag}"] = rows[k][f"speedup_bs{tag}"] / rows[k]["mac_reduction"]
     print(f"torch-pruning {tp_version}")
-    head = f"{'variant':<28}{'MACs':>12}{'MAC red.':>9}{'ms b' + str(big):>9}{'speedup':>8}{'/MACred':>8}{'ms b1':>8}{'speedup':>8}{'/MACred':>8}"
+    head = f"{'variant':<34}{'MACs':>12}{'MAC red.':>9}{'ms b' + str(big):>9}{'speedup':>8}{'/MACred':>8}{'ms b1':>8}{'speedup':>8}{'/MACred':>8}"
     print(head)
     for k, r in rows.items():
-        print(f"{k:<28}{r['macs']:>12,}{r['mac_reduction']:>8.2f}x{r['ms_bsbig']:>9.2f}{r['speedup_bsbig']:>7.2f}x"
+        print(f"{k:<34}{r['macs']:>12,}{r['mac_reduction']:>8.2f}x{r['ms_bsbig']:>9.2f}{r['speedup_bsbig']:>7.2f}x"
               f"{r['speedup_over_mac_reduction_bsbig']:>8.2f}{r['ms_bs1']:>8.3f}{r['speedup_bs1']:>7.2f}x"
               f"{r['speedup_over_mac_reduction_bs1']:>8.2f}")
     out = os.environ.get("OUT")
     if out:
         with open(out, "w") as f:
-            json.dump({"torch_pruning": tp_version, "threads": args.threads, "rows": rows}, f, indent=1)
+            json.dump({"torch_pruning": tp_version, "threads": args.threads, "engine": args.engine, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ good steps in a row S is multiplied by ``growth`` (2).
 
 CPU path (reproducible without a GPU): the model's GEMM layers are emulated layers (lowp/gemm.py)
 whose weights, activations, errors and outputs are rounded to fp16 / bf16 with float32 accumulation,
-and :class:`LossScaleCallback` scales, checks, unscales and steps. GPU path: the forward pass runs under
-``torch.autocast`` (:func:`attach_autocast`) and :class:`GradScalerCallback` drives ``torch.amp.GradScaler``.
+and :class:`LossScaleCallback` scales, checks, unscales and steps. Native path (``backend: native``, the
+default on a GPU; also on the CPU): the forward pass runs under ``torch.autocast`` (:func:`attach_autocast`)
+and :class:`GradScalerCallback` drives ``torch.amp.GradScaler``.
 Both take over the training loop's optimizer step through ``Callback.backward_step``.
 """
 from __future__ import annotations
@@ -104,10 +105,11 @@ class LossScaleCallback(Callback):
 
 
 class GradScalerCallback(Callback):
-    """GPU path: torch.amp.GradScaler (the same rule, fused kernels); counts skipped steps."""
+    """Native path: torch.amp.GradScaler (the same rule, fused kernels; CUDA or CPU); counts skipped steps."""
 
-    def __init__(self, init_scale: float = 2.0**16, growth_interval: int = 2000, enabled: bool = True) -> None:
-        self.scaler = torch.amp.GradScaler("cuda", init_scale=init_scale, growth_interval=growth_interval, enabled=enabled)
+    def __init__(self, init_scale: float = 2.0**16, growth_interval: int = 2000, enabled: bool = True,
+                 device: str = "cuda") -> None:
+        self.scaler = torch.amp.GradScaler(device, init_scale=init_scale, growth_interval=growth_interval, enabled=enabled)
         self.overflows = 0
         self.steps = 0
 

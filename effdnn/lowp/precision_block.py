@@ -79,17 +79,20 @@ def _scaler(config: _PrecisionConfig) -> DynamicLossScaler:
     return DynamicLossScaler(1.0 if ls == "none" else float(ls), dynamic=False)
 
 
-def _native(config: _PrecisionConfig, device: torch.device) -> bool:
-    if config.backend == "native" and device.type != "cuda":
-        raise EffdnnError(f"precision.backend: native needs a CUDA device (this run uses {device})")
+def _native(config: _PrecisionConfig, device: torch.device, cpu_ok: bool = False) -> bool:
+    """Whether to run on the hardware's own types: ``native`` always (fp8 needs CUDA; fp16 / bf16 autocast
+    also runs on the CPU), ``auto`` on CUDA only, ``emulate`` never."""
+    if config.backend == "native" and device.type != "cuda" and not (cpu_ok and device.type == "cpu"):
+        raise EffdnnError(f"precision.backend: native {config.train} needs a CUDA device (this run uses {device})")
     return config.backend == "native" or (config.backend == "auto" and device.type == "cuda")
 
 
 def _mixed(config: _PrecisionConfig, model: nn.Module, device: torch.device, stats: LowpStats) -> list[Callback]:
     fmt, dtype = (FP16, torch.float16) if config.train == "fp16" else (BF16, torch.bfloat16)
-    if _native(config, device):
+    if _native(config, device, cpu_ok=True):  # torch.autocast + GradScaler, on CUDA or on the CPU
         attach_autocast(model, device.type, dtype)
-        return [GradScalerCallback(config.init_scale, config.growth_interval, enabled=config.loss_scale != "none")]
+        return [GradScalerCallback(config.init_scale, config.growth_interval, enabled=config.loss_scale != "none",
+                                   device=device.type)]
     policy = GemmPolicy(weight=fmt, act=fmt, grad=fmt, out=fmt, label=f"{fmt.name} mixed precision (fp32 accumulate)")
     convert_layers(model, lambda *_: policy, stats)
     return [LossScaleCallback(_scaler(config), stats)]

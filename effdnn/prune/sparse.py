@@ -124,10 +124,17 @@ class MaskCallback(Callback):
     def __init__(self) -> None:
         self._handles: list[Any] = []
 
+    def mask_grads(self) -> bool:
+        """Whether masked weights get no gradient now (a splicing schedule lets them learn for a while)."""
+        return True
+
+    def _masked_grad(self, g: torch.Tensor, m: nn.Module) -> torch.Tensor:
+        return g * m.weight_mask.to(g.dtype) if self.mask_grads() else g
+
     def on_fit_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         for m in sparse_layers(model).values():
             m.apply_mask()
-            self._handles.append(m.weight.register_hook(lambda g, m=m: g * m.weight_mask.to(g.dtype)))
+            self._handles.append(m.weight.register_hook(lambda g, m=m: self._masked_grad(g, m)))
 
     def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         for m in sparse_layers(model).values():

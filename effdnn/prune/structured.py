@@ -1,6 +1,7 @@
 """Structured pruning: remove whole channels and return a smaller dense model.
 
-    prune: {method: channel, saliency: l1 | bn_gamma | taylor | magnitude | obd, sparsity: 0.5, round_to: 1}
+    prune: {method: channel, saliency: l1 | bn_gamma | taylor | magnitude | obd, sparsity: 0.5, round_to: 1,
+            layer_sparsity: {"features.0": 0.5}}
 
 The model is traced once (torch.fx) to find *channel groups*: tensors whose channel dimension must be
 cut together. A convolution / linear layer starts a group (its output channels); BatchNorm and
@@ -9,13 +10,14 @@ ResNet's ``Add``) merges the groups of its operands, so a block's output, its sh
 blocks lose the same channels; a flatten maps each channel to its H*W columns of the next linear layer.
 A group that reaches the model output, the model input, or an op this analysis does not know is
 kept whole (and listed in the report with the reason). Each prunable group loses the ``sparsity``
-fraction of its channels with the lowest saliency (summed over the group's producers); surgery.py
+fraction (or its ``layer_sparsity`` entry's) of its channels with the lowest saliency (summed over the group's producers); surgery.py
 then slices producers, BatchNorms and consumers.
 """
 from __future__ import annotations
 
 import itertools
 import operator
+from fnmatch import fnmatchcase
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -205,6 +207,9 @@ class StructuredConfig(StrictModel):
     method: Literal["channel"] = "channel"
     saliency: Literal["l1", "bn_gamma", "taylor", "magnitude", "taylor_weight", "obd"] = "l1"
     sparsity: float = Field(..., ge=0, lt=1, description="fraction of each group's channels removed")
+    layer_sparsity: dict[str, float] = Field(default_factory=dict, description="pattern -> fraction of channels removed "
+                                             "from the groups it matches a producer of (first match wins; the others "
+                                             "get 'sparsity')")
     round_to: int = Field(1, ge=1, description="kept channels rounded up to a multiple of this")
     layers: list[str] | None = Field(None, description="patterns: a group is pruned only if all its producers match")
     exclude: list[str] = Field(default_factory=list)
@@ -229,10 +234,17 @@ def prune_channels(model: nn.Module, example_input: torch.Tensor, config: Struct
                 norms_after[after] = mods[norm]
     scores = channel_saliency(config.saliency, model, producers, norms_after, data, batches=config.batches,
                               hessian=config.hessian, samples=config.samples) if producers else {}
+    for pat, v in config.layer_sparsity.items():
+        if not 0.0 <= v < 1.0:
+            raise EffdnnError(f"prune.layer_sparsity[{pat!r}]: must be in [0, 1), got {v}")
+        if not any(fnmatchcase(p, pat) for p in producers):
+            raise EffdnnError(f"prune.layer_sparsity: pattern {pat!r} matches no prunable layer ({', '.join(producers)})")
     done = []
     for g in todo:
         score = sum(scores[p].float().cpu() for p in g.producers)
-        keep = channel_keep(score, config.sparsity, config.round_to)
+        ratio = next((v for pat, v in config.layer_sparsity.items() if any(fnmatchcase(p, pat) for p in g.producers)),
+                     config.sparsity)
+        keep = channel_keep(score, ratio, config.round_to)
         done.append({"producers": g.producers, "channels": g.size, "kept": int(len(keep))})
         if len(keep) == g.size:
             continue

@@ -1,7 +1,7 @@
 """Unstructured (single-weight) and N:M pruning: the ``prune`` block with a weight saliency as method.
 
     prune: {method: magnitude | taylor | obd, sparsity: 0.9, scope: layer | global,
-            schedule: oneshot | iterative | agp, nm: "2:4", layers: [...], exclude: [...]}
+            schedule: oneshot | iterative | agp, nm: "2:4", layers: [...], exclude: [...], splice: false}
 
 The saliency (saliency.py) says which weights matter, the schedule (schedules.py) how many to cut at
 each fine-tuning step, the mask (masks.py) where; the layers keep their masks (sparse.py) so pruned
@@ -45,6 +45,8 @@ class UnstructuredConfig(StrictModel):
     begin: float = Field(0.0, ge=0, lt=1, description="fraction of fine-tuning where a gradual schedule starts")
     end: float = Field(0.75, gt=0, le=1, description="fraction of fine-tuning where it reaches the final sparsity")
     steps: int = Field(10, ge=1, description="agp: pruning events; iterative: prune / fine-tune rounds")
+    splice: bool = Field(False, description="gradual magnitude schedules: pruned weights keep learning and come back when "
+                         "they outgrow kept ones, until 'end' (Dynamic Network Surgery)")
     finetune: TrainSpec | None = Field(None, description="Python API only: fine-tuning during which a gradual schedule runs")
 
     @field_validator("sparsity")
@@ -71,6 +73,8 @@ class UnstructuredConfig(StrictModel):
                 raise ValueError(f"layer_sparsity[{pat!r}]: must be in [0, 1), got {v}")
         if self.end <= self.begin:
             raise ValueError("end must come after begin")
+        if self.splice and (self.method != "magnitude" or self.schedule == "oneshot" or self.nm is not None):
+            raise ValueError("splice: only with method 'magnitude', a gradual schedule (agp / iterative) and no nm pattern")
         return self
 
     @property
@@ -92,21 +96,26 @@ def parse_nm(text: str) -> tuple[int, int]:
 
 
 def compute_masks(model: nn.Module, layers: dict[str, nn.Module], config: UnstructuredConfig, sparsity: float,
-                  data: Any = None) -> dict[str, torch.Tensor]:
-    """Keep-masks at ``sparsity`` from ``config``'s saliency; weights pruned before stay pruned."""
+                  data: Any = None, dense: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Keep-masks at ``sparsity`` from ``config``'s saliency; weights pruned before stay pruned, unless
+    ``dense`` (splicing) gives the weights' unmasked values, whose magnitudes then rank every weight again."""
     check_sparsity(sparsity)
-    scores = weight_saliency(config.method, model, layers, data, batches=config.batches, hessian=config.hessian,
-                             samples=config.samples)
+    if dense is not None:
+        scores = {n: dense[n].abs() for n in layers}
+    else:
+        scores = weight_saliency(config.method, model, layers, data, batches=config.batches, hessian=config.hessian,
+                                 samples=config.samples)
     for n, m in layers.items():  # monotone schedules: an already-cut weight is cut first again
         old = getattr(m, "weight_mask", None)
-        if old is not None:
+        if old is not None and dense is None:
             scores[n] = torch.where(old, scores[n].float(), torch.tensor(float("-inf"), device=old.device))
     if config.nm is not None:
         n_, m_ = parse_nm(config.nm)
         if sparsity <= 0:
             return {n: torch.ones_like(s, dtype=torch.bool) for n, s in scores.items()}
         return {n: nm_mask(s, n_, m_) for n, s in scores.items()}
-    tiebreak = {n: m.weight.detach().abs() for n, m in layers.items()}  # equal saliency: smaller |w| goes first
+    tiebreak = {n: (dense[n] if dense is not None else m.weight).detach().abs()  # equal saliency: smaller |w| goes first
+                for n, m in layers.items()}
     if config.scope == "global":
         return global_masks(scores, sparsity, tiebreak)
     final = config.final_sparsity or 1.0
@@ -128,7 +137,16 @@ def apply_masks(layers: dict[str, nn.Module], masks: dict[str, torch.Tensor]) ->
 
 
 class ScheduledPruning(MaskCallback):
-    """Prunes while fine-tuning runs: at each step the schedule's sparsity; masks only grow."""
+    """Prunes while fine-tuning runs: at each step the schedule's sparsity; masks only grow.
+
+    With ``splice`` (Dynamic Network Surgery, Guo, Yao & Chen 2016, eq. 2-3) a pruned weight is not
+    gone: the forward pass uses W * T, kept weights take the optimizer's step, cut ones the paper's
+    plain gradient step W -= lr * dL/d(W * T) (an adaptive optimizer's normalised step would move every
+    cut weight by ~lr whatever its gradient), and each pruning event ranks all of W by |W| again, so a
+    cut weight that grows past a kept one is spliced back (one magnitude threshold per event, where the
+    paper uses a band of two). The unmasked W lives here; the layer holds W * T, so evaluation and
+    export see the pruned model. From ``end`` on the mask is frozen and fine-tuning proceeds as without
+    splicing."""
 
     def __init__(self, layer_names: list[str], config: UnstructuredConfig, plan: Plan, data: list | None) -> None:
         super().__init__()
@@ -136,34 +154,67 @@ class ScheduledPruning(MaskCallback):
         self.step = 0
         self.current = -1.0
         self.history: list[tuple[int, float]] = []
+        self.dense: dict[str, torch.Tensor] = {}  # splicing: the unmasked weights, until the mask freezes
+        self.spliced = 0  # weights brought back by splicing, over the run
+
+    def _layers(self, model: nn.Module) -> dict[str, nn.Module]:
+        mods = dict(model.named_modules())
+        return {n: mods[n] for n in self.names}
+
+    def _splicing(self) -> bool:
+        return self.config.splice and self.step < self.plan._span()[1]
 
     def update(self, model: nn.Module) -> None:
         s = self.plan.at(self.step)
         if s == self.current:
             return
-        mods = dict(model.named_modules())
-        layers = {n: mods[n] for n in self.names}
-        apply_masks(layers, compute_masks(model, layers, self.config, s, self.data))
+        layers = self._layers(model)
+        old = {n: m.weight_mask.clone() for n, m in layers.items() if hasattr(m, "weight_mask")}
+        masks = compute_masks(model, layers, self.config, s, self.data, self.dense or None)
+        self.spliced += sum(int((masks[n] & ~o).sum()) for n, o in old.items())
+        for n, m in layers.items():
+            if n in self.dense:
+                with torch.no_grad():
+                    m.weight.copy_(self.dense[n])
+        apply_masks(layers, masks)
         self.current = s
         self.history.append((self.step, s))
 
+    def mask_grads(self) -> bool:
+        return not self._splicing()
+
     def on_fit_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        if self._splicing() and not self.dense:
+            self.dense = {n: m.weight.detach().clone() for n, m in self._layers(model).items()}
         self.update(model)
         super().on_fit_start(model, optimizer)
 
     def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        if self.dense:  # kept entries: the optimizer's step; cut ones: W -= lr * dL/d(W*T) (DNS eq. 3)
+            lr = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+            for n, m in self._layers(model).items():
+                g = m.weight.grad
+                cut = self.dense[n] if g is None else self.dense[n] - lr[id(m.weight)] * g.detach()
+                self.dense[n] = torch.where(m.weight_mask, m.weight.detach(), cut)
         self.step += 1
         self.update(model)
+        if self.dense and not self._splicing():
+            self.dense = {}  # the mask is final: pruned weights stay zero from here
         super().after_step(model, optimizer)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "current": self.current, "history": self.history}
+        return {"step": self.step, "current": self.current, "history": self.history, "dense": self.dense,
+                "spliced": self.spliced}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.current, self.history = state["step"], state["current"], [tuple(h) for h in state["history"]]
+        self.dense, self.spliced = state.get("dense", {}), state.get("spliced", 0)
 
     def report(self) -> dict[str, Any]:
-        return {"prune_schedule": [{"step": t, "sparsity": round(s, 6)} for t, s in self.history]}
+        out: dict[str, Any] = {"prune_schedule": [{"step": t, "sparsity": round(s, 6)} for t, s in self.history]}
+        if self.config.splice:
+            out["spliced_weights"] = self.spliced
+        return out
 
 
 def _record(ctx: Any, names: list[str]) -> Any:

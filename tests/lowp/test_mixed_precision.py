@@ -103,3 +103,19 @@ def test_precision_block_configs():
         PRECISION.parse({"train": "fp16", "chunk": 64})
     with pytest.raises(EffdnnError, match="unknown precision method"):
         PRECISION.parse({"train": "fp4"})
+
+
+def test_grad_scaler_callback_skips_the_step_on_injected_overflow_on_the_cpu():
+    """The native path's callback on torch.amp.GradScaler("cpu"): an inf loss skips the step, halves the scale."""
+    from effdnn.lowp.mixed_precision import GradScalerCallback
+
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    cb = GradScalerCallback(init_scale=2.0**16, growth_interval=1, device="cpu")
+    before = model.weight.detach().clone()
+    assert cb.backward_step(model(torch.full((3, 4), float("inf"))).sum(), model, opt) is False
+    assert torch.equal(model.weight, before)
+    assert cb.report()["loss_scale_overflows"] == 1 and cb.report()["loss_scale_final"] == 2.0**15
+    opt.zero_grad()  # as the training loop does before each step
+    assert cb.backward_step(model(torch.ones(3, 4)).sum(), model, opt) is True  # a good step grows it back
+    assert not torch.equal(model.weight, before) and cb.report()["loss_scale_final"] == 2.0**16

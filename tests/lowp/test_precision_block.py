@@ -62,3 +62,34 @@ def test_cost_model_counts_emulated_gemms():
     convert_layers(model, fp8_policies("fp8", FP16_169, 4))
     c = cost(model, torch.randn(2, 8))
     assert c.macs == dense
+
+
+def test_native_mixed_precision_runs_autocast_and_grad_scaler_on_the_cpu(tmp_path):
+    """backend: native for fp16 / bf16 is torch.autocast + torch.amp.GradScaler, on the CPU too: the
+    GEMMs run in the half type (the hook sees it), the loss scale is GradScaler's, the state dict is plain."""
+    import torch
+
+    ft = {"epochs": 2, "optimizer": "adam", "lr": 0.01}
+    rep = effdnn.run(_recipe(tmp_path, [
+        {"name": n, "precision": {"train": n, "backend": "native", "step_time_batches": 1}, "finetune": ft}
+        for n in ("fp16", "bf16")]))
+    fp16, bf16 = rep["experiments"]
+    for row in (fp16, bf16):
+        assert row["accuracy"] > 0.5
+    assert fp16["loss_scale_final"] > 0 and fp16["skipped_steps"] >= 0 and fp16["optimizer_steps"] == 16
+    assert "grad_underflow_frac" not in fp16  # the emulation's counters belong to the emulated path
+
+    from effdnn.lowp.mixed_precision import attach_autocast
+    from effdnn.models import build_model
+
+    seen = []
+    model = attach_autocast(build_model("mlp", 1, 4, (8, 8)), "cpu", torch.float16)
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    first.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    assert model(torch.randn(2, 1, 8, 8)).dtype == torch.float32 and seen == [torch.float16]
+
+
+def test_native_fp8_still_needs_cuda(tmp_path):
+    ft = {"epochs": 1, "optimizer": "adam", "lr": 0.01}
+    with pytest.raises(EffdnnError, match="native fp8 needs a CUDA device"):
+        effdnn.run(_recipe(tmp_path, [{"name": "x", "precision": {"train": "fp8", "backend": "native"}, "finetune": ft}]))

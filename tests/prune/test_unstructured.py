@@ -103,6 +103,8 @@ def test_data_driven_methods_prune_to_the_target(tiny, tiny_data, method):
     ({"method": "magnitude"}, "sparsity"),
     ({"method": "taylor", "sparsity": 0.5}, "data"),
     ({"method": "channel", "sparsity": 1.2}, "less than 1"),
+    ({"method": "taylor", "sparsity": 0.5, "schedule": "agp", "splice": True}, "splice"),
+    ({"method": "magnitude", "sparsity": 0.5, "splice": True}, "splice"),
 ])
 def test_bad_input_is_one_clear_error(tiny, spec, msg):
     with pytest.raises(EffdnnError, match=msg) as e:
@@ -139,3 +141,64 @@ def test_layer_sparsity_overrides(tiny):
         effdnn.prune(tiny, {"method": "magnitude", "sparsity": 0.5, "layer_sparsity": {"head": 0.9}})
     with pytest.raises(EffdnnError, match="layer_sparsity"):
         effdnn.prune(tiny, {"method": "magnitude", "sparsity": 0.5, "scope": "global", "layer_sparsity": {"fc": 0.9}})
+
+
+def _drive_splicing(splice: bool, resume_at: int | None = None):
+    """A 4-weight layer pruned by AGP to 50% over steps 0-4 of 8 (events cut 1, 2, 2, 2 weights); from
+    the second step on, a loss pushes w0 up by 1 per step. The callback is driven as the loop drives it;
+    ``resume_at``: after that step, a fresh model / optimizer / callback resume from their state dicts."""
+    from torch import nn
+
+    from effdnn.prune.schedules import Plan
+    from effdnn.prune.unstructured import ScheduledPruning, UnstructuredConfig
+
+    def fresh():
+        layer = nn.Linear(4, 1, bias=False)
+        with torch.no_grad():
+            layer.weight.copy_(torch.tensor([[0.1, 0.2, 3.0, 4.0]]))
+        model = nn.Sequential(layer)
+        cfg = UnstructuredConfig(method="magnitude", sparsity=0.5, schedule="agp", end=0.5, splice=splice)
+        cb = ScheduledPruning(["0"], cfg, Plan("agp", 0.5, 8, 0.0, 0.5, 4), None)
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        cb.on_fit_start(model, opt)
+        return model, cb, opt
+
+    model, cb, opt = fresh()
+    seen = []
+    for i in range(8):
+        opt.zero_grad()
+        (-1.0 * min(i, 1) * model(torch.tensor([[1.0, 0.0, 0.0, 0.0]]))).sum().backward()
+        opt.step()
+        cb.after_step(model, opt)
+        seen.append(model[0].weight.detach().clone().view(-1).tolist())
+        if i == resume_at:  # what the training loop does on resume: fit start, then the checkpoint's states
+            states = model.state_dict(), opt.state_dict(), cb.state_dict()
+            model, cb, opt = fresh()
+            model.load_state_dict(states[0])
+            opt.load_state_dict(states[1])
+            cb.load_state_dict(states[2])
+    cb.on_fit_end(model)
+    return cb, seen
+
+
+def test_splicing_brings_back_a_cut_weight_that_grows():
+    """Dynamic Network Surgery: the cut w0 keeps learning from dL/d(W*T) while the layer holds W*T; at
+    the events of steps 2 and 3 its unmasked value (1.1, 2.1) is still among the two smallest, at step 4
+    (3.1) it outranks 3.0 and is spliced back with its accumulated value. Without splicing its gradient
+    is masked and it stays zero."""
+    cb, seen = _drive_splicing(True)
+    assert seen[0] == pytest.approx([0.0, 0.2, 3.0, 4.0])  # event 1: the smallest weight is cut
+    assert seen[2] == pytest.approx([0.0, 0.0, 3.0, 4.0])  # events 2-3: w0 (2.1 unmasked) still cut
+    assert seen[3] == pytest.approx([3.1, 0.0, 0.0, 4.0])  # event 4: w0 is back, 3.0 goes
+    assert seen[-1] == pytest.approx([7.1, 0.0, 0.0, 4.0])  # the mask is final from step 4
+    assert cb.spliced == 1 and cb.report()["spliced_weights"] == 1
+    assert cb.dense == {}  # the unmasked copy is dropped once the mask is final
+    cb, seen = _drive_splicing(False)
+    assert seen[3] == pytest.approx([0.0, 0.0, 3.0, 4.0]) and seen[-1] == seen[3]  # w0 never returns
+    assert "spliced_weights" not in cb.report()
+
+
+def test_splicing_resumes_from_a_checkpoint():
+    """The unmasked weights are checkpointed: resuming after step 2 (w0 at 0 in the layer, 1.1 in the
+    unmasked copy) gives the uninterrupted run's weights, w0 spliced back at step 4 included."""
+    assert _drive_splicing(True, resume_at=1)[1] == _drive_splicing(True)[1]
