@@ -74,6 +74,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--channels-last", action="store_true", help="time every variant (and its input) in channels-last layout")
     ap.add_argument("--engine", choices=("torch", "onnxruntime"), default="torch")
+    ap.add_argument("--input", choices=("random", "test"), default="random",
+                    help="time on N(0, 1) noise or on the first test images (needs --weights): CPU max-pooling "
+                         "branches on the data, so its time depends on what the ReLUs let through")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print("command: python benchmarks/structured_latency.py " + " ".join(sys.argv[1:]))
@@ -124,7 +127,7 @@ def main() -> None:
         from effdnn.data import load_data
 
         data = load_data("fashion-mnist")
-        n = 1000
+        n = max(1000, args.batch)
         test = (torch.stack([data.test[i][0] for i in range(n)]), torch.tensor([int(data.test[i][1]) for i in range(n)]))
     rows = {}
     for k, m in variants.items():
@@ -144,8 +147,11 @@ def main() -> None:
         m.to(memory_format=layout)
     runners = dict(variants) if args.engine == "torch" else ort_runners(variants, x1, args.threads)
     print(f"engine: {args.engine}")
+    if args.input == "test" and test is None:
+        raise SystemExit("--input test needs --weights (a trained model and the test set)")
+    print(f"input: {'the first test images' if args.input == 'test' else 'N(0, 1) noise'}")
     for bs, rounds, per in [(big, args.rounds, 3), (1, args.rounds, 30)]:
-        xb = torch.randn(bs, 1, 28, 28).contiguous(memory_format=layout)
+        xb = (test[0][:bs] if args.input == "test" else torch.randn(bs, 1, 28, 28)).contiguous(memory_format=layout)
         lat = rr_bench(runners, xb, rounds, per)
         for k in variants:
             tag = "big" if bs == big else "1"
@@ -162,7 +168,8 @@ def main() -> None:
     out = os.environ.get("OUT")
     if out:
         with open(out, "w") as f:
-            json.dump({"torch_pruning": tp_version, "threads": args.threads, "engine": args.engine, "rows": rows}, f, indent=1)
+            json.dump({"torch_pruning": tp_version, "threads": args.threads, "engine": args.engine, "input": args.input,
+                       "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
