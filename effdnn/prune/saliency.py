@@ -2,6 +2,8 @@
 
 Weight saliencies (higher = keep), each a tensor shaped like the weight:
 - ``magnitude``: |w| (Han et al. 2015, "Learning both weights and connections").
+- ``lamp``: w^2 over the sum of w'^2 for every w' of the layer at least as large (Lee et al. 2021): a
+  magnitude rescaled per layer so that one global threshold picks the layers' sparsities.
 - ``taylor``: |w * dL/dw|, the first-order Taylor estimate of the loss change when w is set to 0
   (Molchanov et al. 2019, eq. 3), averaged over calibration batches.
 - ``obd``: 0.5 * h_ii * w^2, Optimal Brain Damage (LeCun et al. 1990, eq. 5), the Hessian diagonal
@@ -62,6 +64,22 @@ def _loss(model: nn.Module, x: Any, y: torch.Tensor) -> torch.Tensor:
 
 def magnitude(model: nn.Module, layers: dict[str, nn.Module], data: Any = None, **_: Any) -> dict[str, torch.Tensor]:
     return {n: m.weight.detach().abs().clone() for n, m in layers.items()}
+
+
+def lamp(model: nn.Module, layers: dict[str, nn.Module], data: Any = None, **_: Any) -> dict[str, torch.Tensor]:
+    """Layer-adaptive magnitude (LAMP; Lee, Park, Mo, Ahn & Shin, ICLR 2021, eq. 3): with a layer's
+    weights sorted by magnitude, score(u) = w_u^2 / sum_{v >= u} w_v^2, the weight's share of the energy
+    of itself and every larger weight of its layer. In [0, 1], the largest weight of each layer scores 1,
+    so one global threshold never empties a layer and the layers' sparsities adapt to their spectra."""
+    out = {}
+    for n, m in layers.items():
+        sq = m.weight.detach().float().reshape(-1) ** 2
+        order = torch.sort(sq, stable=True).indices
+        tail = torch.flip(torch.cumsum(torch.flip(sq[order], [0]), 0), [0])  # sum over this and every larger one
+        score = torch.empty_like(sq)
+        score[order] = torch.where(tail > 0, sq[order] / tail.clamp_min(torch.finfo(sq.dtype).tiny), torch.zeros_like(tail))
+        out[n] = score.view_as(m.weight)
+    return out
 
 
 def _grad_of_loss(model: nn.Module, layers: dict[str, nn.Module], batches: list) -> dict[str, torch.Tensor]:
@@ -166,7 +184,8 @@ def obd(model: nn.Module, layers: dict[str, nn.Module], data: Any = None, batche
     return {n: 0.5 * h[n].clamp_min(0) * m.weight.detach() ** 2 for n, m in layers.items()}
 
 
-WEIGHT_SALIENCY: dict[str, Callable[..., dict[str, torch.Tensor]]] = {"magnitude": magnitude, "taylor": taylor, "obd": obd}
+WEIGHT_SALIENCY: dict[str, Callable[..., dict[str, torch.Tensor]]] = {"magnitude": magnitude, "lamp": lamp, "taylor": taylor,
+                                                                      "obd": obd}
 
 
 def weight_saliency(method: str, model: nn.Module, layers: dict[str, nn.Module], data: Any = None, **kw: Any) -> dict[str, torch.Tensor]:

@@ -1,6 +1,6 @@
 """Unstructured (single-weight) and N:M pruning: the ``prune`` block with a weight saliency as method.
 
-    prune: {method: magnitude | taylor | obd, sparsity: 0.9, scope: layer | global,
+    prune: {method: magnitude | lamp | taylor | obd, sparsity: 0.9, scope: layer | global,
             schedule: oneshot | iterative | agp, nm: "2:4", layers: [...], exclude: [...], splice: false}
 
 The saliency (saliency.py) says which weights matter, the schedule (schedules.py) how many to cut at
@@ -30,7 +30,7 @@ from .sparse import MaskCallback, make_sparse
 class UnstructuredConfig(StrictModel):
     """Element-wise pruning; ``method`` names the weight saliency."""
 
-    method: Literal["magnitude", "taylor", "obd"] = "magnitude"
+    method: Literal["magnitude", "lamp", "taylor", "obd"] = "magnitude"
     sparsity: float | None = Field(None, description="fraction of weights removed, in [0, 1)")
     scope: Literal["layer", "global"] = "layer"
     layer_sparsity: dict[str, float] = Field(default_factory=dict, description="scope 'layer': pattern -> that layer's "
@@ -235,7 +235,7 @@ def prune_unstructured(model: nn.Module, config: UnstructuredConfig, ctx: Any) -
         if not any(fnmatchcase(n, pat) for n in layers):
             raise EffdnnError(f"prune.layer_sparsity: pattern {pat!r} matches no pruned layer ({', '.join(layers)})")
     data = None
-    if config.method != "magnitude":
+    if config.method not in ("magnitude", "lamp"):
         data = list(itertools.islice(iter(ctx.calib_loader(config.batches)), config.batches))
     ctx.finalizers.append(_record(ctx, list(layers)))
     if config.schedule == "oneshot":
@@ -260,5 +260,5 @@ def prune_unstructured(model: nn.Module, config: UnstructuredConfig, ctx: Any) -
     return model
 
 
-for _name in ("magnitude", "taylor", "obd"):
+for _name in ("magnitude", "lamp", "taylor", "obd"):
     PRUNE.register(_name, UnstructuredConfig, summary=f"unstructured / N:M pruning by {_name} saliency")(prune_unstructured)

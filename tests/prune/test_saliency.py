@@ -28,6 +28,23 @@ def test_magnitude_is_abs_weight():
     assert s[0].tolist() == [1.0, 2.0, 0.0, 3.0]
 
 
+def test_lamp_scores_by_hand_and_its_global_cut_differs_from_magnitude():
+    """LAMP (Lee et al. 2021, eq. 3): A = [1, -2, 3] -> [1/14, 4/13, 1]; B = [10, 20] -> [100/500, 1].
+    Cutting 2 of the 5 weights globally, magnitude takes A's 1 and 2, LAMP A's 1 and B's 10."""
+    from effdnn.prune.masks import global_masks
+
+    m = nn.Sequential(nn.Linear(3, 1, bias=False), nn.Linear(2, 1, bias=False))
+    with torch.no_grad():
+        m[0].weight.copy_(torch.tensor([[1.0, -2.0, 3.0]]))
+        m[1].weight.copy_(torch.tensor([[10.0, 20.0]]))
+    layers = {"0": m[0], "1": m[1]}
+    s = weight_saliency("lamp", m, layers)
+    torch.testing.assert_close(s["0"], torch.tensor([[1 / 14, 4 / 13, 1.0]]))
+    torch.testing.assert_close(s["1"], torch.tensor([[0.2, 1.0]]))
+    assert global_masks(s, 0.4)["1"].tolist() == [[False, True]]
+    assert global_masks(weight_saliency("magnitude", m, layers), 0.4)["0"].tolist() == [[False, False, True]]
+
+
 def test_taylor_is_abs_weight_times_gradient_averaged_over_batches():
     m, layers = _linear_model()
     data = _data()

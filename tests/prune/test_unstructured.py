@@ -31,6 +31,16 @@ def test_global_scope_uses_one_threshold(tiny):
     assert len(cut) == round(0.8 * total)
 
 
+def test_lamp_global_keeps_every_layers_largest_weight(tiny):
+    """At 99% global, LAMP still keeps each layer's largest weight (it scores 1); the count is exact."""
+    w = {n: l.weight.detach().abs().clone() for n, l in [("conv1", tiny.conv1), ("conv2", tiny.conv2), ("fc", tiny.fc)]}
+    effdnn.prune(tiny, {"method": "lamp", "sparsity": 0.99, "scope": "global"})
+    for n, l in sparse_layers(tiny).items():
+        assert l.weight.detach().abs().flatten()[w[n].argmax()] > 0
+    total = sum(v.numel() for v in w.values())
+    assert sum(int((l.weight == 0).sum()) for l in sparse_layers(tiny).values()) == round(0.99 * total)
+
+
 def test_nm_pattern_in_every_layer(tiny):
     effdnn.prune(tiny, {"method": "magnitude", "nm": "2:4"})
     for l in sparse_layers(tiny).values():
