@@ -77,7 +77,7 @@ def lamp(model: nn.Module, layers: dict[str, nn.Module], data: Any = None, **_: 
         order = torch.sort(sq, stable=True).indices
         tail = torch.flip(torch.cumsum(torch.flip(sq[order], [0]), 0), [0])  # sum over this and every larger one
         score = torch.empty_like(sq)
-        score[order] = torch.where(tail > 0, sq[order] / tail.clamp_min(torch.finfo(sq.dtype).tiny), torch.zeros_like(tail))
+        score[order] = sq[order] / tail.clamp_min(torch.finfo(sq.dtype).tiny)  # tail 0: all zeros from here, 0 / tiny
         out[n] = score.view_as(m.weight)
     return out
 

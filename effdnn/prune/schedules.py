@@ -45,7 +45,8 @@ class Plan:
     end: float = 0.75  # fraction where it reaches ``final`` (the rest fine-tunes the final mask)
     steps: int = 10  # agp: pruning events; iterative: rounds
 
-    def _span(self) -> tuple[int, int]:
+    def span(self) -> tuple[int, int]:
+        """(first, last) step of the pruning phase: ``begin`` and ``end`` as step numbers."""
         t0 = int(math.floor(self.begin * self.total_steps))
         t1 = max(int(math.floor(self.end * self.total_steps)), t0 + 1)
         return t0, t1
@@ -59,7 +60,7 @@ def _oneshot(p: Plan, step: int) -> float:
 
 
 def _iterative(p: Plan, step: int) -> float:
-    t0, t1 = p._span()
+    t0, t1 = p.span()
     if step < t0:
         return 0.0
     length = (t1 - t0) / p.steps  # round k (1-based) prunes at t0 + (k - 1) * length
@@ -67,7 +68,7 @@ def _iterative(p: Plan, step: int) -> float:
 
 
 def _agp(p: Plan, step: int) -> float:
-    t0, t1 = p._span()
+    t0, t1 = p.span()
     n = max(min(p.steps, t1 - t0), 1)  # a short run gets fewer, but still whole, pruning events
     return agp_sparsity(step, p.final, 0.0, t0, n, (t1 - t0) // n)
 

@@ -10,15 +10,15 @@ ResNet's ``Add``) merges the groups of its operands, so a block's output, its sh
 blocks lose the same channels; a flatten maps each channel to its H*W columns of the next linear layer.
 A group that reaches the model output, the model input, or an op this analysis does not know is
 kept whole (and listed in the report with the reason). Each prunable group loses the ``sparsity``
-fraction (or its ``layer_sparsity`` entry's) of its channels with the lowest saliency (summed over the group's producers); surgery.py
-then slices producers, BatchNorms and consumers.
+fraction (or its ``layer_sparsity`` entry's) of its channels with the lowest saliency (summed over
+the group's producers); surgery.py then slices producers, BatchNorms and consumers.
 """
 from __future__ import annotations
 
 import itertools
 import operator
-from fnmatch import fnmatchcase
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any, Literal
 
 import torch

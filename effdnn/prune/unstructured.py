@@ -162,7 +162,7 @@ class ScheduledPruning(MaskCallback):
         return {n: mods[n] for n in self.names}
 
     def _splicing(self) -> bool:
-        return self.config.splice and self.step < self.plan._span()[1]
+        return self.config.splice and self.step < self.plan.span()[1]
 
     def update(self, model: nn.Module) -> None:
         s = self.plan.at(self.step)
