@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from torch import nn
 
@@ -33,3 +33,18 @@ def select_layers(model: nn.Module, include: Sequence[str] | None = None, exclud
     if not chosen:
         raise EffdnnError(f"{what}: the layer patterns leave no layer to prune")
     return chosen
+
+
+def layer_ratio(ratios: dict[str, float], names: Iterable[str], default: float) -> float:
+    """Per-layer ratios (``layer_sparsity``): the value of the first pattern matching one of ``names``
+    (a layer, or the producers of a channel group), else ``default``."""
+    names = list(names)
+    return next((v for pat, v in ratios.items() if any(fnmatchcase(n, pat) for n in names)), default)
+
+
+def check_ratio_patterns(ratios: dict[str, float], names: Iterable[str], what: str = "prune.layer_sparsity") -> None:
+    """Every pattern of ``ratios`` must match one of ``names`` (a typo must not silently change nothing)."""
+    names = list(names)
+    for pat in ratios:
+        if not any(fnmatchcase(n, pat) for n in names):
+            raise EffdnnError(f"{what}: pattern {pat!r} matches no pruned layer ({', '.join(names)})")

@@ -18,12 +18,11 @@ from __future__ import annotations
 import itertools
 import operator
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
@@ -32,7 +31,7 @@ from ..registry import PRUNE, StrictModel
 from ..utils.batches import batch_input, model_device
 from .masks import channel_keep
 from .saliency import channel_saliency
-from .select import select_layers
+from .select import check_ratio_patterns, layer_ratio, select_layers
 from .surgery import keep_inputs, keep_norm, keep_outputs
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -217,6 +216,14 @@ class StructuredConfig(StrictModel):
     hessian: Literal["fisher", "hutchinson"] = "fisher"
     samples: int = Field(8, ge=1)
 
+    @field_validator("layer_sparsity")
+    @classmethod
+    def _ratios(cls, v: dict[str, float]) -> dict[str, float]:
+        for pat, r in v.items():
+            if not 0.0 <= r < 1.0:
+                raise ValueError(f"[{pat!r}]: must be in [0, 1), got {r}")
+        return v
+
 
 def prune_channels(model: nn.Module, example_input: torch.Tensor, config: StructuredConfig, data: Any = None) -> dict[str, Any]:
     """Remove channels in place; returns what was done (groups, channels before / after, skipped groups)."""
@@ -234,17 +241,11 @@ def prune_channels(model: nn.Module, example_input: torch.Tensor, config: Struct
                 norms_after[after] = mods[norm]
     scores = channel_saliency(config.saliency, model, producers, norms_after, data, batches=config.batches,
                               hessian=config.hessian, samples=config.samples) if producers else {}
-    for pat, v in config.layer_sparsity.items():
-        if not 0.0 <= v < 1.0:
-            raise EffdnnError(f"prune.layer_sparsity[{pat!r}]: must be in [0, 1), got {v}")
-        if not any(fnmatchcase(p, pat) for p in producers):
-            raise EffdnnError(f"prune.layer_sparsity: pattern {pat!r} matches no prunable layer ({', '.join(producers)})")
+    check_ratio_patterns(config.layer_sparsity, producers)
     done = []
     for g in todo:
         score = sum(scores[p].float().cpu() for p in g.producers)
-        ratio = next((v for pat, v in config.layer_sparsity.items() if any(fnmatchcase(p, pat) for p in g.producers)),
-                     config.sparsity)
-        keep = channel_keep(score, ratio, config.round_to)
+        keep = channel_keep(score, layer_ratio(config.layer_sparsity, g.producers, config.sparsity), config.round_to)
         done.append({"producers": g.producers, "channels": g.size, "kept": int(len(keep))})
         if len(keep) == g.size:
             continue

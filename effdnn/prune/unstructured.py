@@ -10,7 +10,6 @@ weights stay zero through fine-tuning and export, and the cost model sees sparse
 from __future__ import annotations
 
 import itertools
-from fnmatch import fnmatchcase
 from typing import Any, Literal
 
 import torch
@@ -23,7 +22,7 @@ from ..train.config import TrainSpec
 from .masks import check_sparsity, global_masks, nm_mask, topk_mask
 from .saliency import weight_saliency
 from .schedules import Plan
-from .select import select_layers
+from .select import check_ratio_patterns, layer_ratio, select_layers
 from .sparse import MaskCallback, make_sparse
 
 
@@ -125,10 +124,7 @@ def compute_masks(model: nn.Module, layers: dict[str, nn.Module], config: Unstru
 
 def layer_target(config: UnstructuredConfig, name: str) -> float:
     """A layer's final sparsity: its first matching ``layer_sparsity`` pattern, else ``sparsity``."""
-    for pat, v in config.layer_sparsity.items():
-        if fnmatchcase(name, pat):
-            return v
-    return config.final_sparsity
+    return layer_ratio(config.layer_sparsity, [name], config.final_sparsity)
 
 
 def apply_masks(layers: dict[str, nn.Module], masks: dict[str, torch.Tensor]) -> None:
@@ -231,9 +227,7 @@ def _record(ctx: Any, names: list[str]) -> Any:
 def prune_unstructured(model: nn.Module, config: UnstructuredConfig, ctx: Any) -> nn.Module:
     """Prune single weights (or N:M groups) by the configured saliency and schedule."""
     layers = select_layers(model, config.layers, config.exclude)
-    for pat in config.layer_sparsity:
-        if not any(fnmatchcase(n, pat) for n in layers):
-            raise EffdnnError(f"prune.layer_sparsity: pattern {pat!r} matches no pruned layer ({', '.join(layers)})")
+    check_ratio_patterns(config.layer_sparsity, layers)
     data = None
     if config.method not in ("magnitude", "lamp"):
         data = list(itertools.islice(iter(ctx.calib_loader(config.batches)), config.batches))

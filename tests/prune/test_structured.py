@@ -99,13 +99,14 @@ def test_unknown_op_keeps_its_channels_whole():
 
 def test_layer_sparsity_sets_a_groups_ratio(tiny):
     """layer_sparsity: the first pattern matching a producer of a group sets its ratio; the others take
-    'sparsity'; a pattern that matches no prunable layer or a ratio outside [0, 1) is one clear error."""
+    'sparsity'; a pattern that matches no pruned layer or a ratio outside [0, 1) is one clear error."""
     x = torch.randn(2, 1, 8, 8)
     info = prune_channels(tiny, x, StructuredConfig(sparsity=0.25, layer_sparsity={"conv1": 0.5, "conv*": 0.0}))
     assert [g["kept"] for g in info["groups"]] == [4, 12]  # conv1: 8 -> 4 by its own entry; conv2 by "conv*"
     assert tiny(x).shape == (2, 5)
     from effdnn.errors import EffdnnError
 
-    for bad, msg in (({"fc*": 0.5}, "matches no prunable layer"), ({"conv1": 1.0}, r"\[0, 1\)")):
-        with pytest.raises(EffdnnError, match=msg):
-            prune_channels(copy.deepcopy(tiny), x, StructuredConfig(sparsity=0.25, layer_sparsity=bad))
+    with pytest.raises(EffdnnError, match="matches no pruned layer"):
+        prune_channels(copy.deepcopy(tiny), x, StructuredConfig(sparsity=0.25, layer_sparsity={"fc*": 0.5}))
+    with pytest.raises(EffdnnError, match=r"layer_sparsity.*\[0, 1\)"):
+        effdnn.prune(copy.deepcopy(tiny), {"method": "channel", "sparsity": 0.25, "layer_sparsity": {"conv1": 1.0}})
