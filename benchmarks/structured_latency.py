@@ -2,7 +2,7 @@
 torch.nn.utils.prune on the same ResNet-20 (width 16, Fashion-MNIST geometry 1x28x28) or LeNet-5.
 
     python benchmarks/structured_latency.py [--model resnet20 | lenet5] [--weights runs/.../model.pt] [--threads 2]
-                                            [--engine torch | onnxruntime]
+                                            [--engine torch | onnxruntime] [--input random | test] [--channels-last]
 
 Latency does not depend on the weights' values, so untrained weights give the same timings; pass a
 checkpoint to also see the accuracy right after pruning (before fine-tuning). Variants are timed
