@@ -165,11 +165,11 @@ class ScheduledPruning(MaskCallback):
         if s == self.current:
             return
         layers = self._layers(model)
-        old = {n: m.weight_mask.clone() for n, m in layers.items() if hasattr(m, "weight_mask")}
         masks = compute_masks(model, layers, self.config, s, self.data, self.dense or None)
-        self.spliced += sum(int((masks[n] & ~o).sum()) for n, o in old.items())
-        for n, m in layers.items():
-            if n in self.dense:
+        if self.dense:  # splicing: count the cut weights that come back, and give them their unmasked values
+            for n, m in layers.items():
+                if hasattr(m, "weight_mask"):  # not before the first event
+                    self.spliced += int((masks[n] & ~m.weight_mask).sum())
                 with torch.no_grad():
                     m.weight.copy_(self.dense[n])
         apply_masks(layers, masks)
