@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--report", default=None, nargs="+", help="print the tables of existing report.json files (merged)")
     ap.add_argument("--only", default=None, help="comma-separated experiment names to run (the rest are left out)")
+    ap.add_argument("--resume", action="store_true", help="go on from the checkpoints an interrupted run left in --out")
     args = ap.parse_args()
     print("command: python benchmarks/prune_fashion.py " + " ".join(sys.argv[1:]))
     if args.report:
@@ -64,7 +65,7 @@ def main() -> None:
         if args.only:
             names = args.only.split(",")
             recipe["experiments"] = [e for e in recipe["experiments"] if e["name"] in names]
-        report = effdnn.run(recipe, out=args.out or recipe.get("output"))
+        report = effdnn.run(recipe, out=args.out or recipe.get("output"), resume=args.resume)
     env = report["environment"]
     print(f"machine: {env['platform']}, {env['cpu_count']} cores, torch {env['torch']}, {env['threads']} threads")
     print(table(report))

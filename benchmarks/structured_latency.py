@@ -1,8 +1,9 @@
 """Structured pruning: MACs removed vs measured CPU latency, effdnn against torch-pruning and
 torch.nn.utils.prune on the same ResNet-20 (width 16, Fashion-MNIST geometry 1x28x28) or LeNet-5.
 
-    python benchmarks/structured_latency.py [--model resnet20 | lenet5] [--weights runs/.../model.pt] [--threads 2]
+    python benchmarks/structured_latency.py [--model resnet20 | lenet5 | lenet5-caffe] [--weights runs/.../model.pt] [--threads 2]
                                             [--engine torch | onnxruntime] [--input random | test] [--channels-last]
+                                            [--inference-form]
 
 Latency does not depend on the weights' values, so untrained weights give the same timings; pass a
 checkpoint to also see the accuracy right after pruning (before fine-tuning). Variants are timed
@@ -67,12 +68,14 @@ def ort_runners(variants: dict[str, nn.Module], example: torch.Tensor, threads: 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", choices=("resnet20", "lenet5"), default="resnet20")
+    ap.add_argument("--model", choices=("resnet20", "lenet5", "lenet5-caffe"), default="resnet20")
     ap.add_argument("--weights", default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--channels-last", action="store_true", help="time every variant (and its input) in channels-last layout")
+    ap.add_argument("--inference-form", action="store_true",
+                    help="time every variant after effdnn.optimize_for_inference (strided max-pools, ReLU after pooling)")
     ap.add_argument("--engine", choices=("torch", "onnxruntime"), default="torch")
     ap.add_argument("--input", choices=("random", "test"), default="random",
                     help="time on N(0, 1) noise or on the first test images (needs --weights): CPU max-pooling "
@@ -86,6 +89,9 @@ def main() -> None:
     if args.model == "resnet20":
         dense = build_model("resnet", 1, 10, (28, 28), depth=20, width=16).eval()
         configs = ((0.3, 1, {}), (0.3, 4, {}), (0.4, 4, {}), (0.5, 1, {}))
+    elif args.model == "lenet5-caffe":  # the Deep Compression paper's LeNet-5 (conv 20 - conv 50 - fc 500 - fc 10)
+        dense = build_model("lenet5", 1, 10, (28, 28), variant="caffe").eval()
+        configs = ((0.3, 1, {}), (0.35, 1, {}), (0.4, 1, {}), (0.5, 1, {}))
     else:
         dense = build_model("lenet5", 1, 10, (28, 28)).eval()
         # uniform ratios, then the latency-aware splits of recipes/fashion_prune.yaml (conv1 cut harder)
@@ -140,6 +146,15 @@ def main() -> None:
             with torch.inference_mode():
                 rows[k]["accuracy_no_finetune"] = float((m(test[0]).argmax(1) == test[1]).float().mean())
             print(f"{k}: accuracy right after pruning {rows[k]['accuracy_no_finetune']:.3f}")
+    if args.inference_form:  # every variant, the dense ones included, in effdnn's inference form
+        probe = torch.randn(8, 1, 28, 28)
+        for k, m in variants.items():
+            fast = effdnn.optimize_for_inference(m).eval()
+            with torch.inference_mode():
+                if not torch.equal(fast(probe), m(probe)):
+                    raise SystemExit(f"{k}: the inference form changed the outputs (a bug)")
+            variants[k] = fast
+    print(f"form: {'effdnn.optimize_for_inference' if args.inference_form else 'as pruned (torch modules)'}")
     big = args.batch
     layout = torch.channels_last if args.channels_last else torch.contiguous_format
     print(f"layout: {'channels_last' if args.channels_last else 'contiguous (NCHW)'}")
@@ -169,6 +184,7 @@ def main() -> None:
     if out:
         with open(out, "w") as f:
             json.dump({"torch_pruning": tp_version, "threads": args.threads, "engine": args.engine, "input": args.input,
+                       "inference_form": args.inference_form,
                        "rows": rows}, f, indent=1)
 
 

@@ -6,6 +6,7 @@ Public API (see DESIGN.md, "Public contract"):
     prune(model, spec, data=None) -> model
     cost(model, example_input) -> CostReport
     export_onnx(model, example_input, path) -> path
+    optimize_for_inference(model) -> model (the same function, faster CPU ops)
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from .context import ExperimentContext
 from .cost import CostReport, EnergyTable
 from .cost import cost as _cost
 from .errors import EffdnnError, NotAvailableYet
-from .export import export_onnx
+from .export import export_onnx, optimize_for_inference
 from .registry import ACTIVATION_SPARSITY, COMPRESS, PRECISION, PRUNE, QUANTIZE, REGISTRIES
 from .runner import run
 from .utils.batches import model_device
@@ -51,5 +52,5 @@ def cost(model: nn.Module, example_input: Any, table: EnergyTable | None = None,
 
 
 __all__ = ["ACTIVATION_SPARSITY", "COMPRESS", "CostReport", "EffdnnError", "EnergyTable", "ExperimentContext",
-           "NotAvailableYet", "PRECISION", "PRUNE", "QUANTIZE", "REGISTRIES", "cost", "export_onnx", "prune",
+           "NotAvailableYet", "PRECISION", "PRUNE", "QUANTIZE", "REGISTRIES", "cost", "export_onnx", "optimize_for_inference", "prune",
            "quantize", "run"]

@@ -214,8 +214,11 @@ class Runner:
             ctx.fit(model, exp.finetune, desc=exp.name)
         for fin in ctx.finalizers:
             model = fin(model)
+        before: dict[str, Any] = {}
+        if exp.compress is not None:  # what the encoding itself costs: the same weights, before the file
+            before["accuracy_before_compress"] = evaluate(model, self.data.test, batch_size=512)
         model = apply("compress", model)  # last: it encodes the final (fine-tuned, converted) weights
-        extra: dict[str, Any] = {"techniques": used, **ctx.extra}
+        extra: dict[str, Any] = {"techniques": used, **before, **ctx.extra}
         for cb in ctx.callbacks:
             extra.update(cb.report())
         if ctx.train_result is not None:

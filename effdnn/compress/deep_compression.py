@@ -11,6 +11,14 @@ positions are stored as relative indices of ``index_bits`` with filler zeros; sy
 Huffman coded. Every other tensor is stored raw. The file is then read back into a copy of the model,
 which replaces it, so the accuracy measured is the accuracy of the file.
 
+``retrain: {epochs: 1, lr: 1e-4}`` (any finetune block, ``distill`` included) trains the shared values
+before the file is written, as the paper does after quantization (section 3.3): each selected weight
+becomes ``w = scatter(C[codes], positions)`` over a fixed zero background (:class:`SharedValues`, a
+``torch.nn.utils.parametrize`` parametrization), so the gather's backward gives each centroid C_k
+the summed gradient of its cluster, pruned weights stay zero, and the codes never change; biases and
+the other float parameters train with it. The report's container gets ``accuracy_shared`` (right
+after k-means, before retraining).
+
 Storage reported to the cost model: each encoded layer states ``storage_bits`` = its section of the
 file plus its raw bias; the container's own overhead (file header, META section, section headers of
 the raw tensors, checksum, BatchNorm step counters) is charged to the first encoded layer, so the
@@ -27,6 +35,7 @@ import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ..cost.precision import LayerPrecision, deployed_bits
 from ..errors import EffdnnError
@@ -35,6 +44,7 @@ from ..prune.select import select_layers
 from ..prune.sparse import strip_sparse
 from ..quant.fold_bn import fold_batchnorm
 from ..registry import COMPRESS, StrictModel
+from ..train import TrainSpec, evaluate, fit
 from .container import Shared, load_into, read_container, write_container
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -54,6 +64,9 @@ class DeepCompressionConfig(StrictModel):
     layers: list[str] | None = None
     exclude: list[str] = Field(default_factory=list)
     path: str | None = Field(None, description="where to write the file (default: the experiment folder / model.edc)")
+    retrain: TrainSpec | None = Field(None, description="retrain the shared values before writing (the paper's "
+                                      "section 3.3): codes fixed, each centroid moved by the summed gradient of "
+                                      "its weights, zeros kept; biases train too")
 
 
 class CompressedMixin:
@@ -100,26 +113,77 @@ def share_weight(w: torch.Tensor, bits: int, index_bits: int, init: str, use_huf
                   codes.numpy().astype(np.int64), index_bits, huffman=use_huffman, dtype=w.dtype)
 
 
-def encode_model(model: nn.Module, config: DeepCompressionConfig, path: str | Path, meta: dict[str, Any] | None = None
-                 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Write ``model`` to ``path`` and return (the model read back from the file, details)."""
+class SharedValues(nn.Module):
+    """Parametrization of a shared weight: ``w = scatter(codebook[codes], positions)`` on zeros.
+
+    Its ``original`` is the codebook, so training moves the centroids only, each by the sum of the
+    gradients of its weights (Deep Compression, section 3.3)."""
+
+    def __init__(self, shared: Shared) -> None:
+        super().__init__()
+        self.shape = shared.shape
+        self.register_buffer("positions", torch.as_tensor(shared.positions, dtype=torch.long))
+        self.register_buffer("codes", torch.as_tensor(shared.codes, dtype=torch.long))
+        self.register_buffer("init", torch.as_tensor(shared.codebook, dtype=torch.float32))
+
+    def forward(self, codebook: torch.Tensor) -> torch.Tensor:
+        flat = codebook.new_zeros(int(np.prod(self.shape)))
+        return flat.scatter(0, self.positions, codebook[self.codes]).reshape(self.shape)
+
+    def right_inverse(self, w: torch.Tensor) -> torch.Tensor:
+        return self.init.to(w.device, w.dtype)
+
+
+def _deployed_form(model: nn.Module, config: DeepCompressionConfig) -> tuple[nn.Module, dict[str, nn.Module]]:
+    """The model as the file stores it (masks stripped, BatchNorm folded if asked) and its encoded layers."""
     for m in model.modules():
         strip_sparse(m)
     if config.fold_bn:  # zeros stay zeros: folding scales each output channel
         model = copy.deepcopy(model).eval()
         fold_batchnorm(model)
+    return model, select_layers(model, config.layers, config.exclude, "compress")
+
+
+def _share(layer: nn.Module, config: DeepCompressionConfig) -> Shared:
+    conv = isinstance(layer, _CONV)
+    bits = (config.conv_bits or config.bits) if conv else config.bits
+    ib = (config.conv_index_bits or config.index_bits) if conv else config.index_bits
+    return share_weight(layer.weight, bits, ib, config.init, config.huffman)
+
+
+def retrain_shared(model: nn.Module, config: DeepCompressionConfig, ctx: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """Cluster every selected weight, then train the centroids (codes fixed) with ``config.retrain``."""
+    assert config.retrain is not None
+    model, layers = _deployed_form(copy.deepcopy(model), config)
+    for layer in layers.values():
+        parametrize.register_parametrization(layer, "weight", SharedValues(_share(layer, config)),
+                                                            unsafe=True)
+    details: dict[str, Any] = {}
+    data = getattr(ctx, "data", None)
+    if data is not None:
+        details["accuracy_shared"] = evaluate(model, data.test, batch_size=512)
+    out_dir = getattr(ctx, "out_dir", None)
+    fit(model, ctx.train_set(), config.retrain, batch_size=ctx.batch_size, seed=ctx.seed,
+        checkpoint_dir=Path(out_dir) / "ckpt" / "retrain-shared" if out_dir else None, resume=ctx.resume,
+        desc="retrain shared values", teacher=ctx.teacher if config.retrain.distill is not None else None)
+    for layer in layers.values():
+        parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+    return model.eval(), details
+
+
+def encode_model(model: nn.Module, config: DeepCompressionConfig, path: str | Path, meta: dict[str, Any] | None = None
+                 ) -> tuple[nn.Module, dict[str, Any]]:
+    """Write ``model`` to ``path`` and return (the model read back from the file, details)."""
+    model, layers = _deployed_form(model, config)
+    if config.fold_bn:
         meta = {**(meta or {}), "fold_bn": True}  # the reader folds a fresh architecture likewise
-    layers = select_layers(model, config.layers, config.exclude, "compress")
     state = model.state_dict()
     tensors: dict[str, torch.Tensor | Shared] = {}
     shared_of: dict[str, str] = {}
     for name, t in state.items():
         owner, _, leaf = name.rpartition(".")
         if leaf == "weight" and owner in layers:
-            conv = isinstance(layers[owner], _CONV)
-            bits = (config.conv_bits or config.bits) if conv else config.bits
-            ib = (config.conv_index_bits or config.index_bits) if conv else config.index_bits
-            tensors[name] = share_weight(t, bits, ib, config.init, config.huffman)
+            tensors[name] = _share(layers[owner], config)
             shared_of[owner] = name
         else:
             tensors[name] = t.detach().cpu()
@@ -171,9 +235,12 @@ def deep_compression(model: nn.Module, config: DeepCompressionConfig, ctx: Any) 
     else:
         path = Path(tempfile.mkdtemp(prefix="effdnn-")) / "model.edc"
     meta = {"format": "effdnn deep-compression", "config": config.model_dump(mode="json")}
+    retrained: dict[str, Any] = {}
+    if config.retrain is not None:
+        model, retrained = retrain_shared(model, config, ctx)
     decoded, details = encode_model(model, config, path, meta)
     size = path.stat().st_size
-    ctx.extra["container"] = {"path": str(path), "bytes": size, **details}
+    ctx.extra["container"] = {"path": str(path), "bytes": size, **retrained, **details}
     return decoded
 
 
