@@ -6,7 +6,7 @@ import torch
 
 import effdnn
 from effdnn.context import ExperimentContext
-from effdnn.export import op_counts, ort_fused_ops, prediction_agreement
+from effdnn.export import int8_fusion_saturates, op_counts, ort_fused_ops, prediction_agreement
 from effdnn.models import build_model
 from effdnn.quant.qat_quantizers import QATQuantizer
 from effdnn.registry import QUANTIZE
@@ -32,9 +32,24 @@ def test_qdq_onnx_agrees_with_pytorch(tmp_path, digits_lenet, spec, qdq_pairs) -
     ops = op_counts(path)
     assert ops.get("QuantizeLinear") == qdq_pairs and ops.get("DequantizeLinear") == qdq_pairs
     test = torch.utils.data.DataLoader(data.test, batch_size=128)
+    if int8_fusion_saturates():  # fused u8 x s8 kernels saturate here: the graph itself must be exact
+        agree, worst = prediction_agreement(q, path, test, optimize=False)
+        assert agree == 1.0 and worst < 0.05
+        return
     agree, worst = prediction_agreement(q, path, test)
     assert agree >= 0.995
     assert worst < 0.5  # a few codes may flip where float rounding of the conv differs
+
+
+def test_seven_bit_weights_agree_fused_on_every_cpu(tmp_path, digits_lenet) -> None:
+    """onnxruntime's reduce-range case: 7-bit weights cannot saturate its int16 pair sums."""
+    m, data = digits_lenet
+    calib = torch.utils.data.DataLoader(data.train, batch_size=64)
+    q = effdnn.quantize(m, {"method": "ptq", "weight": {"bits": 7}, "act": {"calibrator": "kl"}}, calib)
+    path = effdnn.export_onnx(q, next(iter(calib))[0][:2], tmp_path / "q7.onnx")
+    assert ort_fused_ops(path, tmp_path / "q7_opt.onnx").get("QLinearConv", 0) >= 1
+    agree, worst = prediction_agreement(q, path, torch.utils.data.DataLoader(data.test, batch_size=128))
+    assert agree >= 0.995 and worst < 0.5
 
 
 def test_resnet_qdq_with_residual_add_fuses_in_onnxruntime(tmp_path) -> None:
@@ -72,8 +87,9 @@ def test_qat_model_converted_by_its_finalizer_exports_as_qdq(tmp_path, digits_le
     pairs = 8 if spec["method"] == "pact" else 10
     assert ops.get("QuantizeLinear") == pairs and ops.get("DequantizeLinear") == pairs
     test = torch.utils.data.DataLoader(data.test, batch_size=128)
-    agree, _ = prediction_agreement(q, path, test)  # fused by onnxruntime into QLinearConv / QLinearMatMul
-    assert agree >= 0.995
+    if not int8_fusion_saturates():
+        agree, _ = prediction_agreement(q, path, test)  # fused by onnxruntime into QLinearConv / QLinearMatMul
+        assert agree >= 0.995
     agree, worst = prediction_agreement(q, path, test, optimize=False)  # the graph as exported: same values
     assert agree == 1.0 and worst < 1e-4
     assert evaluate(q, data.test) > 0.9  # still a working classifier after QAT + conversion
