@@ -135,12 +135,13 @@ class SharedValues(nn.Module):
 
 
 def _deployed_form(model: nn.Module, config: DeepCompressionConfig) -> tuple[nn.Module, dict[str, nn.Module]]:
-    """The model as the file stores it (masks stripped, BatchNorm folded if asked) and its encoded layers."""
+    """A copy of the model as the file stores it (masks stripped, BatchNorm folded if asked) and its
+    encoded layers."""
+    model = copy.deepcopy(model)
     for m in model.modules():
         strip_sparse(m)
     if config.fold_bn:  # zeros stay zeros: folding scales each output channel
-        model = copy.deepcopy(model).eval()
-        fold_batchnorm(model)
+        fold_batchnorm(model.eval())
     return model, select_layers(model, config.layers, config.exclude, "compress")
 
 
@@ -154,10 +155,9 @@ def _share(layer: nn.Module, config: DeepCompressionConfig) -> Shared:
 def retrain_shared(model: nn.Module, config: DeepCompressionConfig, ctx: Any) -> tuple[nn.Module, dict[str, Any]]:
     """Cluster every selected weight, then train the centroids (codes fixed) with ``config.retrain``."""
     assert config.retrain is not None
-    model, layers = _deployed_form(copy.deepcopy(model), config)
+    model, layers = _deployed_form(model, config)
     for layer in layers.values():
-        parametrize.register_parametrization(layer, "weight", SharedValues(_share(layer, config)),
-                                                            unsafe=True)
+        parametrize.register_parametrization(layer, "weight", SharedValues(_share(layer, config)), unsafe=True)
     details: dict[str, Any] = {}
     data = getattr(ctx, "data", None)
     if data is not None:

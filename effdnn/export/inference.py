@@ -6,7 +6,7 @@
   2x2 / 2 pooling) becomes :class:`StridedMaxPool2d`: the elementwise maximum of the k_h + k_w - 2
   strided views of its input, first along the width, then along the height. torch's CPU max-pool kernel
   branches on the data and computes argmax indices; on LeNet-5's maps it takes 5-7x longer than
-  these vectorised maxima, and was a third of the network's time (BENCHMARKS.md, structured latency);
+  these vectorised maxima, and was 43-44% of the network's time (BENCHMARKS.md, structured latency);
 * a ``nn.ReLU`` directly before such a pooling in an ``nn.Sequential`` moves after it:
   max(relu(a), relu(b)) = relu(max(a, b)) because ReLU is monotone, so the ReLU runs on k_h * k_w
   times fewer values.
