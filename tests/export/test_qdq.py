@@ -91,5 +91,11 @@ def test_qat_model_converted_by_its_finalizer_exports_as_qdq(tmp_path, digits_le
         agree, _ = prediction_agreement(q, path, test)  # fused by onnxruntime into QLinearConv / QLinearMatMul
         assert agree >= 0.995
     agree, worst = prediction_agreement(q, path, test, optimize=False)  # the graph as exported: same values
-    assert agree == 1.0 and worst < 1e-4
+    # Same values up to float rounding, except where an input lands on a half step (x / s = k + 0.5): there the
+    # two sides' last-bit differences (onnxruntime's threaded sums, x / s against torch's) may round it to
+    # neighbouring codes. One such flip in the classifier's input moves a logit by s * |w| at most.
+    last = [mod for mod in q.modules() if hasattr(mod, "input_quant")][-1]
+    with torch.no_grad():
+        one_code = float(last.input_quant.scale.max() * last.weight_quant(last.weight).abs().max())
+    assert agree == 1.0 and worst <= one_code + 1e-4, (worst, one_code)
     assert evaluate(q, data.test) > 0.9  # still a working classifier after QAT + conversion
