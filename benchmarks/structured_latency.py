@@ -3,7 +3,7 @@ torch.nn.utils.prune on the same ResNet-20 (width 16, Fashion-MNIST geometry 1x2
 
     python benchmarks/structured_latency.py [--model resnet20 | lenet5 | lenet5-caffe] [--weights runs/.../model.pt] [--threads 2]
                                             [--engine torch | onnxruntime] [--input random | test] [--channels-last]
-                                            [--inference-form]
+                                            [--inference-form] [--bn-recalibration N]
 
 Latency does not depend on the weights' values, so untrained weights give the same timings; pass a
 checkpoint to also see the accuracy right after pruning (before fine-tuning). Variants are timed
@@ -15,7 +15,9 @@ apart in one measurement. ``--engine onnxruntime`` times every variant's ONNX ex
 ``--inference-form`` times every variant after ``effdnn.optimize_for_inference`` (the same outputs,
 checked; max-pools as strided maxima, ReLUs after pooling) and adds ``dense_torch_modules``, the dense
 model as trained, to show what that form saves. ``--model lenet5-caffe`` is the Deep Compression
-paper's LeNet-5 (conv 20 - conv 50 - fc 500).
+paper's LeNet-5 (conv 20 - conv 50 - fc 500). ``effdnn_group_l1_*`` score channels by their whole group
+(``saliency: group_l1``); ``--bn-recalibration N`` re-estimates every pruned model's BatchNorm
+statistics (effdnn's and torch-pruning's alike) before the accuracy right after pruning is measured.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from torch.nn.utils import prune as torch_prune
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import effdnn  # noqa: E402
 from effdnn.models import build_model  # noqa: E402
+from effdnn.utils.batchnorm import recalibrate_batchnorm  # noqa: E402
 
 
 def rr_bench(variants: dict, x: torch.Tensor, rounds: int, per_round: int, warmup: int = 5) -> dict[str, float]:
@@ -80,6 +83,9 @@ def main() -> None:
     ap.add_argument("--channels-last", action="store_true", help="time every variant (and its input) in channels-last layout")
     ap.add_argument("--inference-form", action="store_true",
                     help="time every variant after effdnn.optimize_for_inference (strided max-pools, ReLU after pooling)")
+    ap.add_argument("--bn-recalibration", type=int, default=0, metavar="N",
+                    help="with --weights: re-estimate BatchNorm statistics after pruning on N batches of training images "
+                         "(effdnn's bn_recalibration, the same for torch-pruning's models)")
     ap.add_argument("--engine", choices=("torch", "onnxruntime"), default="torch")
     ap.add_argument("--input", choices=("random", "test"), default="random",
                     help="time on N(0, 1) noise or on the first test images (needs --weights): CPU max-pooling "
@@ -105,22 +111,42 @@ def main() -> None:
         dense.load_state_dict(torch.load(args.weights, map_location="cpu"))
     x1 = torch.randn(1, 1, 28, 28)
     calib = [(torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,)))]
+    test = None
+    if args.weights:
+        from effdnn.data import load_data
+
+        data = load_data("fashion-mnist")
+        n = max(1000, args.batch)
+        test = (torch.stack([data.test[i][0] for i in range(n)]), torch.tensor([int(data.test[i][1]) for i in range(n)]))
+        if args.bn_recalibration:  # training images: 64 per batch, the first of a seeded shuffle
+            order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[:64 * args.bn_recalibration]
+            calib = [(torch.stack([data.train[int(i)][0] for i in chunk]), torch.tensor([int(data.train[int(i)][1]) for i in chunk]))
+                     for chunk in order.split(64)]
+    elif args.bn_recalibration:
+        raise SystemExit("--bn-recalibration needs --weights (a trained model and the training images)")
+    adabn = {"bn_recalibration": args.bn_recalibration}
     macs0 = effdnn.cost(dense, x1).macs
     variants: dict[str, nn.Module] = {"dense": dense, "dense_copy": copy.deepcopy(dense)}
     for ratio, round_to, per_layer in configs:
         name = (f"effdnn_channel_{int(ratio * 100)}" + (f"_r{round_to}" if round_to > 1 else "")
                 + "".join(f"_{k.replace('features.', 'f')}-{int(v * 100)}" for k, v in per_layer.items()))
         variants[name] = effdnn.prune(copy.deepcopy(dense), {"method": "channel", "saliency": "l1", "sparsity": ratio,
-                                                             "round_to": round_to, "layer_sparsity": per_layer}, calib).eval()
+                                                             "round_to": round_to, "layer_sparsity": per_layer, **adabn}, calib).eval()
+    tp_ratios = (0.3, 0.35, 0.5) if args.model == "lenet5-caffe" else (0.3, 0.5)
+    for ratio in tp_ratios:  # the group's weights (producers, BatchNorms, consumers), as torch-pruning scores them
+        variants[f"effdnn_group_l1_{int(ratio * 100)}"] = effdnn.prune(
+            copy.deepcopy(dense), {"method": "channel", "saliency": "group_l1", "sparsity": ratio, **adabn}, calib).eval()
     try:
         import torch_pruning as tp
 
-        for ratio in (0.3, 0.35, 0.5) if args.model == "lenet5-caffe" else (0.3, 0.5):
+        for ratio in tp_ratios:
             m = copy.deepcopy(dense)
             last_m = [mod for mod in m.modules() if isinstance(mod, nn.Linear)][-1]
             pr = tp.pruner.MagnitudePruner(m, x1, importance=tp.importance.MagnitudeImportance(p=1),
                                            pruning_ratio=ratio, ignored_layers=[last_m])
             pr.step()
+            if args.bn_recalibration:  # the same adaptive BN as effdnn's variants, for a fair comparison
+                recalibrate_batchnorm(m, calib, args.bn_recalibration)
             variants[f"torch_pruning_{int(ratio * 100)}"] = m.eval()
         tp_version = tp.__version__
     except ImportError:
@@ -132,13 +158,6 @@ def main() -> None:
             torch_prune.ln_structured(mod, "weight", amount=0.5, n=1, dim=0)
             torch_prune.remove(mod, "weight")
     variants["torch_nn_utils_prune_ln50"] = tnp.eval()
-    test = None
-    if args.weights:
-        from effdnn.data import load_data
-
-        data = load_data("fashion-mnist")
-        n = max(1000, args.batch)
-        test = (torch.stack([data.test[i][0] for i in range(n)]), torch.tensor([int(data.test[i][1]) for i in range(n)]))
     rows = {}
     for k, m in variants.items():
         widths = [c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)]

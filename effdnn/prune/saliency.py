@@ -17,6 +17,11 @@ Channel saliencies (one score per output channel of a conv / linear layer):
 - ``taylor``: |mean over the feature map of a * dL/da|, averaged over examples (Molchanov et al. 2017,
   eq. 8), a = the layer's output activation.
 - ``magnitude`` / ``obd`` (and weight ``taylor`` as ``taylor_weight``): the weight saliency summed over the filter.
+- ``group_l1``: every weight the channel couples, as DepGraph's group-level norm criterion (Fang et al.
+  2023, "Towards any structural pruning"): the L1 norms of its filters in the group's producers, of the |gamma| of their
+  BatchNorms, and of its input columns in the layers that read it, each of these terms divided by
+  its mean over the channels (so layers of different scale weigh alike) and summed. Removing a channel
+  removes all of those weights; ``l1`` looks at the filter alone. See :func:`group_l1`.
 """
 from __future__ import annotations
 
@@ -200,6 +205,25 @@ def weight_saliency(method: str, model: nn.Module, layers: dict[str, nn.Module],
 def per_channel(scores: torch.Tensor) -> torch.Tensor:
     """Sum an element saliency over each output channel (dim 0): (O, ...) -> (O,)."""
     return scores.reshape(scores.shape[0], -1).sum(1)
+
+
+def input_l1(mod: nn.Module, spatial: int = 1) -> torch.Tensor:
+    """L1 norm of the weights of a Conv / Linear that read each of its input channels: (C,).
+    After a flatten each channel owns ``spatial`` consecutive columns of a Linear."""
+    w = mod.weight.detach().abs()
+    return w.reshape(w.shape[0], w.shape[1] // spatial, -1).sum((0, 2))
+
+
+def group_l1(producers: list[nn.Module], norms: list[nn.Module], consumers: list[tuple[nn.Module, int]]) -> torch.Tensor:
+    """Group L1 after DepGraph's group-level norm criterion (Fang et al. 2023): one score per channel of a
+    group, sum over the group's weight tensors t of ||t_c||_1 / mean_c' ||t_c'||_1, where t_c is what
+    channel c owns in t: a producer's filter, a BatchNorm's gamma, a consumer's input columns
+    (``(module, columns per channel)``). The division by the mean (ours) keeps a layer whose weights are
+    larger from deciding alone."""
+    terms = [per_channel(m.weight.detach().abs()) for m in producers]
+    terms += [bn.weight.detach().abs() for bn in norms if getattr(bn, "weight", None) is not None]
+    terms += [input_l1(m, spatial) for m, spatial in consumers]
+    return sum(t.float().cpu() / t.float().mean().clamp_min(torch.finfo(torch.float32).tiny).cpu() for t in terms)
 
 
 def channel_l1(layers: dict[str, nn.Module], norms: dict[str, nn.Module | None], **_: Any) -> dict[str, torch.Tensor]:

@@ -1,7 +1,7 @@
 """Structured pruning: remove whole channels and return a smaller dense model.
 
-    prune: {method: channel, saliency: l1 | bn_gamma | taylor | magnitude | obd, sparsity: 0.5, round_to: 1,
-            layer_sparsity: {"features.0": 0.5}}
+    prune: {method: channel, saliency: l1 | group_l1 | bn_gamma | taylor | magnitude | obd, sparsity: 0.5, round_to: 1,
+            layer_sparsity: {"features.0": 0.5}, bn_recalibration: 16}
 
 The model is traced once (torch.fx) to find *channel groups*: tensors whose channel dimension must be
 cut together. A convolution / linear layer starts a group (its output channels); BatchNorm and
@@ -11,7 +11,11 @@ blocks lose the same channels; a flatten maps each channel to its H*W columns of
 A group that reaches the model output, the model input, or an op this analysis does not know is
 kept whole (and listed in the report with the reason). Each prunable group loses the ``sparsity``
 fraction (or its ``layer_sparsity`` entry's) of its channels with the lowest saliency (summed over
-the group's producers); surgery.py then slices producers, BatchNorms and consumers.
+the group's producers; ``group_l1`` scores the whole group: producers, BatchNorms and consumers);
+surgery.py then slices producers, BatchNorms and consumers. ``bn_recalibration: n`` then re-estimates
+every BatchNorm's running statistics on n calibration batches (EagleEye's adaptive BN, Li et al.
+2020): the statistics stored were measured on the unpruned network, whose next layers summed more
+channels.
 """
 from __future__ import annotations
 
@@ -29,8 +33,9 @@ from torch.fx.passes.shape_prop import ShapeProp
 from ..errors import EffdnnError
 from ..registry import PRUNE, StrictModel
 from ..utils.batches import batch_input, model_device
+from ..utils.batchnorm import recalibrate_batchnorm
 from .masks import channel_keep
-from .saliency import channel_saliency
+from .saliency import channel_saliency, group_l1
 from .select import check_ratio_patterns, layer_ratio, select_layers
 from .surgery import keep_inputs, keep_norm, keep_outputs
 
@@ -204,7 +209,7 @@ class StructuredConfig(StrictModel):
     """Channel (filter) pruning with physical removal."""
 
     method: Literal["channel"] = "channel"
-    saliency: Literal["l1", "bn_gamma", "taylor", "magnitude", "taylor_weight", "obd"] = "l1"
+    saliency: Literal["l1", "group_l1", "bn_gamma", "taylor", "magnitude", "taylor_weight", "obd"] = "l1"
     sparsity: float = Field(..., ge=0, lt=1, description="fraction of each group's channels removed")
     layer_sparsity: dict[str, float] = Field(default_factory=dict, description="pattern -> fraction of channels removed "
                                              "from the groups it matches a producer of (first match wins; the others "
@@ -215,6 +220,8 @@ class StructuredConfig(StrictModel):
     batches: int = Field(8, ge=1)
     hessian: Literal["fisher", "hutchinson"] = "fisher"
     samples: int = Field(8, ge=1)
+    bn_recalibration: int = Field(0, ge=0, description="after the surgery, re-estimate every BatchNorm's running "
+                                  "statistics on this many calibration batches (EagleEye's adaptive BN); 0: off")
 
     @field_validator("layer_sparsity")
     @classmethod
@@ -239,12 +246,18 @@ def prune_channels(model: nn.Module, example_input: torch.Tensor, config: Struct
         for norm, after in g.norms:
             if after:
                 norms_after[after] = mods[norm]
-    scores = channel_saliency(config.saliency, model, producers, norms_after, data, batches=config.batches,
-                              hessian=config.hessian, samples=config.samples) if producers else {}
+    per_group = config.saliency == "group_l1"
+    scores = {} if per_group or not producers else channel_saliency(
+        config.saliency, model, producers, norms_after, data, batches=config.batches, hessian=config.hessian,
+        samples=config.samples)
     check_ratio_patterns(config.layer_sparsity, producers)
     done = []
     for g in todo:
-        score = sum(scores[p].float().cpu() for p in g.producers)
+        if per_group:
+            score = group_l1([mods[p] for p in g.producers], [mods[n] for n, _ in g.norms],
+                             [(mods[c], spatial) for c, spatial in g.consumers])
+        else:
+            score = sum(scores[p].float().cpu() for p in g.producers)
         keep = channel_keep(score, layer_ratio(config.layer_sparsity, g.producers, config.sparsity), config.round_to)
         done.append({"producers": g.producers, "channels": g.size, "kept": int(len(keep))})
         if len(keep) == g.size:
@@ -266,9 +279,12 @@ def structured_transform(model: nn.Module, config: StructuredConfig, ctx: Any) -
     else:
         calib = list(itertools.islice(iter(ctx.calib_loader(config.batches)), config.batches))
         example = batch_input(calib[0])[:8].to(model_device(model))
-    if config.saliency not in ("l1", "bn_gamma") and calib is None:
+    if config.saliency not in ("l1", "group_l1", "bn_gamma") and calib is None:
         calib = list(itertools.islice(iter(ctx.calib_loader(config.batches)), config.batches))
     info = prune_channels(model, example, config, calib)
+    if config.bn_recalibration:
+        info["bn_recalibration_batches"] = recalibrate_batchnorm(model, ctx.calib_loader(config.bn_recalibration),
+                                                                 config.bn_recalibration)
     ctx.extra["structured"] = info
     return model
 

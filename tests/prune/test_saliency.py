@@ -4,7 +4,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from effdnn.errors import EffdnnError
-from effdnn.prune.saliency import (channel_saliency, fisher_diagonal, hutchinson_diagonal, weight_saliency)
+from effdnn.prune.saliency import (channel_saliency, fisher_diagonal, group_l1, hutchinson_diagonal, input_l1,
+                                    weight_saliency)
 
 
 def _linear_model():
@@ -133,3 +134,19 @@ def test_channel_taylor_matches_a_slow_reference(tiny, tiny_data):
             acc += (a * a.grad).mean((2, 3)).abs()[0].detach()
             n += 1
     torch.testing.assert_close(got, acc / n, rtol=1e-4, atol=1e-9)
+
+
+def test_group_l1_by_hand_with_a_flattened_consumer():
+    """Each term (filter L1, |gamma|, consumer columns L1) over its mean, summed per channel."""
+    conv = nn.Conv2d(1, 3, 1, bias=False)
+    bn = nn.BatchNorm2d(3)
+    fc = nn.Linear(3 * 2, 1, bias=False)  # after a flatten of 3 x 1 x 2 maps: channel c owns columns 2c, 2c + 1
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([1.0, -2.0, 3.0]).reshape(3, 1, 1, 1))  # L1 1, 2, 3: mean 2
+        bn.weight.copy_(torch.tensor([0.5, -0.5, 2.0]))  # 0.5, 0.5, 2: mean 1
+        fc.weight.copy_(torch.tensor([[4.0, -4.0, 0.0, 1.0, 1.0, 0.0]]))  # 8, 1, 1: mean 10 / 3
+    assert input_l1(fc, spatial=2).tolist() == [8.0, 1.0, 1.0]
+    want = torch.tensor([1 / 2 + 0.5 / 1 + 8 * 3 / 10, 2 / 2 + 0.5 / 1 + 1 * 3 / 10, 3 / 2 + 2 / 1 + 1 * 3 / 10])
+    torch.testing.assert_close(group_l1([conv], [bn], [(fc, 2)]), want)
+    conv2 = nn.Conv2d(3, 2, 3, bias=False)  # a conv consumer: L1 over (outputs, kernel) per input channel
+    torch.testing.assert_close(input_l1(conv2), conv2.weight.detach().abs().sum((0, 2, 3)))

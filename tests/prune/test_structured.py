@@ -110,3 +110,81 @@ def test_layer_sparsity_sets_a_groups_ratio(tiny):
         prune_channels(copy.deepcopy(tiny), x, StructuredConfig(sparsity=0.25, layer_sparsity={"fc*": 0.5}))
     with pytest.raises(EffdnnError, match=r"layer_sparsity.*\[0, 1\)"):
         effdnn.prune(copy.deepcopy(tiny), {"method": "channel", "sparsity": 0.25, "layer_sparsity": {"conv1": 1.0}})
+
+
+def test_group_l1_removes_the_channels_nobody_reads(tiny):
+    """Channels of conv2 whose fc columns are zero are dead: group_l1 (which sees the consumer) removes
+    them and the output does not move; l1 looks at conv2's filters alone and removes others."""
+    x = torch.randn(4, 1, 8, 8)
+    dead = [2, 5, 9]
+    with torch.no_grad():
+        tiny.conv2.weight.mul_(10.0 / tiny.conv2.weight.abs().sum((1, 2, 3), keepdim=True))  # every filter L1 = 10 ...
+        tiny.conv2.weight[dead] *= 1.5  # ... the dead ones the largest
+        tiny.fc.weight.view(5, 12, 16)[:, dead] = 0.0
+    by_filter = copy.deepcopy(tiny)
+    want = tiny(x)
+    cfg = dict(sparsity=0.25, layers=["conv2"])
+    info = prune_channels(tiny, x, StructuredConfig(saliency="group_l1", **cfg))
+    assert info["groups"] == [{"producers": ["conv2"], "channels": 12, "kept": 9}]
+    assert (tiny.fc.weight != 0).all()  # the zero columns went with their channels
+    torch.testing.assert_close(tiny(x), want, rtol=1e-5, atol=1e-6)
+    prune_channels(by_filter, x, StructuredConfig(saliency="l1", **cfg))
+    assert (by_filter.fc.weight == 0).any()  # l1 kept the dead channels (largest filters)
+
+
+def test_group_l1_on_a_residual_network():
+    torch.manual_seed(0)
+    m = build_model("resnet", 1, 10, (8, 8), depth=8, width=8).eval()
+    effdnn.prune(m, {"method": "channel", "saliency": "group_l1", "sparsity": 0.5}, [torch.randn(2, 1, 8, 8)])
+    assert sorted({c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)}) == [4, 8, 16]
+    assert m(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_recalibrate_batchnorm_sets_the_cumulative_batch_statistics():
+    """Running mean = the average of the batch means, running var = the average of the (unbiased) batch
+    variances, over the given batches; momentum, modes and weights are restored / untouched."""
+    from effdnn.utils.batchnorm import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3, momentum=0.3), nn.ReLU()).train()
+    batches = [torch.randn(8, 1, 6, 6) * (i + 1) for i in range(3)]
+    w = m[0].weight.detach().clone()
+    assert recalibrate_batchnorm(m, batches, limit=2) == 2
+    with torch.no_grad():
+        pre = [m[0](x) for x in batches[:2]]
+    mean = torch.stack([p.mean((0, 2, 3)) for p in pre]).mean(0)
+    var = torch.stack([p.transpose(0, 1).reshape(3, -1).var(1) for p in pre]).mean(0)
+    torch.testing.assert_close(m[1].running_mean, mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(m[1].running_var, var, rtol=1e-5, atol=1e-6)
+    assert m[1].momentum == 0.3 and m.training and m[1].training and torch.equal(m[0].weight, w)
+
+
+def test_bn_recalibration_after_surgery_centres_every_batchnorm_on_the_data():
+    """After channel surgery with adaptive BN on one calibration batch, every BatchNorm's output on that
+    batch (eval mode) has per-channel mean = its beta: the statistics describe the pruned network."""
+    torch.manual_seed(0)
+    m = build_model("resnet", 1, 10, (8, 8), depth=8, width=8)
+    x = torch.randn(128, 1, 8, 8)
+    with torch.no_grad():  # train a little so the stored statistics are the dense network's, not (0, 1)
+        m.train()
+        for _ in range(3):
+            m(x)
+    m.eval()
+
+    def centring_error(recalibrate: int) -> float:
+        pruned = effdnn.prune(copy.deepcopy(m), {"method": "channel", "saliency": "group_l1", "sparsity": 0.5,
+                                                  "bn_recalibration": recalibrate}, [x])
+        outs = {}
+        hooks = [bn.register_forward_hook(lambda mod, a, o: outs.__setitem__(mod, o))
+                 for bn in pruned.modules() if isinstance(bn, nn.BatchNorm2d)]
+        with torch.no_grad():
+            pruned(x)
+        for h in hooks:
+            h.remove()
+        assert len(outs) >= 7
+        return max(float((o.mean((0, 2, 3)) - bn.bias.detach()).abs().max()) for bn, o in outs.items())
+
+    # not exactly 0: while recalibrating, the BatchNorms upstream normalise by the biased batch variance,
+    # in eval mode by the unbiased running one (a factor sqrt(n / (n - 1)), n = 128 x 2 x 2 in the last stage)
+    assert centring_error(4) < 2e-3
+    assert centring_error(0) > 0.05  # the stored statistics were the dense network's

@@ -30,6 +30,7 @@ from ...formats.ste import clipped_ste
 from ...registry import StrictModel
 from ...hooks import Callback
 from ...utils.batches import forward as run_batch, iter_inputs, model_device
+from ...utils.batchnorm import recalibrate_batchnorm
 from ..bitpack import packed_bytes
 from ..fake_quant import Quantizer
 from ..modules import QuantLayerMixin
@@ -282,26 +283,12 @@ def insert_output_bn(model: nn.Module, names: list[str], stats: dict[str, tuple[
         setattr(mods[parent] if parent else model, attr, wrapped)
 
 
-@torch.no_grad()
 def init_bn_statistics(model: nn.Module, batches: Any, limit: int) -> int:
     """Set the inserted BatchNorms' running mean / variance to their cumulative averages over a few
     batches (the rest of the model in eval mode), so a binarised model is usable before fine-tuning."""
     bns = [m.bn for m in model.modules() if isinstance(m, SignActivation)]
     bns += [m[1] for m in model.modules() if isinstance(m, OutputBatchNorm)]
-    was = model.training
-    model.eval()
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-        bn.train()
-    seen = 0
-    for x in iter_inputs(batches, limit, model_device(model)):
-        run_batch(model, x)
-        seen += 1
-    for bn in bns:
-        bn.momentum = 0.1
-    model.train(was)
-    return seen
+    return recalibrate_batchnorm(model, batches, limit, bns)
 
 
 def binarize(model: nn.Module, config: BinaryMethodConfig, ctx: ExperimentContext, method: str,

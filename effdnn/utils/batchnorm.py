@@ -1,0 +1,43 @@
+"""BatchNorm statistics re-estimated on data: after surgery or binarisation the stored running means and
+variances describe a network that no longer exists."""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from .batches import forward, iter_inputs, model_device
+
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any], limit: int,
+                          norms: list[nn.Module] | None = None) -> int:
+    """Set the running mean / variance of ``norms`` (default: every BatchNorm with running statistics) to
+    their cumulative averages over the first ``limit`` batches, the rest of the model in eval mode: the
+    adaptive BatchNorm of EagleEye (Li et al. 2020, section 3.2). Weights and affine parameters are not
+    touched; modes and momenta are restored. Returns the number of batches seen."""
+    if norms is None:
+        norms = [m for m in model.modules() if isinstance(m, _NORMS) and m.track_running_stats]
+    if not norms:
+        return 0
+    modes = {m: m.training for m in model.modules()}
+    momenta = [bn.momentum for bn in norms]
+    model.eval()
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average: every batch weighs alike
+        bn.train()
+    seen = 0
+    try:
+        for x in iter_inputs(batches, limit, model_device(model)):
+            forward(model, x)
+            seen += 1
+    finally:
+        for bn, mom in zip(norms, momenta):
+            bn.momentum = mom
+        for m, was in modes.items():
+            m.train(was)
+    return seen
