@@ -7,6 +7,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from ..errors import EffdnnError
 from .batches import forward, iter_inputs, model_device
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -17,14 +18,16 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any], limit: int,
                           norms: list[nn.Module] | None = None) -> int:
     """Set the running mean / variance of ``norms`` (default: every BatchNorm with running statistics) to
     their cumulative averages over the first ``limit`` batches, the rest of the model in eval mode: the
-    adaptive BatchNorm of EagleEye (Li et al. 2020, section 3.2). Weights and affine parameters are not
-    touched; modes and momenta are restored. Returns the number of batches seen."""
+    adaptive BatchNorm of EagleEye (Li et al. 2020, "EagleEye: fast sub-net evaluation for efficient neural
+    network pruning"). Weights and affine parameters are not touched; modes and momenta are restored, and
+    so are the old statistics when no batch came or a forward pass failed. Returns the batches seen."""
     if norms is None:
         norms = [m for m in model.modules() if isinstance(m, _NORMS) and m.track_running_stats]
     if not norms:
         return 0
     modes = {m: m.training for m in model.modules()}
     momenta = [bn.momentum for bn in norms]
+    saved = [{k: v.clone() for k, v in bn.state_dict().items()} for bn in norms]
     model.eval()
     for bn in norms:
         bn.reset_running_stats()
@@ -35,6 +38,12 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any], limit: int,
         for x in iter_inputs(batches, limit, model_device(model)):
             forward(model, x)
             seen += 1
+        if not seen:
+            raise EffdnnError("BatchNorm recalibration: the calibration data has no batch")
+    except BaseException:
+        for bn, state in zip(norms, saved):
+            bn.load_state_dict(state)
+        raise
     finally:
         for bn, mom in zip(norms, momenta):
             bn.momentum = mom

@@ -188,3 +188,15 @@ def test_bn_recalibration_after_surgery_centres_every_batchnorm_on_the_data():
     # in eval mode by the unbiased running one (a factor sqrt(n / (n - 1)), n = 128 x 2 x 2 in the last stage)
     assert centring_error(4) < 2e-3
     assert centring_error(0) > 0.05  # the stored statistics were the dense network's
+
+
+def test_recalibrate_batchnorm_without_batches_is_an_error_and_keeps_the_statistics():
+    from effdnn.errors import EffdnnError
+    from effdnn.utils.batchnorm import recalibrate_batchnorm
+
+    m = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2))
+    with torch.no_grad():
+        m[1].running_mean.fill_(3.0)
+    with pytest.raises(EffdnnError, match="no batch"):
+        recalibrate_batchnorm(m, [], limit=4)
+    assert m[1].running_mean.tolist() == [3.0, 3.0] and m[1].momentum == 0.1
