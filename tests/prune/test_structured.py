@@ -186,7 +186,7 @@ def test_bn_recalibration_after_surgery_centres_every_batchnorm_on_the_data():
 
     # not exactly 0: while recalibrating, the BatchNorms upstream normalise by the biased batch variance,
     # in eval mode by the unbiased running one (a factor sqrt(n / (n - 1)), n = 128 x 2 x 2 in the last stage)
-    assert centring_error(4) < 2e-3
+    assert centring_error(4) < 5e-3  # 1.4e-3 here
     assert centring_error(0) > 0.05  # the stored statistics were the dense network's
 
 
