@@ -42,6 +42,11 @@ from effdnn.models import build_model  # noqa: E402
 from effdnn.utils.batchnorm import recalibrate_batchnorm  # noqa: E402
 
 
+def labelled(dataset, indices) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels) of ``dataset`` at ``indices``, stacked."""
+    return (torch.stack([dataset[i][0] for i in indices]), torch.tensor([int(dataset[i][1]) for i in indices]))
+
+
 def rr_bench(variants: dict, x: torch.Tensor, rounds: int, per_round: int, warmup: int = 5) -> dict[str, float]:
     """Median latency (ms) of each variant, timed round-robin."""
     times = {k: [] for k in variants}
@@ -117,11 +122,10 @@ def main() -> None:
 
         data = load_data("fashion-mnist")
         n = max(1000, args.batch)
-        test = (torch.stack([data.test[i][0] for i in range(n)]), torch.tensor([int(data.test[i][1]) for i in range(n)]))
+        test = labelled(data.test, range(n))
         if args.bn_recalibration:  # training images: 64 per batch, the first of a seeded shuffle
             order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[:64 * args.bn_recalibration]
-            calib = [(torch.stack([data.train[int(i)][0] for i in chunk]), torch.tensor([int(data.train[int(i)][1]) for i in chunk]))
-                     for chunk in order.split(64)]
+            calib = [labelled(data.train, chunk.tolist()) for chunk in order.split(64)]
     elif args.bn_recalibration:
         raise SystemExit("--bn-recalibration needs --weights (a trained model and the training images)")
     adabn = {"bn_recalibration": args.bn_recalibration}

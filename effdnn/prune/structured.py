@@ -33,13 +33,12 @@ from torch.fx.passes.shape_prop import ShapeProp
 from ..errors import EffdnnError
 from ..registry import PRUNE, StrictModel
 from ..utils.batches import batch_input, model_device
-from ..utils.batchnorm import recalibrate_batchnorm
+from ..utils.batchnorm import BATCH_NORMS, recalibrate_batchnorm
 from .masks import channel_keep
 from .saliency import channel_saliency, group_l1
 from .select import check_ratio_patterns, layer_ratio, select_layers
 from .surgery import keep_inputs, keep_norm, keep_outputs
 
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardtanh,
                  nn.Hardswish, nn.Identity, nn.Dropout, nn.Dropout2d, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d,
                  nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -156,7 +155,7 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
                 uf.get(first[0]).consumers.append((name, first[1]))
                 info[node] = (uf.new(mod.out_features), 1)
                 uf.get(info[node][0]).producers.append(name)
-            elif isinstance(mod, _NORMS) and first is not None and first[1] == 1:
+            elif isinstance(mod, BATCH_NORMS) and first is not None and first[1] == 1:
                 prev = node.args[0]
                 after = str(prev.target) if prev.op == "call_module" and str(prev.target) in uf.get(first[0]).producers else ""
                 uf.get(first[0]).norms.append((name, after))

@@ -10,7 +10,7 @@ from torch import nn
 from ..errors import EffdnnError
 from .batches import forward, iter_inputs, model_device
 
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 @torch.no_grad()
@@ -22,7 +22,7 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any], limit: int,
     network pruning"). Weights and affine parameters are not touched; modes and momenta are restored, and
     so are the old statistics when no batch came or a forward pass failed. Returns the batches seen."""
     if norms is None:
-        norms = [m for m in model.modules() if isinstance(m, _NORMS) and m.track_running_stats]
+        norms = [m for m in model.modules() if isinstance(m, BATCH_NORMS) and m.track_running_stats]
     if not norms:
         return 0
     modes = {m: m.training for m in model.modules()}
