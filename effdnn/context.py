@@ -88,6 +88,8 @@ class ExperimentContext:
                      checkpoint_dir=ckpt, resume=self.resume, callbacks=[*self.callbacks, *extra_callbacks], desc=desc,
                      teacher=self.teacher if spec.distill is not None else None)
         self.train_result = result
+        if spec.swa is not None:
+            self.extra.setdefault("swa_models", {})[desc] = result.swa_models
         return result
 
     def fresh_copy(self, model: nn.Module) -> nn.Module:

@@ -153,6 +153,8 @@ class Runner:
                           checkpoint_dir=bdir / "ckpt", resume=self.resume, desc="baseline")
                 extra = {"epochs": spec.epochs, "epoch_time_s": res.epoch_time_s,
                          "final_train_loss": res.history[-1]["loss"] if res.history else None}
+                if spec.swa is not None:
+                    extra["swa_models"] = res.swa_models
             if ddp.is_main():
                 for d in {bdir, baseline_cache() / key} - {found}:
                     save_atomic(model.state_dict(), d / "model.pt")

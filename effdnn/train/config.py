@@ -17,6 +17,19 @@ class DistillSpec(StrictModel):
     temperature: float = Field(4.0, gt=0)
 
 
+class SWASpec(StrictModel):
+    """Stochastic Weight Averaging (Izmailov et al. 2018, "Averaging weights leads to wider optima and
+    better generalization", Algorithm 1): the last ``epochs`` epochs of the run keep the learning rate
+    constant at ``lr``; every ``every`` steps the running average w_swa <- (n w_swa + w) / (n + 1) takes
+    the weights in; at the end the model takes w_swa and its BatchNorm statistics are recomputed on
+    ``bn_batches`` training batches (all of them when unset), since the averaged weights never ran."""
+
+    epochs: int = Field(ge=1, description="the averaging phase: the run's last epochs")
+    lr: float = Field(gt=0, description="the constant learning rate of the averaging phase")
+    every: int = Field(1, ge=1, description="optimizer steps between two averaged models")
+    bn_batches: int | None = Field(None, ge=1, description="training batches that re-estimate BatchNorm")
+
+
 class TrainSpec(StrictModel):
     """How to train. ``checkpoint`` (baseline only) loads weights instead of training."""
 
@@ -36,18 +49,28 @@ class TrainSpec(StrictModel):
     batch_size: int | None = Field(None, ge=1, description="overrides data.batch_size")
     checkpoint: str | None = None
     distill: DistillSpec | None = Field(None, description="finetune only: learn from the baseline model's soft outputs")
+    swa: SWASpec | None = Field(None, description="average the weights of the run's last epochs (SWA)")
 
     @model_serializer(mode="wrap")
-    def _omit_unset_distill(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Without distillation the dump is what it was before the field existed: the cache keys of
-        trained baselines and finished experiments are hashes of these dumps."""
+    def _omit_unset_blocks(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Without distillation or averaging the dump is what it was before those fields existed: the
+        cache keys of trained baselines and finished experiments are hashes of these dumps."""
         data = handler(self)
-        if isinstance(data, dict) and data.get("distill") is None:
-            data.pop("distill", None)
+        if isinstance(data, dict):
+            for key in ("distill", "swa"):
+                if data.get(key) is None:
+                    data.pop(key, None)
         return data
+
+    @property
+    def schedule_epochs(self) -> int:
+        """Epochs the learning-rate schedule spans: all of them, less an averaging phase."""
+        return self.epochs - (self.swa.epochs if self.swa else 0)
 
     @model_validator(mode="after")
     def _nesterov_needs_sgd(self) -> "TrainSpec":
         if self.nesterov and self.optimizer != "sgd":
             raise ValueError("nesterov applies to optimizer sgd only")
+        if self.swa is not None and self.swa.epochs > self.epochs:
+            raise ValueError(f"swa.epochs ({self.swa.epochs}) must not exceed epochs ({self.epochs})")
         return self

@@ -21,6 +21,7 @@ from ..errors import EffdnnError
 from ..utils.batches import batch_input, forward, move, model_device
 from . import distributed as ddp
 from ..hooks import Callback
+from .averaging import WeightAverager
 from .checkpoint import load_checkpoint, save_atomic
 from .config import TrainSpec
 
@@ -32,6 +33,7 @@ class TrainResult:
     epochs: int
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from: int = 0
+    swa_models: int = 0  # weight sets averaged (TrainSpec.swa), 0 without averaging
 
     @property
     def epoch_time_s(self) -> float:
@@ -48,12 +50,15 @@ def make_optimizer(params: Iterable[nn.Parameter], spec: TrainSpec) -> torch.opt
 
 
 def lr_factor(spec: TrainSpec, step: int, steps_per_epoch: int) -> float:
-    """Learning-rate multiplier at a global step: linear warm-up, then none / cosine / step decay."""
+    """Learning-rate multiplier at a global step: linear warm-up, then none / cosine / step decay over
+    ``spec.schedule_epochs``, then SWA's constant rate for the averaging phase."""
     epoch = step / steps_per_epoch
+    if spec.swa is not None and epoch >= spec.schedule_epochs:
+        return spec.swa.lr / spec.lr
     if spec.warmup_epochs and epoch < spec.warmup_epochs:
         return (step + 1) / (spec.warmup_epochs * steps_per_epoch)
     if spec.schedule == "cosine":
-        total = max(spec.epochs * steps_per_epoch, 1)
+        total = max(spec.schedule_epochs * steps_per_epoch, 1)
         return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
     if spec.schedule == "step":
         return spec.gamma ** int(epoch // spec.step_size)
@@ -104,7 +109,9 @@ def fit(
     With ``checkpoint_dir`` a checkpoint is written atomically after each epoch; ``resume=True`` then
     continues from it and reaches the same final weights as an uninterrupted run. Under torchrun the
     model is wrapped in DistributedDataParallel and only rank 0 writes checkpoints. ``spec.distill``
-    adds the distillation term against ``teacher``'s outputs (``distillation_loss``).
+    adds the distillation term against ``teacher``'s outputs (``distillation_loss``); ``spec.swa``
+    averages the weights of the last epochs (``averaging.WeightAverager``) and the model ends with the
+    average, its BatchNorm statistics recomputed, before the callbacks' ``on_fit_end``.
     """
     if spec.distill is not None and teacher is None:
         raise EffdnnError(f"{desc}: distill needs a teacher model (in a recipe: the experiment's baseline)")
@@ -119,6 +126,7 @@ def fit(
     net: nn.Module = DistributedDataParallel(model) if ddp.world_size() > 1 else model
     optimizer = make_optimizer(model.parameters(), spec)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(spec, s, steps_per_epoch))
+    averager = WeightAverager(model, spec, steps_per_epoch) if spec.swa is not None else None
     takers = [cb for cb in callbacks if type(cb).backward_step is not Callback.backward_step]
     if len(takers) > 1:
         raise EffdnnError(f"two techniques both take over the optimizer step: {[type(c).__name__ for c in takers]}")
@@ -139,6 +147,8 @@ def fit(
         torch.set_rng_state(state["rng"])
         for cb, s in zip(callbacks, state["callbacks"]):
             cb.load_state_dict(s)
+        if averager is not None:
+            averager.load_state_dict(state["swa"])
         start = result.resumed_from = int(state["epoch"])
         result.history = list(state["history"])
         if log and ddp.is_main():
@@ -181,6 +191,8 @@ def fit(
             scheduler.step()
             for cb in callbacks:
                 cb.after_step(model, optimizer)
+            if averager is not None:
+                averager.after_step(model, epoch * steps_per_epoch + step + 1)
             n = y.numel()
             total += n
             correct += int((logits.argmax(1) == y).sum())
@@ -198,8 +210,12 @@ def fit(
             save_atomic({"fingerprint": fp, "epoch": epoch + 1, "model": model.state_dict(),
                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "rng": torch.get_rng_state(), "callbacks": [cb.state_dict() for cb in callbacks],
-                         "history": result.history}, ckpt)
+                         "history": result.history, "swa": averager.state_dict() if averager else None}, ckpt)
         ddp.barrier()
+    if averager is not None:
+        sampler.set_epoch(spec.epochs)  # the same BatchNorm batches whether or not the run was resumed
+        averager.finish(model, loader)
+        result.swa_models = averager.count
     for cb in callbacks:
         cb.on_fit_end(model)
     if teacher is not None:
