@@ -24,6 +24,7 @@ from ..hooks import Callback
 from .averaging import WeightAverager
 from .checkpoint import load_checkpoint, save_atomic
 from .config import TrainSpec
+from .teacher import TeacherLogits
 
 CHECKPOINT = "last.pt"
 
@@ -109,7 +110,8 @@ def fit(
     With ``checkpoint_dir`` a checkpoint is written atomically after each epoch; ``resume=True`` then
     continues from it and reaches the same final weights as an uninterrupted run. Under torchrun the
     model is wrapped in DistributedDataParallel and only rank 0 writes checkpoints. ``spec.distill``
-    adds the distillation term against ``teacher``'s outputs (``distillation_loss``); ``spec.swa``
+    adds the distillation term against ``teacher``'s outputs (``distillation_loss``; computed once
+    before training for a ``TensorDataset``, ``teacher.TeacherLogits``); ``spec.swa``
     averages the weights of the last epochs (``averaging.WeightAverager``) and the model ends with the
     average, its BatchNorm statistics recomputed, before the callbacks' ``on_fit_end``.
     """
@@ -127,6 +129,7 @@ def fit(
     optimizer = make_optimizer(model.parameters(), spec)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(spec, s, steps_per_epoch))
     averager = WeightAverager(model, spec, steps_per_epoch) if spec.swa is not None else None
+    soft_targets = TeacherLogits(teacher, train, device, _logits) if spec.distill is not None else None
     takers = [cb for cb in callbacks if type(cb).backward_step is not Callback.backward_step]
     if len(takers) > 1:
         raise EffdnnError(f"two techniques both take over the optimizer step: {[type(c).__name__ for c in takers]}")
@@ -163,15 +166,16 @@ def fit(
         total, correct, loss_sum = 0, 0, 0.0
         bar = tqdm(loader, total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{spec.epochs}", leave=False,
                    disable=None if ddp.is_main() else True, file=sys.stderr)
+        # the items of each batch, in the loader's order (the sampler is seeded by seed + epoch)
+        indices = iter(loader.batch_sampler) if soft_targets is not None and soft_targets.cached else None
         for step, batch in enumerate(bar):
             if step >= steps_per_epoch:
                 break
             x, y = _split(move(batch, device))
             logits = _logits(forward(net, x))
             loss = F.cross_entropy(logits, y, label_smoothing=spec.label_smoothing)
-            if spec.distill is not None:
-                with torch.no_grad():
-                    soft = _logits(forward(teacher, x))  # type: ignore[arg-type]
+            if soft_targets is not None and spec.distill is not None:
+                soft = soft_targets(x, next(indices) if indices is not None else None)
                 loss = distillation_loss(logits, soft, loss, spec.distill.alpha, spec.distill.temperature)
             if not torch.isfinite(loss):
                 raise EffdnnError(f"{desc}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; lower the learning rate")

@@ -135,3 +135,35 @@ def test_train_spec_dump_without_distill_is_unchanged():
     """Baseline cache keys and experiment keys hash these dumps: an unset distill must not change them."""
     assert "distill" not in TrainSpec().model_dump()
     assert TrainSpec(distill={"alpha": 0.3}).model_dump()["distill"] == {"alpha": 0.3, "temperature": 4.0}
+
+
+class _Listed(torch.utils.data.Dataset):
+    """The same examples as a TensorDataset, but not one: the teacher then runs at every step."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        return self.ds[i]
+
+
+def test_teacher_outputs_are_computed_once_for_a_fixed_dataset_and_train_alike():
+    from effdnn.train.config import DistillSpec
+
+    data = load_data("synthetic", n_train=256, n_test=64)
+    teacher = _model()
+    fit(teacher, data.train, TrainSpec(epochs=2, lr=0.01), batch_size=32, seed=3, log=False)
+    calls = []
+    teacher.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    spec = TrainSpec(epochs=3, optimizer="sgd", lr=0.05, distill=DistillSpec(alpha=0.7, temperature=3.0))
+    cached, stepwise = _model(), _model()
+    fit(cached, data.train, spec, batch_size=32, seed=3, log=False, teacher=teacher)
+    assert calls == [256]  # one pass over the 256 examples, none during the 3 epochs
+    calls.clear()
+    fit(stepwise, _Listed(data.train), spec, batch_size=32, seed=3, log=False, teacher=teacher)
+    assert calls == [32] * 24
+    for (k, p), q in zip(cached.state_dict().items(), stepwise.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=k)
