@@ -129,7 +129,9 @@ def fit(
     optimizer = make_optimizer(model.parameters(), spec)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(spec, s, steps_per_epoch))
     averager = WeightAverager(model, spec, steps_per_epoch) if spec.swa is not None else None
-    soft_targets = TeacherLogits(teacher, train, device, _logits) if spec.distill is not None else None
+    soft_targets = None
+    if spec.distill is not None:
+        soft_targets = TeacherLogits(teacher, train, device, _logits, spec.epochs * steps_per_epoch * batch_size)
     takers = [cb for cb in callbacks if type(cb).backward_step is not Callback.backward_step]
     if len(takers) > 1:
         raise EffdnnError(f"two techniques both take over the optimizer step: {[type(c).__name__ for c in takers]}")

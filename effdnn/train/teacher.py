@@ -4,7 +4,8 @@ A frozen teacher (eval mode) gives each training example the same logits in ever
 set is a plain ``TensorDataset`` (no random augmentation). Those logits are then computed in one pass
 before training and looked up by example index, which removes the teacher's forward pass from every
 step (about a quarter of a distilled step's work when teacher and student are alike). Any other data
-set, or one whose logits would not fit ``CACHE_LIMIT_BYTES``, runs the teacher at every step.
+set, a run that draws no more examples than the set holds, or logits that would not fit
+``CACHE_LIMIT_BYTES``, runs the teacher at every step.
 """
 from __future__ import annotations
 
@@ -23,10 +24,12 @@ class TeacherLogits:
     """``logits(x, indices)``: the teacher's outputs for a batch ``x`` made of dataset items ``indices``."""
 
     def __init__(self, teacher: nn.Module, dataset: Dataset, device: torch.device,
-                 to_logits: Callable[[Any], torch.Tensor], batch_size: int = 512) -> None:
+                 to_logits: Callable[[Any], torch.Tensor], examples: int, batch_size: int = 512) -> None:
+        """``examples``: how many the training run will draw; the table is built only when that exceeds
+        the data set (each example is then seen more than once, so one pass over all of them pays)."""
         self.teacher, self.to_logits = teacher, to_logits
         self.table: torch.Tensor | None = None
-        if isinstance(dataset, TensorDataset) and len(dataset):
+        if isinstance(dataset, TensorDataset) and 0 < len(dataset) < examples:
             self.table = self._all(dataset, device, batch_size)
 
     @torch.no_grad()

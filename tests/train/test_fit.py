@@ -167,3 +167,6 @@ def test_teacher_outputs_are_computed_once_for_a_fixed_dataset_and_train_alike()
     assert calls == [32] * 24
     for (k, p), q in zip(cached.state_dict().items(), stepwise.state_dict().values()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=k)
+    calls.clear()  # one epoch sees each example once: a table would not pay
+    fit(_model(), data.train, spec.model_copy(update={"epochs": 1}), batch_size=32, seed=3, log=False, teacher=teacher)
+    assert calls == [32] * 8
