@@ -1,4 +1,5 @@
 """A 2-process DDP run (torchrun, gloo on CPU) reaches the weights of a 1-process run of the same global batch."""
+import json
 import os
 import subprocess
 import sys
@@ -26,8 +27,10 @@ def _run(cmd, cwd, env):
 
 
 @pytest.mark.slow
-def test_two_process_ddp_equals_one_process(tmp_path):
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(RECIPE))
+@pytest.mark.parametrize("swa", [None, {"epochs": 1, "lr": 0.05, "every": 2}], ids=["plain", "swa"])
+def test_two_process_ddp_equals_one_process(tmp_path, swa):
+    recipe = {**RECIPE, "baseline": {**RECIPE["baseline"], **({"swa": swa} if swa else {})}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "EFFDNN_CACHE": str(tmp_path / "cache"),
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     _run([sys.executable, "-m", "effdnn.cli", "run", "r.yaml", "--out", "one"], tmp_path, env)
@@ -38,3 +41,6 @@ def test_two_process_ddp_equals_one_process(tmp_path):
     for k in one:
         assert torch.allclose(one[k], two[k], atol=1e-5), k
     assert (tmp_path / "two/report.json").is_file()
+    if swa:  # the second epoch's 8 global steps, one weight set every 2
+        for run in ("one", "two"):
+            assert json.loads((tmp_path / run / "baseline/meta.json").read_text())["train"]["swa_models"] == 4
