@@ -44,8 +44,7 @@ class WeightAverager:
         with torch.no_grad():
             for p, avg in zip(model.parameters(), self.average.module.parameters()):
                 p.copy_(avg)
-        limit = self.swa.bn_batches if self.swa.bn_batches is not None else 1 << 62
-        if recalibrate_batchnorm(model, batches, limit):
+        if recalibrate_batchnorm(model, batches, self.swa.bn_batches):
             for bn in (m for m in model.modules() if isinstance(m, BATCH_NORMS) and m.track_running_stats):
                 ddp.all_reduce_(bn.running_mean, "mean")
                 ddp.all_reduce_(bn.running_var, "mean")

@@ -14,10 +14,10 @@ BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any], limit: int,
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any], limit: int | None,
                           norms: list[nn.Module] | None = None) -> int:
     """Set the running mean / variance of ``norms`` (default: every BatchNorm with running statistics) to
-    their cumulative averages over the first ``limit`` batches, the rest of the model in eval mode: the
+    their cumulative averages over the first ``limit`` batches (all when None), the rest of the model in eval mode: the
     adaptive BatchNorm of EagleEye (Li et al. 2020, "EagleEye: fast sub-net evaluation for efficient neural
     network pruning"). Weights and affine parameters are not touched; modes and momenta are restored, and
     so are the old statistics when no batch came or a forward pass failed. Returns the batches seen."""
