@@ -7,7 +7,8 @@ Runs last in an experiment (after fine-tuning and finalizers). For every convolu
 its non-zeros (the pruning is done by the ``prune`` block before) are clustered into 2^bits shared
 values with the k-means format (``effdnn.formats.kmeans``, linear initialisation, the paper's best;
 a weight that already has no more distinct non-zero values, e.g. after k-means QAT, keeps them exactly);
-positions are stored as relative indices of ``index_bits`` with filler zeros; symbols and gaps are
+positions are stored as relative indices of ``index_bits`` with filler zeros (``auto``: each layer's
+width chosen for the smallest section); symbols and gaps are
 Huffman coded. Every other tensor is stored raw. The file is then read back into a copy of the model,
 which replaces it, so the accuracy measured is the accuracy of the file.
 
@@ -28,12 +29,13 @@ from __future__ import annotations
 
 import copy
 import tempfile
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -45,18 +47,28 @@ from ..prune.sparse import strip_sparse
 from ..quant.fold_bn import fold_batchnorm
 from ..registry import COMPRESS, StrictModel
 from ..train import TrainSpec, evaluate, fit
-from .container import Shared, load_into, read_container, write_container
+from .container import Shared, load_into, read_container, shared_payload, write_container
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CLASSES: dict[type, type] = {}
+
+
+def _index_bits(v: Any) -> Any:
+    if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 16):
+        return v
+    raise ValueError(f"must be an integer from 1 to 16 or 'auto', got {v!r}")
+
+
+IndexBits = Annotated[int | Literal["auto"], BeforeValidator(_index_bits)]
 
 
 class DeepCompressionConfig(StrictModel):
     method: Literal["deep-compression"] = "deep-compression"
     bits: int = Field(5, ge=1, le=10, description="shared-value bits of linear layers (paper: 5 for fc)")
     conv_bits: int | None = Field(None, ge=1, le=10, description="of convolutions (paper: 8); default: bits")
-    index_bits: int = Field(5, ge=1, le=16, description="relative-index bits of linear layers (paper: 5)")
-    conv_index_bits: int | None = Field(None, ge=1, le=16, description="of convolutions (paper: 8); default: index_bits")
+    index_bits: IndexBits = Field(5, description="relative-index bits of linear layers (paper: 5); auto: per "
+                                  "layer, the width whose file section is smallest")
+    conv_index_bits: IndexBits | None = Field(None, description="of convolutions (paper: 8); default: index_bits")
     huffman: bool = True
     fold_bn: bool = Field(False, description="fold BatchNorm into the conv / linear before it (the deployed form): "
                           "the file stores the folded weights and a bias instead of four BatchNorm vectors")
@@ -145,11 +157,23 @@ def _deployed_form(model: nn.Module, config: DeepCompressionConfig) -> tuple[nn.
     return model, select_layers(model, config.layers, config.exclude, "compress")
 
 
+AUTO_INDEX_BITS = range(1, 13)  # widths tried by index_bits: auto (the gap table holds 2^bits lengths)
+
+
+def smallest_index_bits(shared: Shared) -> Shared:
+    """``shared`` with the relative-index width (of ``AUTO_INDEX_BITS``) that makes its file section
+    smallest: narrow widths need filler zeros for long gaps, wide ones cost bits per entry and a larger
+    code table. The paper fixes 8 bits for convolutions and 5 for fully connected layers."""
+    options = [replace(shared, index_bits=b) for b in AUTO_INDEX_BITS]
+    return min(options, key=lambda s: len(shared_payload(s)))
+
+
 def _share(layer: nn.Module, config: DeepCompressionConfig) -> Shared:
     conv = isinstance(layer, _CONV)
     bits = (config.conv_bits or config.bits) if conv else config.bits
     ib = (config.conv_index_bits or config.index_bits) if conv else config.index_bits
-    return share_weight(layer.weight, bits, ib, config.init, config.huffman)
+    shared = share_weight(layer.weight, bits, 1 if ib == "auto" else ib, config.init, config.huffman)
+    return smallest_index_bits(shared) if ib == "auto" else shared
 
 
 def retrain_shared(model: nn.Module, config: DeepCompressionConfig, ctx: Any) -> tuple[nn.Module, dict[str, Any]]:

@@ -226,3 +226,26 @@ def test_fuzz_container_reader(tmp_path_factory, muts, seed):
     assert len(files) == FILES_PER_EXAMPLE
     for f in files:
         _parse(f)
+
+
+def test_auto_index_bits_picks_each_layers_smallest_section(tmp_path):
+    from dataclasses import replace
+
+    from effdnn.compress.container import shared_payload
+    from effdnn.compress.deep_compression import AUTO_INDEX_BITS, smallest_index_bits
+
+    rng = np.random.default_rng(0)
+    for density in (0.5, 0.05, 0.005):  # short gaps want narrow indices, long ones wide indices
+        positions = np.sort(rng.choice(20000, size=int(20000 * density), replace=False))
+        sh = Shared((20000,), np.linspace(-1, 1, 8, dtype=np.float32), positions, rng.integers(0, 8, len(positions)), 5)
+        best = smallest_index_bits(sh)
+        sizes = {b: len(shared_payload(replace(sh, index_bits=b))) for b in AUTO_INDEX_BITS}
+        assert len(shared_payload(best)) == min(sizes.values()) and best.index_bits in AUTO_INDEX_BITS
+        assert np.array_equal(best.positions, sh.positions) and np.array_equal(best.codes, sh.codes)
+    m = _pruned_small()
+    fixed, _ = encode_model(copy.deepcopy(m), DeepCompressionConfig(bits=3, index_bits=3), tmp_path / "f.edc")
+    auto, details = encode_model(copy.deepcopy(m), DeepCompressionConfig(bits=3, index_bits="auto"), tmp_path / "a.edc")
+    assert (tmp_path / "a.edc").stat().st_size <= (tmp_path / "f.edc").stat().st_size
+    for (k, a), b in zip(fixed.state_dict().items(), auto.state_dict().values()):
+        assert torch.equal(a, b), k  # the same weights, only the index width differs
+    assert all(1 <= d["index_bits"] <= 12 for d in details["layers"].values())
