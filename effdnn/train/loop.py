@@ -128,7 +128,7 @@ def fit(
     net: nn.Module = DistributedDataParallel(model) if ddp.world_size() > 1 else model
     optimizer = make_optimizer(model.parameters(), spec)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(spec, s, steps_per_epoch))
-    averager = WeightAverager(model, spec, steps_per_epoch) if spec.swa is not None else None
+    averager = WeightAverager(spec, steps_per_epoch) if spec.swa is not None else None
     soft_targets = None
     if spec.distill is not None:
         soft_targets = TeacherLogits(teacher, train, device, _logits, spec.epochs * steps_per_epoch * batch_size)

@@ -97,3 +97,20 @@ def test_resume_in_the_averaging_phase_equals_uninterrupted_run(tmp_path):
     assert res.resumed_from == 3 and res.swa_models == 8
     for (k, p), q in zip(ref.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(p, q), k
+
+
+def test_recipe_with_gradual_pruning_and_swa_ends_sparse_and_reports_the_averaged_sets(tmp_path):
+    """The pruning masks appear (as buffers) after fit starts; the average must not mind."""
+    import effdnn
+
+    recipe = {
+        "name": "swa", "seed": 0,
+        "data": {"name": "synthetic", "batch_size": 32, "kwargs": {"n_train": 256, "n_test": 64, "size": 12}},
+        "model": {"name": "resnet", "kwargs": {"depth": 8, "width": 4}},
+        "baseline": {"epochs": 1, "lr": 0.003},
+        "experiments": [{"name": "agp-swa", "prune": {"method": "lamp", "sparsity": 0.7, "schedule": "agp", "end": 0.5},
+                         "finetune": {"epochs": 3, "lr": 0.002, "swa": {"epochs": 1, "lr": 0.001, "every": 4}}}],
+    }
+    row = effdnn.run(recipe, out=tmp_path)["experiments"][0]
+    assert row["swa_models"] == {"agp-swa": 2}  # by training run; 8 steps in the averaging epoch, one set every 4
+    assert row["weight_sparsity"] == pytest.approx(0.7, abs=0.01)
