@@ -12,7 +12,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from ..utils.batchnorm import BATCH_NORMS, recalibrate_batchnorm
+from ..utils.batchnorm import recalibrate_batchnorm, running_batchnorms
 from . import distributed as ddp
 from .config import TrainSpec
 
@@ -50,7 +50,7 @@ class WeightAverager:
             for p, avg in zip(model.parameters(), self.average, strict=True):
                 p.copy_(avg)
         if recalibrate_batchnorm(model, batches, self.swa.bn_batches):
-            for bn in (m for m in model.modules() if isinstance(m, BATCH_NORMS) and m.track_running_stats):
+            for bn in running_batchnorms(model):
                 ddp.all_reduce_(bn.running_mean, "mean")
                 ddp.all_reduce_(bn.running_var, "mean")
 

@@ -13,6 +13,11 @@ from .batches import forward, iter_inputs, model_device
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
+def running_batchnorms(model: nn.Module) -> list[nn.Module]:
+    """Every BatchNorm of ``model`` that keeps running statistics."""
+    return [m for m in model.modules() if isinstance(m, BATCH_NORMS) and m.track_running_stats]
+
+
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any], limit: int | None,
                           norms: list[nn.Module] | None = None) -> int:
@@ -22,7 +27,7 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any], limit: int |
     network pruning"). Weights and affine parameters are not touched; modes and momenta are restored, and
     so are the old statistics when no batch came or a forward pass failed. Returns the batches seen."""
     if norms is None:
-        norms = [m for m in model.modules() if isinstance(m, BATCH_NORMS) and m.track_running_stats]
+        norms = running_batchnorms(model)
     if not norms:
         return 0
     modes = {m: m.training for m in model.modules()}
