@@ -73,4 +73,6 @@ def _agp(p: Plan, step: int) -> float:
     return agp_sparsity(step, p.final, 0.0, t0, n, (t1 - t0) // n)
 
 
-SCHEDULES: dict[str, Callable[[Plan, int], float]] = {"oneshot": _oneshot, "iterative": _iterative, "agp": _agp}
+# rigl: the final sparsity throughout; its mask updates (rigl.py) run over span()
+SCHEDULES: dict[str, Callable[[Plan, int], float]] = {"oneshot": _oneshot, "iterative": _iterative, "agp": _agp,
+                                                     "rigl": _oneshot}

@@ -1,7 +1,8 @@
 """Unstructured (single-weight) and N:M pruning: the ``prune`` block with a weight saliency as method.
 
     prune: {method: magnitude | lamp | taylor | obd, sparsity: 0.9, scope: layer | global,
-            schedule: oneshot | iterative | agp, nm: "2:4", layers: [...], exclude: [...], splice: false}
+            schedule: oneshot | iterative | agp | rigl, nm: "2:4", layers: [...], exclude: [...], splice: false,
+            regrow: 0.3}
 
 The saliency (saliency.py) says which weights matter, the schedule (schedules.py) how many to cut at
 each fine-tuning step, the mask (masks.py) where; the layers keep their masks (sparse.py) so pruned
@@ -21,6 +22,7 @@ from ..registry import PRUNE, StrictModel
 from ..train.config import TrainSpec
 from .masks import check_sparsity, global_masks, nm_mask, topk_mask
 from .saliency import weight_saliency
+from .rigl import RigL
 from .schedules import Plan
 from .select import check_ratio_patterns, layer_ratio, select_layers
 from .sparse import MaskCallback, make_sparse
@@ -34,7 +36,7 @@ class UnstructuredConfig(StrictModel):
     scope: Literal["layer", "global"] = "layer"
     layer_sparsity: dict[str, float] = Field(default_factory=dict, description="scope 'layer': pattern -> that layer's "
                                              "final sparsity (first match wins; the others get 'sparsity')")
-    schedule: Literal["oneshot", "iterative", "agp"] = "oneshot"
+    schedule: Literal["oneshot", "iterative", "agp", "rigl"] = "oneshot"
     nm: str | None = Field(None, description="N:M pattern, e.g. '2:4' (keep N of every M); implies the sparsity")
     layers: list[str] | None = Field(None, description="fnmatch patterns of layers to prune (default: every conv / linear)")
     exclude: list[str] = Field(default_factory=list)
@@ -43,9 +45,11 @@ class UnstructuredConfig(StrictModel):
     samples: int = Field(16, ge=1, description="Hutchinson probe vectors per batch")
     begin: float = Field(0.0, ge=0, lt=1, description="fraction of fine-tuning where a gradual schedule starts")
     end: float = Field(0.75, gt=0, le=1, description="fraction of fine-tuning where it reaches the final sparsity")
-    steps: int = Field(10, ge=1, description="agp: pruning events; iterative: prune / fine-tune rounds")
+    steps: int = Field(10, ge=1, description="agp: pruning events; iterative: prune / fine-tune rounds; rigl: mask updates")
     splice: bool = Field(False, description="gradual magnitude schedules: pruned weights keep learning and come back when "
                          "they outgrow kept ones, until 'end' (Dynamic Network Surgery)")
+    regrow: float = Field(0.3, gt=0, le=1, description="rigl: fraction of each layer's weights moved at the first update "
+                          "(alpha; cosine-annealed to 0 at 'end')")
     finetune: TrainSpec | None = Field(None, description="Python API only: fine-tuning during which a gradual schedule runs")
 
     @field_validator("sparsity")
@@ -72,8 +76,12 @@ class UnstructuredConfig(StrictModel):
                 raise ValueError(f"layer_sparsity[{pat!r}]: must be in [0, 1), got {v}")
         if self.end <= self.begin:
             raise ValueError("end must come after begin")
-        if self.splice and (self.method != "magnitude" or self.schedule == "oneshot" or self.nm is not None):
+        if self.splice and (self.method != "magnitude" or self.schedule not in ("agp", "iterative") or self.nm is not None):
             raise ValueError("splice: only with method 'magnitude', a gradual schedule (agp / iterative) and no nm pattern")
+        if self.schedule == "rigl" and self.nm is not None:
+            raise ValueError("schedule 'rigl' moves single weights; it does not keep an nm pattern")
+        if "regrow" in self.model_fields_set and self.schedule != "rigl":
+            raise ValueError("regrow: only with schedule 'rigl'")
         return self
 
     @property
@@ -245,7 +253,12 @@ def prune_unstructured(model: nn.Module, config: UnstructuredConfig, ctx: Any) -
                           "(recipe) or prune.finetune: {epochs: N} with labelled data (Python API)")
     total = ctx.steps_per_epoch(spec) * spec.epochs
     plan = Plan(config.schedule, config.final_sparsity, total, config.begin, config.end, config.steps)
-    cb = ScheduledPruning(list(layers), config, plan, data)
+    cb: MaskCallback
+    if config.schedule == "rigl":  # the final sparsity from the start, then connections move (rigl.py)
+        apply_masks(layers, compute_masks(model, layers, config, config.final_sparsity, data))
+        cb = RigL(list(layers), config.regrow, plan.span(), config.steps)
+    else:
+        cb = ScheduledPruning(list(layers), config, plan, data)
     if ctx.finetune is not None:
         ctx.callbacks.append(cb)
         return model

@@ -44,3 +44,32 @@ def test_two_process_ddp_equals_one_process(tmp_path, swa):
     if swa:  # the second epoch's 8 global steps, one weight set every 2
         for run in ("one", "two"):
             assert json.loads((tmp_path / run / "baseline/meta.json").read_text())["train"]["swa_models"] == 4
+
+
+@pytest.mark.slow
+def test_two_process_rigl_moves_the_same_connections(tmp_path):
+    """RigL sums the dense gradients over ranks before it chooses: both ranks, and a 1-process run of
+    the same global batch, end with the same masks and weights."""
+    recipe = {**RECIPE, "baseline": {**RECIPE["baseline"], "epochs": 1}, "experiments": [{
+        "name": "rigl",
+        "prune": {"method": "magnitude", "sparsity": 0.5, "scope": "global", "schedule": "rigl", "regrow": 0.5,
+                  "end": 0.75, "steps": 4},
+        "finetune": {"epochs": 2, "optimizer": "sgd", "lr": 0.1, "schedule": "none"}}]}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "EFFDNN_CACHE": str(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    _run([sys.executable, "-m", "effdnn.cli", "run", "r.yaml", "--out", "one"], tmp_path, env)
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+          "-m", "effdnn.cli", "run", "r.yaml", "--out", "two"], tmp_path, env)
+    ckpt = "experiments/rigl/ckpt/rigl/last.pt"
+    one = torch.load(tmp_path / "one" / ckpt, weights_only=False)["model"]
+    two = torch.load(tmp_path / "two" / ckpt, weights_only=False)["model"]
+    masks = [k for k in one if k.endswith("weight_mask")]
+    assert masks
+    for k in one:
+        if k in masks:
+            assert torch.equal(one[k], two[k]), k
+        else:
+            assert torch.allclose(one[k], two[k], atol=1e-5), k
+    rows = [json.loads((tmp_path / run / "report.json").read_text())["experiments"][0] for run in ("one", "two")]
+    assert rows[0]["rigl"]["grown"] == rows[1]["rigl"]["grown"] > 0
