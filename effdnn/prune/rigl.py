@@ -13,8 +13,8 @@ Then, every dT steps between ``begin`` and ``end``, each layer:
 A grown connection starts at zero, and the optimizer's state for it (momentum, Adam's moments) is
 cleared. A weight dropped and grown at the same update keeps its value. Each layer keeps its number of
 weights, so the sparsity (global and per layer) never changes. From ``end`` on the mask is frozen.
-Under DDP the gradient magnitudes are summed over ranks before the choice, so every rank moves the same
-connections.
+Under DDP each rank's dense gradient is summed over the ranks before the magnitudes rank the cut
+weights, so every rank moves the same connections, as a 1-process run of the same global batch does.
 """
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ class RigL(MaskCallback):
 
     def _masked_grad(self, g: torch.Tensor, m: nn.Module) -> torch.Tensor:
         if self.due(self.step + 1):  # this backward feeds an update: keep the dense gradient
-            self._grads[m] = g.detach().abs()
+            self._grads[m] = g.detach().clone()  # signed: ranks add gradients, then |.| ranks them
         return super()._masked_grad(g, m)
 
     def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
