@@ -2,7 +2,8 @@
 
 Evci, Gale, Menick, Castro & Elsen 2020, "Rigging the Lottery: Making All Tickets Winners", Algorithm 1.
 The layers start at the final sparsity (the configured saliency picks the first mask, as ``oneshot``).
-Then, every dT steps between ``begin`` and ``end``, each layer:
+Then, ``steps`` times, every dT = (t1 - t0) // (steps + 1) steps between ``begin`` (t0) and ``end`` (t1),
+each layer:
 
 - drops the k active weights of smallest magnitude (ArgTopK(-|theta|, k)),
 - grows the k inactive weights of largest gradient magnitude (ArgTopK(|grad L|, k)), on the dense
@@ -66,14 +67,17 @@ class RigL(MaskCallback):
         super().__init__()
         self.names, self.alpha = layer_names, alpha
         self.t0, self.t1 = span
-        self.every = max((self.t1 - self.t0) // max(events, 1), 1)
+        self.events = max(events, 1)
+        self.every = max((self.t1 - self.t0) // (self.events + 1), 1)  # the last update comes before t1
         self.step = 0
         self.history: list[dict[str, Any]] = []  # per update: step, drop fraction, connections moved
         self.grown = 0  # connections that were not there before their update, over the run
         self._grads: dict[nn.Module, torch.Tensor] = {}
 
     def due(self, step: int) -> bool:
-        return self.t0 < step <= self.t1 and (step - self.t0) % self.every == 0
+        """Update j (1 <= j <= events) comes at t0 + j * dT, before t1 (Algorithm 1: t mod dT = 0, t < T_end)."""
+        j, r = divmod(step - self.t0, self.every)
+        return r == 0 and 1 <= j <= self.events and step < self.t1
 
     def _masked_grad(self, g: torch.Tensor, m: nn.Module) -> torch.Tensor:
         if self.due(self.step + 1):  # this backward feeds an update: keep the dense gradient

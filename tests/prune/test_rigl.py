@@ -22,6 +22,13 @@ def test_drop_fraction_is_cosine_annealed():
     assert rigl_drop_fraction(111, 10, 110, 0.3) == 0.0
 
 
+def test_updates_come_steps_times_before_end():
+    cb = RigL([], 0.3, (10, 110), 4)  # dT = 100 // 5 = 20
+    assert [t for t in range(200) if cb.due(t)] == [30, 50, 70, 90]
+    cb = RigL([], 0.3, (0, 3), 10)  # more updates asked than steps: one per step, still before t1
+    assert [t for t in range(10) if cb.due(t)] == [1, 2]
+
+
 def test_update_drops_smallest_weights_and_grows_largest_gradients():
     w = torch.tensor([[0.5, -0.1, 0.0, 0.0, 2.0, 0.3]])
     mask = torch.tensor([[True, True, False, False, True, True]])
@@ -35,8 +42,8 @@ def test_update_drops_smallest_weights_and_grows_largest_gradients():
 
 
 def _drive(resume_at: int | None = None):
-    """One 8-weight layer at 50%, SGD with momentum, RigL updates at steps 2 and 4 of 6 (t0 0, t1 4,
-    2 events, alpha 0.5): the loss pulls hardest on the cut weights 6 and 7, so they grow."""
+    """One 8-weight layer at 50%, SGD with momentum, RigL updates at steps 2 and 4 of 6 (t0 0, t1 6,
+    2 updates, so dT = 6 // 3 = 2; alpha 0.5): the loss pulls hardest on the cut weights 6 and 7."""
     target = torch.tensor([[0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 5.0, 6.0]])
 
     def fresh():
@@ -46,7 +53,7 @@ def _drive(resume_at: int | None = None):
         make_sparse(layer, layer.weight != 0)
         model = nn.Sequential(layer)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        cb = RigL(["0"], 0.5, (0, 4), 2)
+        cb = RigL(["0"], 0.5, (0, 6), 2)
         cb.on_fit_start(model, opt)
         return model, cb, opt
 
@@ -72,12 +79,12 @@ def _drive(resume_at: int | None = None):
 def test_callback_moves_connections_on_schedule():
     cb, seen = _drive()
     assert cb.every == 2 and [h["step"] for h in cb.history] == [2, 4]
-    # step 2: f = 0.25 * (1 + cos(pi / 2)) = 0.25 of 4 active -> 1 moved: weight 0 (smallest) out, 7 in
+    # step 2: f = 0.25 * (1 + cos(pi / 3)) = 0.375 of 4 active -> 1 moved: weight 0 (smallest) out, 7 in
     w, mask, mom = seen[1]
     assert mask.tolist() == [False, True, True, True, False, False, False, True]
     assert w[7] == 0 and w[0] == 0  # the grown connection starts at zero, the dropped one is cut
-    assert cb.history[0] == {"step": 2, "fraction": 0.25, "moved": 1}
-    # step 4: f = 0 -> nothing moves; afterwards the mask is frozen
+    assert cb.history[0] == {"step": 2, "fraction": 0.375, "moved": 1}
+    # step 4: f = 0.25 * (1 + cos(2 pi / 3)) = 0.125 of 4 -> int(0.5) = 0 moved; afterwards the mask is frozen
     assert cb.history[1]["moved"] == 0
     for w, mask, _ in seen:
         assert int(mask.sum()) == 4 and (w[~mask] == 0).all()  # the count stays, cut weights are zero
