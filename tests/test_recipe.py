@@ -1,5 +1,8 @@
+from pathlib import Path
+
 import pytest
 
+import effdnn
 from effdnn.errors import EffdnnError, NotAvailableYet
 from effdnn.recipe import load_recipe, parse_recipe
 
@@ -55,3 +58,14 @@ def test_yaml_errors(tmp_path):
 def test_defaults():
     r = parse_recipe({})
     assert r.data.name == "digits" and r.model.name == "lenet5" and r.experiments == []
+
+
+SHIPPED = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", [*SHIPPED, Path(effdnn.__file__).parent / "recipes" / "demo.yaml"],
+                         ids=lambda p: p.name)
+def test_shipped_recipes_validate(path):
+    """Every recipe in recipes/ and the demo parses, technique blocks included (nothing is run)."""
+    recipe = load_recipe(path)
+    assert recipe.experiments or recipe.baseline.epochs > 0
