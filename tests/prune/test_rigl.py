@@ -11,6 +11,7 @@ from effdnn.errors import EffdnnError
 from effdnn.prune import rigl_drop_fraction, rigl_update, sparse_layers
 from effdnn.prune.rigl import RigL
 from effdnn.prune.sparse import make_sparse
+from tests.prune.driving import drive_callback
 
 
 def test_drop_fraction_is_cosine_annealed():
@@ -57,23 +58,11 @@ def _drive(resume_at: int | None = None):
         cb.on_fit_start(model, opt)
         return model, cb, opt
 
-    model, cb, opt = fresh()
-    seen = []
-    for i in range(6):
-        opt.zero_grad()
-        ((model[0].weight - target) ** 2).sum().backward()
-        opt.step()
-        cb.after_step(model, opt)
-        seen.append((model[0].weight.detach().clone().view(-1), model[0].weight_mask.clone().view(-1),
-                     opt.state[model[0].weight]["momentum_buffer"].clone().view(-1)))
-        if i == resume_at:
-            states = model.state_dict(), opt.state_dict(), cb.state_dict()
-            model, cb, opt = fresh()
-            model.load_state_dict(states[0])
-            opt.load_state_dict(states[1])
-            cb.load_state_dict(states[2])
-    cb.on_fit_end(model)
-    return cb, seen
+    def snapshot(model, opt):
+        return (model[0].weight.detach().clone().view(-1), model[0].weight_mask.clone().view(-1),
+                opt.state[model[0].weight]["momentum_buffer"].clone().view(-1))
+
+    return drive_callback(fresh, 6, lambda model, i: ((model[0].weight - target) ** 2).sum(), snapshot, resume_at)
 
 
 def test_callback_moves_connections_on_schedule():

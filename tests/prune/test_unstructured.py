@@ -6,6 +6,7 @@ import effdnn
 from effdnn.errors import EffdnnError
 from effdnn.export.onnx import run_onnx
 from effdnn.prune.sparse import sparse_index_bits, sparse_layers
+from tests.prune.driving import drive_callback
 
 
 def _zeros(m):
@@ -173,22 +174,8 @@ def _drive_splicing(splice: bool, resume_at: int | None = None):
         cb.on_fit_start(model, opt)
         return model, cb, opt
 
-    model, cb, opt = fresh()
-    seen = []
-    for i in range(8):
-        opt.zero_grad()
-        (-1.0 * min(i, 1) * model(torch.tensor([[1.0, 0.0, 0.0, 0.0]]))).sum().backward()
-        opt.step()
-        cb.after_step(model, opt)
-        seen.append(model[0].weight.detach().clone().view(-1).tolist())
-        if i == resume_at:  # what the training loop does on resume: fit start, then the checkpoint's states
-            states = model.state_dict(), opt.state_dict(), cb.state_dict()
-            model, cb, opt = fresh()
-            model.load_state_dict(states[0])
-            opt.load_state_dict(states[1])
-            cb.load_state_dict(states[2])
-    cb.on_fit_end(model)
-    return cb, seen
+    return drive_callback(fresh, 8, lambda model, i: (-1.0 * min(i, 1) * model(torch.tensor([[1.0, 0.0, 0.0, 0.0]]))).sum(),
+                          lambda model, opt: model[0].weight.detach().clone().view(-1).tolist(), resume_at)
 
 
 def test_splicing_brings_back_a_cut_weight_that_grows():

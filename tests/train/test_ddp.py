@@ -26,16 +26,20 @@ def _run(cmd, cwd, env):
     assert p.returncode == 0, p.stderr[-3000:]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("swa", [None, {"epochs": 1, "lr": 0.05, "every": 2}], ids=["plain", "swa"])
-def test_two_process_ddp_equals_one_process(tmp_path, swa):
-    recipe = {**RECIPE, "baseline": {**RECIPE["baseline"], **({"swa": swa} if swa else {})}}
+def _one_and_two_processes(tmp_path, recipe):
+    """Run ``recipe`` into tmp_path/one (1 process) and tmp_path/two (torchrun, 2 processes, gloo)."""
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "EFFDNN_CACHE": str(tmp_path / "cache"),
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     _run([sys.executable, "-m", "effdnn.cli", "run", "r.yaml", "--out", "one"], tmp_path, env)
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
           "-m", "effdnn.cli", "run", "r.yaml", "--out", "two"], tmp_path, env)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("swa", [None, {"epochs": 1, "lr": 0.05, "every": 2}], ids=["plain", "swa"])
+def test_two_process_ddp_equals_one_process(tmp_path, swa):
+    _one_and_two_processes(tmp_path, {**RECIPE, "baseline": {**RECIPE["baseline"], **({"swa": swa} if swa else {})}})
     one = torch.load(tmp_path / "one/baseline/model.pt", weights_only=True)
     two = torch.load(tmp_path / "two/baseline/model.pt", weights_only=True)
     for k in one:
@@ -55,12 +59,7 @@ def test_two_process_rigl_moves_the_same_connections(tmp_path):
         "prune": {"method": "magnitude", "sparsity": 0.5, "scope": "global", "schedule": "rigl", "regrow": 0.5,
                   "end": 0.75, "steps": 4},
         "finetune": {"epochs": 2, "optimizer": "sgd", "lr": 0.1, "schedule": "none"}}]}
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "EFFDNN_CACHE": str(tmp_path / "cache"),
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    _run([sys.executable, "-m", "effdnn.cli", "run", "r.yaml", "--out", "one"], tmp_path, env)
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-          "-m", "effdnn.cli", "run", "r.yaml", "--out", "two"], tmp_path, env)
+    _one_and_two_processes(tmp_path, recipe)
     ckpt = "experiments/rigl/ckpt/rigl/last.pt"
     one = torch.load(tmp_path / "one" / ckpt, weights_only=False)["model"]
     two = torch.load(tmp_path / "two" / ckpt, weights_only=False)["model"]
