@@ -253,6 +253,10 @@ def prune_unstructured(model: nn.Module, config: UnstructuredConfig, ctx: Any) -
                           "(recipe) or prune.finetune: {epochs: N} with labelled data (Python API)")
     total = ctx.steps_per_epoch(spec) * spec.epochs
     plan = Plan(config.schedule, config.final_sparsity, total, config.begin, config.end, config.steps)
+    if spec.swa is not None and plan.span()[1] > ctx.steps_per_epoch(spec) * spec.schedule_epochs:
+        raise EffdnnError(f"prune.end: the {config.schedule} schedule changes the masks until {config.end:g} of the "
+                          f"run, inside the last {spec.swa.epochs} (SWA) epochs; the averaged weights need the final "
+                          "mask: lower end")
     cb: MaskCallback
     if config.schedule == "rigl":  # the final sparsity from the start, then connections move (rigl.py)
         apply_masks(layers, compute_masks(model, layers, config, config.final_sparsity, data))

@@ -128,8 +128,12 @@ def test_rigl_finetuning_keeps_sparsity_and_moves_masks(tiny, tiny_data):
     ({"method": "magnitude", "sparsity": 0.5, "regrow": 0.2}, "regrow"),
     ({"method": "magnitude", "sparsity": 0.5, "schedule": "rigl", "regrow": 1.5}, "regrow"),
     ({"method": "magnitude", "sparsity": 0.5, "schedule": "rigl", "splice": True}, "splice"),
+    ({"method": "magnitude", "sparsity": 0.5, "schedule": "rigl", "end": 0.9,
+      "finetune": {"epochs": 4, "batch_size": 16, "swa": {"epochs": 1, "lr": 0.001}}}, "SWA"),
+    ({"method": "magnitude", "sparsity": 0.5, "schedule": "agp", "end": 0.9,
+      "finetune": {"epochs": 4, "batch_size": 16, "swa": {"epochs": 1, "lr": 0.001}}}, "SWA"),
 ])
-def test_bad_rigl_input_is_one_clear_error(tiny, spec, msg):
+def test_bad_rigl_input_is_one_clear_error(tiny, tiny_data, spec, msg):
     with pytest.raises(EffdnnError, match=msg) as e:
-        effdnn.prune(tiny, spec)
+        effdnn.prune(tiny, spec, tiny_data)
     assert "\n" not in str(e.value)
