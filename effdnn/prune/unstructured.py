@@ -251,9 +251,9 @@ def prune_unstructured(model: nn.Module, config: UnstructuredConfig, ctx: Any) -
     if spec is None:
         raise EffdnnError(f"prune.schedule: {config.schedule!r} prunes during fine-tuning: add a finetune block "
                           "(recipe) or prune.finetune: {epochs: N} with labelled data (Python API)")
-    total = ctx.steps_per_epoch(spec) * spec.epochs
-    plan = Plan(config.schedule, config.final_sparsity, total, config.begin, config.end, config.steps)
-    if spec.swa is not None and plan.span()[1] > ctx.steps_per_epoch(spec) * spec.schedule_epochs:
+    per_epoch = ctx.steps_per_epoch(spec)
+    plan = Plan(config.schedule, config.final_sparsity, per_epoch * spec.epochs, config.begin, config.end, config.steps)
+    if spec.swa is not None and plan.span()[1] > per_epoch * spec.schedule_epochs:
         raise EffdnnError(f"prune.end: the {config.schedule} schedule changes the masks until {config.end:g} of the "
                           f"run, inside the last {spec.swa.epochs} (SWA) epochs; the averaged weights need the final "
                           "mask: lower end")
