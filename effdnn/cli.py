@@ -100,7 +100,7 @@ def sensitivity(
 
     import yaml
 
-    from .quant.sensitivity import _layers, as_overrides, pick_widths, sweep
+    from .sensitivity import _layers, as_overrides, pick_widths, sweep
     from .recipe import load_recipe
     from .runner import Runner
     from .train import evaluate

@@ -1,4 +1,5 @@
-"""What a technique's transform may use while it runs inside an experiment."""
+"""The experiment context: the implementation of ``transform.TransformContext`` that the recipe runner
+and the Python API hand to every registered transform."""
 from __future__ import annotations
 
 import copy
@@ -13,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from .data import DataBundle
 from .errors import EffdnnError
-from .train import Callback, TrainResult, TrainSpec, fit
+from .train import Callback, TrainResult, TrainSpec, evaluate, fit
 
 
 @dataclass
@@ -58,6 +59,12 @@ class ExperimentContext:
             raise EffdnnError(f"this method needs {what}: run it from a recipe, or pass data=<batches>")
         return self.data
 
+    def has_data(self) -> bool:
+        return self.data is not None
+
+    def evaluate(self, model: nn.Module) -> float | None:
+        return evaluate(model, self.data.test, batch_size=512) if self.data is not None else None
+
     def example_input(self, n: int = 64) -> torch.Tensor:
         test = self._need_data("an example input").test
         return torch.stack([test[i][0] for i in range(min(n, len(test)))]).to(self.device)
@@ -81,11 +88,14 @@ class ExperimentContext:
         n = math.ceil(len(self.train_set()) / (spec.batch_size or self.batch_size))
         return min(n, spec.max_batches or n)
 
-    def fit(self, model: nn.Module, spec: TrainSpec, desc: str, extra_callbacks: Iterable[Callback] = ()) -> TrainResult:
-        """Train with this experiment's callbacks, checkpointed under ``out_dir/desc`` when there is one."""
+    def fit(self, model: nn.Module, spec: TrainSpec, desc: str, extra_callbacks: Iterable[Callback] = (),
+            own_callbacks: bool = True) -> TrainResult:
+        """Train with this experiment's callbacks (unless ``own_callbacks`` is False), checkpointed under
+        ``out_dir/ckpt/desc`` when there is an ``out_dir``."""
         ckpt = self.out_dir / "ckpt" / desc if self.out_dir else None
+        callbacks = [*(self.callbacks if own_callbacks else ()), *extra_callbacks]
         result = fit(model, self.train_set(), spec, batch_size=self.batch_size, seed=self.seed,
-                     checkpoint_dir=ckpt, resume=self.resume, callbacks=[*self.callbacks, *extra_callbacks], desc=desc,
+                     checkpoint_dir=ckpt, resume=self.resume, callbacks=callbacks, desc=desc,
                      teacher=self.teacher if spec.distill is not None else None)
         self.train_result = result
         if spec.swa is not None:

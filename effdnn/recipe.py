@@ -9,7 +9,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .errors import EffdnnError
 from .registry import REGISTRIES, StrictModel, format_validation_error
-from .train.config import TrainSpec
+from .train_spec import TrainSpec
 
 # The order blocks apply in; ``finetune`` runs after all but ``compress``, which encodes the final weights.
 BLOCKS = ("prune", "activation_sparsity", "quantize", "precision", "compress")

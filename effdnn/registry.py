@@ -32,7 +32,7 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> str:
             path += f"[{part}]"
         else:
             path += f".{part}" if path else str(part)
-    msg = e["msg"]
+    msg = e["msg"].removeprefix("Value error, ")
     if e["type"] == "extra_forbidden":
         msg = "unknown key"
     return f"{path or '<root>'}: {msg}"

@@ -25,7 +25,7 @@ from .models import build_model
 from .recipe import BLOCKS, ExperimentSpec, Recipe
 from .registry import REGISTRIES
 from .report import render_report
-from .train import distributed as ddp
+from .utils import distributed as ddp
 from .train import evaluate, fit, load_weights, save_atomic
 
 REPORT_FILES = ("report.json", "report.md", "accuracy_vs_size.png", "accuracy_vs_energy.png")

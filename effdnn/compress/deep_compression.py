@@ -46,7 +46,8 @@ from ..prune.select import select_layers
 from ..prune.sparse import strip_sparse
 from ..quant.fold_bn import fold_batchnorm
 from ..registry import COMPRESS, StrictModel
-from ..train import TrainSpec, evaluate, fit
+from ..train_spec import TrainSpec
+from ..transform import TransformContext
 from .container import Shared, load_into, read_container, shared_payload, write_container
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -176,20 +177,17 @@ def _share(layer: nn.Module, config: DeepCompressionConfig) -> Shared:
     return smallest_index_bits(shared) if ib == "auto" else shared
 
 
-def retrain_shared(model: nn.Module, config: DeepCompressionConfig, ctx: Any) -> tuple[nn.Module, dict[str, Any]]:
+def retrain_shared(model: nn.Module, config: DeepCompressionConfig, ctx: TransformContext) -> tuple[nn.Module, dict[str, Any]]:
     """Cluster every selected weight, then train the centroids (codes fixed) with ``config.retrain``."""
     assert config.retrain is not None
     model, layers = _deployed_form(model, config)
     for layer in layers.values():
         parametrize.register_parametrization(layer, "weight", SharedValues(_share(layer, config)), unsafe=True)
     details: dict[str, Any] = {}
-    data = getattr(ctx, "data", None)
-    if data is not None:
-        details["accuracy_shared"] = evaluate(model, data.test, batch_size=512)
-    out_dir = getattr(ctx, "out_dir", None)
-    fit(model, ctx.train_set(), config.retrain, batch_size=ctx.batch_size, seed=ctx.seed,
-        checkpoint_dir=Path(out_dir) / "ckpt" / "retrain-shared" if out_dir else None, resume=ctx.resume,
-        desc="retrain shared values", teacher=ctx.teacher if config.retrain.distill is not None else None)
+    accuracy = ctx.evaluate(model)
+    if accuracy is not None:
+        details["accuracy_shared"] = accuracy
+    ctx.fit(model, config.retrain, desc="retrain-shared", own_callbacks=False)
     for layer in layers.values():
         parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
     return model.eval(), details
@@ -250,11 +248,11 @@ def _attribute(model: nn.Module, layers: dict[str, nn.Module], shared_of: dict[s
 
 
 @COMPRESS.register("deep-compression", DeepCompressionConfig)
-def deep_compression(model: nn.Module, config: DeepCompressionConfig, ctx: Any) -> nn.Module:
+def deep_compression(model: nn.Module, config: DeepCompressionConfig, ctx: TransformContext) -> nn.Module:
     """Deep Compression container: k-means sharing + relative sparse indices + Huffman (Han et al. 2016)."""
     if config.path:
         path = Path(config.path)
-    elif getattr(ctx, "out_dir", None) is not None:
+    elif ctx.out_dir is not None:
         path = Path(ctx.out_dir) / "model.edc"
     else:
         path = Path(tempfile.mkdtemp(prefix="effdnn-")) / "model.edc"

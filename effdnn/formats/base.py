@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from pydantic import BaseModel, ConfigDict
+
 from .ste import ste
 
 
@@ -43,3 +45,17 @@ class NumberFormat(ABC):
     def storage_bits(self, numel: int, params: Any = None) -> int:
         """Bits to store ``numel`` elements with these params: codes plus overheads (scales, codebook)."""
         return int(numel * self.bits)
+
+
+class FormatOptions(BaseModel):
+    """The recipe options of one format (``{format: NAME, bits: B, ...options}`` in a tensor spec).
+
+    Each format declares its own subclass with only the keys it understands (an option of another
+    format is an error naming the key) and builds itself from them with ``build``. ``FORMAT_OPTIONS``
+    (the package's registry) maps a format's name to this class."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def build(self, bits: int, signed: bool, granularity: Any) -> NumberFormat:
+        """The format for a tensor of ``bits`` bits, signed or not, at ``granularity``."""
+        raise NotImplementedError

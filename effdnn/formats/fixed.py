@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..errors import EffdnnError
-from .base import NumberFormat
+from .base import FormatOptions, NumberFormat
 from .ste import ste
 
 
@@ -66,3 +66,16 @@ class FixedPointFormat(NumberFormat):
     @property
     def label(self) -> str:
         return f"{'' if self.signed else 'u'}Q{self.int_bits}.{self.frac_bits}"
+
+
+class FixedOptions(FormatOptions):
+    """``format: fixed``: Qm.n with ``int_bits`` m (default 0) and ``frac_bits`` n (default: what the
+    width leaves after m and the sign bit)."""
+
+    int_bits: int | None = None
+    frac_bits: int | None = None
+
+    def build(self, bits: int, signed: bool, granularity: Any) -> FixedPointFormat:
+        m = self.int_bits if self.int_bits is not None else 0
+        n = self.frac_bits if self.frac_bits is not None else bits - m - (1 if signed else 0)
+        return FixedPointFormat(int_bits=m, frac_bits=n, signed=signed)

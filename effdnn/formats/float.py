@@ -32,7 +32,7 @@ from typing import Any, Literal
 import torch
 
 from ..errors import EffdnnError
-from .base import NumberFormat
+from .base import FormatOptions, NumberFormat
 from .float_bits import INF_BITS, NAN_BITS, CodePlan, RoundingPlan, encode_tensor, round_tensor
 
 Specials = Literal["ieee", "fn", "none"]
@@ -240,3 +240,25 @@ PRESETS: dict[str, FloatFormat] = {
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "fp16": torch.float16, "bf16": torch.bfloat16, "fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2,
 }
+
+
+class FloatOptions(FormatOptions):
+    """``format: float``: a ``preset`` (fp32 | fp16 | bf16 | fp8_e4m3 | fp8_e5m2 | eXmY), or ``exp_bits`` +
+    ``man_bits``, or the width alone (8: e4m3, 16: fp16, 32: fp32); ``rounding`` nearest or stochastic."""
+
+    preset: str | None = None
+    exp_bits: int | None = None
+    man_bits: int | None = None
+    rounding: Rounding = "nearest"
+
+    def build(self, bits: int, signed: bool, granularity: Any) -> FloatFormat:
+        if self.preset is not None:
+            return FloatFormat.from_name(self.preset, rounding=self.rounding)
+        if self.exp_bits is not None and self.man_bits is not None:
+            return FloatFormat(self.exp_bits, self.man_bits, rounding=self.rounding)
+        if (self.exp_bits is None) != (self.man_bits is None):
+            raise EffdnnError("float format: give exp_bits and man_bits together")
+        by_width = {8: "fp8_e4m3", 16: "fp16", 32: "fp32"}
+        if bits not in by_width:
+            raise EffdnnError(f"float format: give preset or exp_bits + man_bits for {bits} bits")
+        return FloatFormat.from_name(by_width[bits], rounding=self.rounding)

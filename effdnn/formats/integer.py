@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import EffdnnError
-from .base import NumberFormat
+from .base import FormatOptions, NumberFormat
 from .granularity import PER_TENSOR, Granularity
 from .ste import round_ste
 
@@ -143,3 +143,14 @@ class IntFormat(NumberFormat):
     def label(self) -> str:
         kind = ("int" if self.signed else "uint") + str(self.bits)
         return f"{kind} {self.granularity}" + ("" if self.symmetric else " affine")
+
+
+class IntOptions(FormatOptions):
+    """``format: int``: ``symmetric`` (zero point 0) or affine, ``narrow_range`` (drop -2^(b-1))."""
+
+    symmetric: bool = True
+    narrow_range: bool = False
+
+    def build(self, bits: int, signed: bool, granularity: Granularity) -> IntFormat:
+        return IntFormat(bits=bits, signed=signed, symmetric=self.symmetric, narrow_range=self.narrow_range,
+                         granularity=granularity)

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from pydantic import Field
 
 from ..errors import EffdnnError
-from .base import NumberFormat
+from .base import FormatOptions, NumberFormat
 from .granularity import PER_TENSOR, Granularity
 from .ste import ste
 
@@ -171,3 +172,13 @@ class KMeansFormat(NumberFormat):
     @property
     def label(self) -> str:
         return f"kmeans{self.bits} {self.granularity}"
+
+
+class KMeansOptions(FormatOptions):
+    """``format: kmeans``: the initialisation (linear | density | random | kmeans++) and Lloyd iterations."""
+
+    init: str = "linear"
+    iters: int = Field(30, ge=0)
+
+    def build(self, bits: int, signed: bool, granularity: Granularity) -> KMeansFormat:
+        return KMeansFormat(bits=bits, init=self.init, iters=self.iters, granularity=granularity)  # type: ignore[arg-type]

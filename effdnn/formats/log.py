@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
 from ..errors import EffdnnError
-from .base import NumberFormat
+from .base import FormatOptions, NumberFormat
 from .granularity import PER_TENSOR, Granularity
 from .ste import ste
 
@@ -98,3 +99,12 @@ class LogFormat(NumberFormat):
     @property
     def label(self) -> str:
         return f"log{self.bits} {self.granularity}"
+
+
+class LogOptions(FormatOptions):
+    """``format: log``: ``log_rounding``: round in the log domain (Miyashita et al.) or in value."""
+
+    log_rounding: Literal["log", "linear"] = "log"
+
+    def build(self, bits: int, signed: bool, granularity: Granularity) -> LogFormat:
+        return LogFormat(bits=bits, signed=signed, granularity=granularity, rounding=self.log_rounding)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..context import ExperimentContext
+from ..transform import TransformContext
 from ..errors import EffdnnError
 from ..formats.float import BF16, FP16, FP16_169
 from ..registry import PRECISION, StrictModel
@@ -149,7 +149,7 @@ def step_time(model: nn.Module, batches: list[Any], callbacks: list[Callback]) -
     return (time.perf_counter() - t0) / len(batches)
 
 
-def train_in_precision(model: nn.Module, config: _PrecisionConfig, ctx: ExperimentContext) -> nn.Module:
+def train_in_precision(model: nn.Module, config: _PrecisionConfig, ctx: TransformContext) -> nn.Module:
     """Train a fresh model under ``config`` (see the module docstring); the input model is not used."""
     if ctx.make_model is None:
         raise EffdnnError("precision: training from scratch needs the recipe's model (run it from a recipe)")
@@ -158,8 +158,8 @@ def train_in_precision(model: nn.Module, config: _PrecisionConfig, ctx: Experime
     prepare = PREPARE.get(config.train)
     callbacks = prepare(config, fresh, ctx.device, stats) if prepare else []
     ctx.extra["precision"] = config.train
-    if config.step_time_batches and ctx.data is not None:
-        loader = torch.utils.data.DataLoader(ctx.data.train, batch_size=ctx.batch_size, shuffle=False)
+    if config.step_time_batches and ctx.has_data():
+        loader = torch.utils.data.DataLoader(ctx.train_set(), batch_size=ctx.batch_size, shuffle=False)
         batches = [move(b, ctx.device) for _, b in zip(range(config.step_time_batches), loader)]
         t_fp32 = step_time(ctx.make_model(), batches, [])
         t_low = step_time(fresh, batches, callbacks) if prepare else t_fp32

@@ -29,7 +29,6 @@ The report gets the zero fraction of every activation layer's output on calibrat
 from __future__ import annotations
 
 import itertools
-from fnmatch import fnmatchcase
 from typing import Any, Callable, Iterable, Literal
 
 import torch
@@ -37,6 +36,8 @@ from pydantic import Field
 from torch import nn
 
 from ..errors import EffdnnError
+from ..utils.layer_patterns import select
+from ..transform import TransformContext
 from ..registry import ACTIVATION_SPARSITY, StrictModel
 from ..hooks import Callback
 from .schedules import agp_sparsity
@@ -68,15 +69,7 @@ def activation_layers(model: nn.Module, include: list[str] | None, what: str) ->
     acts = {n: m for n, m in model.named_modules() if isinstance(m, ACTIVATIONS)}
     if not acts:
         raise EffdnnError(f"{what}: the model has no ReLU module (a functional relu cannot be replaced)")
-    for p in include or ():
-        if not any(fnmatchcase(n, p) for n in acts):
-            raise EffdnnError(f"{what}.layers: pattern {p!r} matches no activation layer (have: {', '.join(acts)})")
-    return {n: m for n, m in acts.items() if include is None or any(fnmatchcase(n, p) for p in include)}
-
-
-def _set(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
+    return select(acts, include, (), what, "activation layer")
 
 
 @torch.no_grad()
@@ -151,7 +144,7 @@ def set_threshold(model: nn.Module, name: str, t: float) -> None:
     if isinstance(mod, FATReLU):
         mod.threshold.fill_(t)
     else:
-        _set(model, name, FATReLU(t).to(model_device(model)))
+        model.set_submodule(name, FATReLU(t).to(model_device(model)))
 
 
 class GradualFATReLU(Callback):
@@ -264,7 +257,7 @@ class HoyerConfig(L1Config):
     weight: float = Field(..., gt=0, description="lambda of the Hoyer-square activation penalty")
 
 
-def _observe(model: nn.Module, config: FATReLUConfig | L1Config, ctx: Any, extra_zeros: float = 0.0) -> tuple[list, list]:
+def _observe(model: nn.Module, config: FATReLUConfig | L1Config, ctx: TransformContext, extra_zeros: float = 0.0) -> tuple[list, list]:
     """The layers a method acts on and its calibration batches; reports the per-layer activation
     sparsity before the method and, through a finalizer, after fine-tuning (after ``extra_zeros``
     thresholds where asked)."""
@@ -283,7 +276,7 @@ def _observe(model: nn.Module, config: FATReLUConfig | L1Config, ctx: Any, extra
 
 
 @ACTIVATION_SPARSITY.register("fatrelu", FATReLUConfig)
-def fatrelu(model: nn.Module, config: FATReLUConfig, ctx: Any) -> nn.Module:
+def fatrelu(model: nn.Module, config: FATReLUConfig, ctx: TransformContext) -> nn.Module:
     """FATReLU: per-layer thresholds calibrated to a target activation sparsity (Kurtz et al. 2020)."""
     layers, batches = _observe(model, config, ctx)
     if config.schedule == "agp":
@@ -300,19 +293,19 @@ def fatrelu(model: nn.Module, config: FATReLUConfig, ctx: Any) -> nn.Module:
     return model
 
 
-def _penalty(model: nn.Module, config: L1Config, ctx: Any, callback: type[ActivationL1]) -> nn.Module:
+def _penalty(model: nn.Module, config: L1Config, ctx: TransformContext, callback: type[ActivationL1]) -> nn.Module:
     layers, _ = _observe(model, config, ctx, config.extra_zeros)
     ctx.callbacks.append(callback(layers, config.weight))
     return model
 
 
 @ACTIVATION_SPARSITY.register("l1", L1Config)
-def l1_penalty(model: nn.Module, config: L1Config, ctx: Any) -> nn.Module:
+def l1_penalty(model: nn.Module, config: L1Config, ctx: TransformContext) -> nn.Module:
     """L1 penalty on activations during fine-tuning (Georgiadis 2019)."""
     return _penalty(model, config, ctx, ActivationL1)
 
 
 @ACTIVATION_SPARSITY.register("hoyer", HoyerConfig)
-def hoyer_penalty(model: nn.Module, config: HoyerConfig, ctx: Any) -> nn.Module:
+def hoyer_penalty(model: nn.Module, config: HoyerConfig, ctx: TransformContext) -> nn.Module:
     """Hoyer-square penalty on activations during fine-tuning (Yang, Wen & Li 2020)."""
     return _penalty(model, config, ctx, ActivationHoyer)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..train import distributed as ddp
+from ..utils import distributed as ddp
 from .sparse import MaskCallback, make_sparse
 
 

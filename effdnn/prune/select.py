@@ -1,12 +1,12 @@
 """Which layers a pruning block touches: name patterns (fnmatch) over the weight-bearing layers."""
 from __future__ import annotations
 
-from fnmatch import fnmatchcase
 from typing import Iterable, Sequence
 
 from torch import nn
 
 from ..errors import EffdnnError
+from ..utils.layer_patterns import check_patterns, first_match, select
 
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -24,12 +24,7 @@ def select_layers(model: nn.Module, include: Sequence[str] | None = None, exclud
     layers = weight_layers(model)
     if not layers:
         raise EffdnnError(f"{what}: the model has no convolution or linear layer to prune")
-    for key, pats in (("layers", include or ()), ("exclude", exclude)):
-        for p in pats:
-            if not any(fnmatchcase(n, p) for n in layers):
-                raise EffdnnError(f"{what}.{key}: pattern {p!r} matches no layer (layers: {', '.join(layers)})")
-    chosen = {n: m for n, m in layers.items()
-              if (include is None or any(fnmatchcase(n, p) for p in include)) and not any(fnmatchcase(n, p) for p in exclude)}
+    chosen = select(layers, include, exclude, what)
     if not chosen:
         raise EffdnnError(f"{what}: the layer patterns leave no layer to prune")
     return chosen
@@ -38,13 +33,9 @@ def select_layers(model: nn.Module, include: Sequence[str] | None = None, exclud
 def layer_ratio(ratios: dict[str, float], names: Iterable[str], default: float) -> float:
     """Per-layer ratios (``layer_sparsity``): the value of the first pattern matching one of ``names``
     (a layer, or the producers of a channel group), else ``default``."""
-    names = list(names)
-    return next((v for pat, v in ratios.items() if any(fnmatchcase(n, pat) for n in names)), default)
+    return first_match(ratios, names, default)
 
 
 def check_ratio_patterns(ratios: dict[str, float], names: Iterable[str], what: str = "prune.layer_sparsity") -> None:
     """Every pattern of ``ratios`` must match one of ``names`` (a typo must not silently change nothing)."""
-    names = list(names)
-    for pat in ratios:
-        if not any(fnmatchcase(n, pat) for n in names):
-            raise EffdnnError(f"{what}: pattern {pat!r} matches no pruned layer ({', '.join(names)})")
+    check_patterns(ratios, list(names), what, "pruned layer")

@@ -31,6 +31,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import EffdnnError
+from ..transform import TransformContext
 from ..registry import PRUNE, StrictModel
 from ..utils.batches import batch_input, model_device
 from ..utils.batchnorm import BATCH_NORMS, recalibrate_batchnorm
@@ -270,10 +271,10 @@ def prune_channels(model: nn.Module, example_input: torch.Tensor, config: Struct
     return {"groups": done, "kept_whole": skipped}
 
 
-def structured_transform(model: nn.Module, config: StructuredConfig, ctx: Any) -> nn.Module:
+def structured_transform(model: nn.Module, config: StructuredConfig, ctx: TransformContext) -> nn.Module:
     """Remove whole channels by a channel saliency; the result is a smaller dense model."""
     calib = None
-    if ctx.data is not None:
+    if ctx.has_data():
         example = ctx.example_input(8)
     else:
         calib = list(itertools.islice(iter(ctx.calib_loader(config.batches)), config.batches))

@@ -18,8 +18,9 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from ..errors import EffdnnError
+from ..transform import TransformContext
 from ..registry import PRUNE, StrictModel
-from ..train.config import TrainSpec
+from ..train_spec import TrainSpec
 from .masks import check_sparsity, global_masks, nm_mask, topk_mask
 from .saliency import weight_saliency
 from .rigl import RigL
@@ -221,7 +222,7 @@ class ScheduledPruning(MaskCallback):
         return out
 
 
-def _record(ctx: Any, names: list[str]) -> Any:
+def _record(ctx: TransformContext, names: list[str]) -> Any:
     def fin(model: nn.Module) -> nn.Module:
         mods = dict(model.named_modules())
         total = sum(mods[n].weight.numel() for n in names)
@@ -232,7 +233,7 @@ def _record(ctx: Any, names: list[str]) -> Any:
     return fin
 
 
-def prune_unstructured(model: nn.Module, config: UnstructuredConfig, ctx: Any) -> nn.Module:
+def prune_unstructured(model: nn.Module, config: UnstructuredConfig, ctx: TransformContext) -> nn.Module:
     """Prune single weights (or N:M groups) by the configured saliency and schedule."""
     layers = select_layers(model, config.layers, config.exclude)
     check_ratio_patterns(config.layer_sparsity, layers)

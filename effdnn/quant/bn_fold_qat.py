@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fold_bn import fold_pair
-from .qat_quantizers import all_reduce_
+from ..utils.distributed import all_reduce_
 
 
 def _channel_view(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -1,40 +1,37 @@
 """Recipe blocks of the quantization methods: how one tensor (weights or activations) is quantized.
 
 ``TensorSpec`` is shared by PTQ and the QAT methods: ``{format: int, bits: 8, granularity: per_channel,
-calibrator: kl}``. It is validated when the recipe is read: the format and calibrator must exist and
-the format must accept its options (bits in range, ...), so bad input fails before any training.
+calibrator: kl}``. It is validated when the recipe is read: the format and calibrator must exist, the
+format's own options model (``formats.FORMAT_OPTIONS``) must accept the remaining keys, and the format
+must accept its values (bits in range, ...), so bad input fails before any training.
 """
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import EffdnnError
-from ..formats import FORMATS, Granularity, NumberFormat
+from ..formats import FORMAT_OPTIONS, FORMATS, FormatOptions, Granularity, NumberFormat
 from ..registry import StrictModel
 from .observers import CALIBRATORS, Observer, make_observer
 
 
 class TensorSpec(StrictModel):
+    """How one tensor is quantized. The keys below are common to every format; any other key is an
+    option of the chosen format, validated by that format's own options model (``FORMAT_OPTIONS``):
+    ``{format: int, symmetric: false}``, ``{format: float, preset: fp8_e4m3}``, ``{format: kmeans,
+    init: kmeans++}``; an option of another format is an error naming the key."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
     format: str = "int"
     bits: int = 8
     granularity: Literal["per_tensor", "per_channel", "per_group"] = "per_tensor"
     group_size: int | None = Field(None, ge=1)
-    symmetric: bool = True
     signed: bool | Literal["auto"] = "auto"  # auto: unsigned when the calibrated tensor is >= 0 (acts)
-    narrow_range: bool = False
     calibrator: str = "max"
     percentile: float = Field(99.99, gt=0, le=100)
-    init: str = "linear"  # kmeans initialisation: linear | density | random | kmeans++
-    iters: int = Field(30, ge=0)  # kmeans Lloyd iterations
-    int_bits: int | None = None  # fixed point Qm.n: m
-    frac_bits: int | None = None  # fixed point Qm.n: n
-    preset: str | None = None  # float: fp32 | fp16 | bf16 | fp8_e4m3 | fp8_e5m2 | eXmY
-    exp_bits: int | None = None  # float eXmY: X (with man_bits; else from preset, else from bits: 8 -> e4m3)
-    man_bits: int | None = None
-    rounding: Literal["nearest", "stochastic"] = "nearest"  # float formats
-    log_rounding: Literal["log", "linear"] = "log"  # log format: round in the log domain or in value
 
     @field_validator("format")
     @classmethod
@@ -58,40 +55,38 @@ class TensorSpec(StrictModel):
             raise ValueError(str(e)) from None
         return self
 
+    @property
+    def options(self) -> FormatOptions:
+        """This spec's format options, validated by the format's own options model."""
+        cls = FORMAT_OPTIONS[self.format]
+        try:
+            return cls.model_validate(self.model_extra or {})
+        except ValidationError as err:
+            e = err.errors()[0]
+            key = ".".join(str(k) for k in e["loc"])
+            if e["type"] == "extra_forbidden":
+                known = ", ".join(cls.model_fields) or "none"
+                raise EffdnnError(f"{key}: not an option of format {self.format!r} (its options: {known})") from None
+            raise EffdnnError(f"{key}: {e['msg']}") from None
+
     def override(self, changes: dict[str, Any]) -> "TensorSpec":
-        return TensorSpec.model_validate({**self.model_dump(), **changes})
+        """This spec with ``changes``; options of the old format are dropped when the format changes."""
+        base = self.model_dump()
+        if changes.get("format", self.format) != self.format:
+            base = {k: v for k, v in base.items() if k in TensorSpec.model_fields}
+        return TensorSpec.model_validate({**base, **changes})
 
     def build_format(self, role: str, signed: bool | None = None) -> NumberFormat:
         """The number format for a tensor of ``role`` (weight: channel axis 0; act: channel axis 1)."""
-        axis = 0 if role == "weight" else 1
-        gran = Granularity(self.granularity, axis, self.group_size if self.granularity == "per_group" else None)
         sgn = (self.signed if isinstance(self.signed, bool) else True) if signed is None else signed
-        if self.format == "int":
-            return FORMATS["int"](bits=self.bits, signed=sgn, symmetric=self.symmetric, narrow_range=self.narrow_range,
-                                  granularity=gran)
-        if self.format == "log":
-            return FORMATS["log"](bits=self.bits, signed=sgn, granularity=gran, rounding=self.log_rounding)  # type: ignore[call-arg]
-        if self.format == "kmeans":
-            return FORMATS["kmeans"](bits=self.bits, init=self.init, iters=self.iters, granularity=gran)  # type: ignore[arg-type]
-        if self.format == "fixed":
-            m = self.int_bits if self.int_bits is not None else 0
-            n = self.frac_bits if self.frac_bits is not None else self.bits - m - (1 if sgn else 0)
-            return FORMATS["fixed"](int_bits=m, frac_bits=n, signed=sgn)
-        if self.format == "float":
-            fl = FORMATS["float"]
-            if self.preset is not None:
-                return fl.from_name(self.preset, rounding=self.rounding)  # type: ignore[attr-defined]
-            if self.exp_bits is not None and self.man_bits is not None:
-                return fl(self.exp_bits, self.man_bits, rounding=self.rounding)  # type: ignore[call-arg]
-            by_width = {8: "fp8_e4m3", 16: "fp16", 32: "fp32"}
-            if self.bits not in by_width:
-                raise EffdnnError(f"float format: give preset or exp_bits + man_bits for {self.bits} bits")
-            return fl.from_name(by_width[self.bits], rounding=self.rounding)  # type: ignore[attr-defined]
-        raise EffdnnError(f"format {self.format!r} has no builder")  # pragma: no cover
+        return self.options.build(self.bits, sgn, self._granularity(role))
+
+    def _granularity(self, role: str) -> Granularity:
+        axis = 0 if role == "weight" else 1
+        return Granularity(self.granularity, axis, self.group_size if self.granularity == "per_group" else None)
 
     def build_observer(self, role: str, name: str) -> Observer:
-        axis = 0 if role == "weight" else 1
-        gran = Granularity(self.granularity, axis, self.group_size if self.granularity == "per_group" else None)
+        gran = self._granularity(role)
         kwargs: dict[str, Any] = {"percentile": self.percentile} if self.calibrator == "percentile" else {}
         return make_observer(self.calibrator, gran, name, **kwargs)
 

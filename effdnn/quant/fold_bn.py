@@ -35,11 +35,6 @@ def fold_pair(layer: nn.Module, bn: nn.Module) -> None:
         layer.bias.copy_(new_bias)
 
 
-def _set(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, new)
-
-
 def _pairs_fx(model: nn.Module) -> list[tuple[str, str]] | None:
     try:
         gm = torch.fx.symbolic_trace(model)
@@ -67,15 +62,20 @@ def _pairs_sequential(model: nn.Module) -> list[tuple[str, str]]:
     return pairs
 
 
+def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """(layer, BatchNorm) name pairs where the BatchNorm reads only the layer's output: from the torch.fx
+    graph, or from consecutive Sequential children when the model cannot be traced."""
+    pairs = _pairs_fx(model)
+    return _pairs_sequential(model) if pairs is None else pairs
+
+
 def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
     """Fold every (conv / linear, BatchNorm) pair of ``model`` in place; returns the folded pairs."""
-    pairs = _pairs_fx(model)
-    if pairs is None:
-        pairs = _pairs_sequential(model)
+    pairs = conv_bn_pairs(model)
     for layer_name, bn_name in pairs:
         bn = model.get_submodule(bn_name)
         if not bn.track_running_stats or bn.running_var is None:
             continue
         fold_pair(model.get_submodule(layer_name), bn)
-        _set(model, bn_name, nn.Identity())
+        model.set_submodule(bn_name, nn.Identity())
     return pairs

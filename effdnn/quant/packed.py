@@ -27,7 +27,7 @@ from torch import nn
 
 from ..cost.precision import LayerPrecision
 from .bitpack import pack_bits, pack_words, to_words, unpack_bits, xnor_popcount_matmul
-from .methods.binary import BinaryConv2d, BinaryLayerMixin, BinaryLinear
+from .methods.binary_layers import BinaryConv2d, BinaryLayerMixin, BinaryLinear
 
 
 class PackedBinaryLayer(nn.Module):
@@ -144,8 +144,7 @@ def pack_model(model: nn.Module) -> nn.Module:
     model = copy.deepcopy(model).eval()
     targets = [(n, m) for n, m in model.named_modules() if isinstance(m, (BinaryConv2d, BinaryLinear))]
     for name, m in targets:
-        parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-        setattr(parent, name.rpartition(".")[2], PackedBinaryLayer(m))
+        model.set_submodule(name, PackedBinaryLayer(m))
     return model
 
 

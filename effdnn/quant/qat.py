@@ -32,19 +32,17 @@ from typing import Any, Callable, Literal
 from pydantic import Field
 from torch import nn
 
-from ..context import ExperimentContext
+from ..transform import TransformContext
 from ..errors import EffdnnError
 from ..formats import KMeansFormat
-from ..models.layers import Add
 from ..registry import QUANTIZE
 from ..hooks import Callback
 from .bn_fold_qat import FoldedBNWeight
 from .calibrate import calibrate
 from .config import TensorSpec
-from .fake_quant import Quantizer
-from .fold_bn import BN, _pairs_fx, _pairs_sequential, _set, fold_batchnorm, fold_pair
-from .modules import quantizable, quantize_layer
-from .ptq import LayerPlan, _matches, layer_specs
+from .fold_bn import BN, conv_bn_pairs, fold_batchnorm, fold_pair
+from .modules import quantize_layer
+from .plan import LayerPlan, layer_specs, quant_layers, quantized_adds
 from .qat_quantizers import CodebookWeightQuantizer, DynamicWeightQuantizer, EMAActQuantizer, QATQuantizer
 
 WeightFactory = Callable[[TensorSpec, str, nn.Module], nn.Module]
@@ -55,7 +53,6 @@ class QATConfig(LayerPlan):
     method: Literal["qat"] = "qat"
     bn_freeze_epoch: int | None = Field(None, ge=0, description="epoch at which folded BN stops using batch statistics")
     calib_batches: int | None = Field(4, ge=1)
-    first_act_calibrator: str | None = None  # as PTQ: the calibrator of the first layer's input (init only)
     ema_momentum: float = Field(0.01, gt=0, le=1, description="activation range moving average (method qat)")
     from_scratch: bool = False
     learn_input_range: bool = Field(False, description="lsq / pact: learn the range of the model's input too (else "
@@ -97,19 +94,17 @@ class FreezeBN(Callback):
 
 def _wrap_bn(model: nn.Module) -> dict[str, nn.Module]:
     """Move every BN that follows a Conv / Linear out of the graph; returns {layer name: bn}."""
-    pairs = _pairs_fx(model)
-    pairs = _pairs_sequential(model) if pairs is None else pairs
     out = {}
-    for layer_name, bn_name in pairs:
+    for layer_name, bn_name in conv_bn_pairs(model):
         bn = model.get_submodule(bn_name)
         if isinstance(bn, BN) and bn.track_running_stats and bn.running_var is not None:
             out[layer_name] = bn
-            _set(model, bn_name, nn.Identity())
+            model.set_submodule(bn_name, nn.Identity())
     return out
 
 
 # -- prepare / convert -----------------------------------------------------------------------------------
-def prepare_qat(model: nn.Module, config: Any, ctx: ExperimentContext, weight_q: WeightFactory = generic_weight,
+def prepare_qat(model: nn.Module, config: Any, ctx: TransformContext, weight_q: WeightFactory = generic_weight,
                 act_q: ActFactory | None = None, tag: str = "qat") -> nn.Module:
     """A copy of ``model`` with training-time quantizers (made by ``weight_q`` / ``act_q``), BN folded,
     activation quantizers initialised on the calibration batches; registers callbacks + converter."""
@@ -127,10 +122,7 @@ def prepare_qat(model: nn.Module, config: Any, ctx: ExperimentContext, weight_q:
             fold_batchnorm(model)
         else:
             bns = _wrap_bn(model)
-    layers = [(n, m) for n, m in model.named_modules() if quantizable(m) and not isinstance(m, Add)]
-    if not layers:
-        raise EffdnnError(f"{tag}: the model has no Conv1d / Conv2d / Linear layer to quantize")
-    first, last = layers[0][0], layers[-1][0]
+    layers, first, last = quant_layers(model, config, tag)
     summary: list[dict[str, Any]] = []
     for name, m in layers:
         wspec, aspec = layer_specs(name, config, first, last)
@@ -153,11 +145,9 @@ def prepare_qat(model: nn.Module, config: Any, ctx: ExperimentContext, weight_q:
             continue
         quantize_layer(m, name, wq, aq)
         summary.append({"layer": name, "type": type(m).__name__, "weight": _label(wq), "act": _label(aq)})
-    if config.quantize_add and config.act is not None:
-        for name, m in model.named_modules():
-            if type(m) is Add and not _matches(name, config.keep_fp, first, last):
-                quantize_layer(m, name, act_q(config.act, f"{name}.a"), act_q(config.act, f"{name}.b"))
-                summary.append({"layer": name, "type": "Add", "weight": "-", "act": _label(m.a_quant)})
+    for name, m in quantized_adds(model, config, first, last):
+        quantize_layer(m, name, act_q(config.act, f"{name}.a"), act_q(config.act, f"{name}.b"))
+        summary.append({"layer": name, "type": "Add", "weight": "-", "act": _label(m.a_quant)})
     n = config.calib_batches or ctx.calib_batches
     t0 = time.perf_counter()
     if any(getattr(q, "mode", None) == "observe" for q in model.modules()):
@@ -198,7 +188,7 @@ def convert_qat(model: nn.Module) -> nn.Module:
 
 
 @QUANTIZE.register("qat", QATConfig, "quantization-aware training: STE, EMA activation ranges, BN folded + frozen")
-def qat(model: nn.Module, config: QATConfig, ctx: ExperimentContext) -> nn.Module:
+def qat(model: nn.Module, config: QATConfig, ctx: TransformContext) -> nn.Module:
     """Plain STE QAT (Jacob et al. 2018): any weight format (int / log / fixed / k-means centroids)."""
     return prepare_qat(model, config, ctx)
 

@@ -20,20 +20,12 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
+from ..utils.distributed import all_reduce_
 from ..formats import IntFormat, KMeansFormat, NumberFormat
 from ..formats.kmeans import KMeansParams
 from .fake_quant import Quantizer
-
-
-def all_reduce_(t: torch.Tensor, op: str) -> torch.Tensor:
-    """In-place min / max / sum over DDP ranks (no-op alone). torch.distributed directly: ``quant`` sits
-    below ``train`` in the layering, so it does not import ``train.distributed``."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op])
-    return t
 
 
 class QATQuantizer(Quantizer):
@@ -150,5 +142,4 @@ class EMAActQuantizer(ActStatsMixin, QATQuantizer):
         return q
 
 
-__all__ = ["ActStatsMixin", "CodebookWeightQuantizer", "DynamicWeightQuantizer", "EMAActQuantizer", "QATQuantizer",
-           "all_reduce_"]
+__all__ = ["ActStatsMixin", "CodebookWeightQuantizer", "DynamicWeightQuantizer", "EMAActQuantizer", "QATQuantizer"]

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from ..utils.batchnorm import recalibrate_batchnorm, running_batchnorms
-from . import distributed as ddp
-from .config import TrainSpec
+from ..utils import distributed as ddp
+from ..train_spec import TrainSpec
 
 
 class WeightAverager:

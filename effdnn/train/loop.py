@@ -19,11 +19,11 @@ from tqdm.auto import tqdm
 
 from ..errors import EffdnnError
 from ..utils.batches import batch_input, forward, move, model_device
-from . import distributed as ddp
+from ..utils import distributed as ddp
 from ..hooks import Callback
 from .averaging import WeightAverager
 from .checkpoint import load_checkpoint, save_atomic
-from .config import TrainSpec
+from ..train_spec import TrainSpec
 from .teacher import TeacherLogits
 
 CHECKPOINT = "last.pt"
@@ -91,6 +91,132 @@ def _logits(out: Any) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else out
 
 
+@dataclass
+class _Run:
+    """Everything one ``fit`` call sets up before its first step."""
+
+    spec: TrainSpec
+    desc: str
+    log: bool
+    callbacks: Sequence[Callback]
+    loader: DataLoader
+    sampler: DistributedSampler
+    steps_per_epoch: int
+    net: nn.Module  # the model, or its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    averager: WeightAverager | None
+    soft_targets: TeacherLogits | None
+    taker: Callback | None  # the one callback that replaces backward + step, if any
+
+
+def _setup(model: nn.Module, train: Dataset, spec: TrainSpec, batch_size: int, seed: int, callbacks: Sequence[Callback],
+           desc: str, log: bool, teacher: nn.Module | None) -> _Run:
+    torch.manual_seed(seed)
+    loader, sampler = _loader(train, batch_size, seed, shuffle=True)
+    steps_per_epoch = min(len(loader), spec.max_batches or len(loader))
+    net: nn.Module = DistributedDataParallel(model) if ddp.world_size() > 1 else model
+    optimizer = make_optimizer(model.parameters(), spec)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(spec, s, steps_per_epoch))
+    averager = WeightAverager(spec, steps_per_epoch) if spec.swa is not None else None
+    soft_targets = None
+    if spec.distill is not None:
+        soft_targets = TeacherLogits(teacher, train, model_device(model), _logits, spec.epochs * steps_per_epoch * batch_size)
+    takers = [cb for cb in callbacks if type(cb).backward_step is not Callback.backward_step]
+    if len(takers) > 1:
+        raise EffdnnError(f"two techniques both take over the optimizer step: {[type(c).__name__ for c in takers]}")
+    return _Run(spec, desc, log, callbacks, loader, sampler, steps_per_epoch, net, optimizer, scheduler, averager,
+                soft_targets, takers[0] if takers else None)
+
+
+def _resume(run: _Run, model: nn.Module, ckpt: Path, fp: str, result: TrainResult) -> int:
+    """Load the checkpoint into the model, optimizer, schedule, RNG and callbacks; the epochs done."""
+    state = load_checkpoint(ckpt)
+    if state.get("fingerprint") != fp:
+        raise EffdnnError(f"{ckpt}: made with other settings (model, training block, batch size or seed); delete it to start over")
+    model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    for cb, s in zip(run.callbacks, state["callbacks"]):
+        cb.load_state_dict(s)
+    if run.averager is not None:
+        run.averager.load_state_dict(state["swa"])
+    result.resumed_from = int(state["epoch"])
+    result.history = list(state["history"])
+    if run.log and ddp.is_main():
+        print(f"{run.desc}: resumed after epoch {result.resumed_from} from {ckpt}", file=sys.stderr)
+    return result.resumed_from
+
+
+def _step(run: _Run, model: nn.Module, batch: Any, soft_index: Any, where: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimizer step on ``batch``: (logits, labels, task loss)."""
+    spec = run.spec
+    x, y = _split(move(batch, model_device(model)))
+    logits = _logits(forward(run.net, x))
+    loss = F.cross_entropy(logits, y, label_smoothing=spec.label_smoothing)
+    if run.soft_targets is not None and spec.distill is not None:
+        soft = run.soft_targets(x, soft_index)
+        loss = distillation_loss(logits, soft, loss, spec.distill.alpha, spec.distill.temperature)
+    if not torch.isfinite(loss):
+        raise EffdnnError(f"{run.desc}: loss became {loss.item()} at {where}; lower the learning rate")
+    full = loss
+    for cb in run.callbacks:
+        extra = cb.extra_loss(model)
+        if extra is not None:
+            full = full + extra
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.taker is not None:
+        run.taker.backward_step(full, run.net, run.optimizer)
+    else:
+        full.backward()
+        if spec.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+        run.optimizer.step()
+    run.scheduler.step()
+    for cb in run.callbacks:
+        cb.after_step(model, run.optimizer)
+    return logits, y, loss
+
+
+def _epoch(run: _Run, model: nn.Module, epoch: int) -> dict[str, float]:
+    """One epoch of steps; the epoch's row of the history (loss and accuracy over every rank)."""
+    t0 = time.perf_counter()
+    run.sampler.set_epoch(epoch)
+    run.net.train()
+    for cb in run.callbacks:
+        cb.on_epoch_start(model, epoch)
+    total, correct, loss_sum = 0, 0, 0.0
+    bar = tqdm(run.loader, total=run.steps_per_epoch, desc=f"{run.desc} {epoch + 1}/{run.spec.epochs}", leave=False,
+               disable=None if ddp.is_main() else True, file=sys.stderr)
+    # the items of each batch, in the loader's order (the sampler is seeded by seed + epoch)
+    cached = run.soft_targets is not None and run.soft_targets.cached
+    indices = iter(run.loader.batch_sampler) if cached else None
+    for step, batch in enumerate(bar):
+        if step >= run.steps_per_epoch:
+            break
+        soft_index = next(indices) if indices is not None else None
+        logits, y, loss = _step(run, model, batch, soft_index, f"epoch {epoch + 1}, step {step + 1}")
+        if run.averager is not None:
+            run.averager.after_step(model, epoch * run.steps_per_epoch + step + 1)
+        n = y.numel()
+        total += n
+        correct += int((logits.argmax(1) == y).sum())
+        loss_sum += loss.item() * n
+        bar.set_postfix(loss=f"{loss_sum / total:.4f}")
+    stats = torch.tensor([loss_sum, correct, total], dtype=torch.float64, device=model_device(model))
+    ddp.all_reduce_(stats)
+    return {"epoch": epoch + 1, "loss": float(stats[0] / stats[2]), "train_accuracy": float(stats[1] / stats[2]),
+            "time_s": time.perf_counter() - t0, "lr": run.optimizer.param_groups[0]["lr"]}
+
+
+def _save(run: _Run, model: nn.Module, ckpt: Path, fp: str, epoch: int, result: TrainResult) -> None:
+    save_atomic({"fingerprint": fp, "epoch": epoch, "model": model.state_dict(),
+                 "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+                 "rng": torch.get_rng_state(), "callbacks": [cb.state_dict() for cb in run.callbacks],
+                 "history": result.history, "swa": run.averager.state_dict() if run.averager else None}, ckpt)
+
+
 def fit(
     model: nn.Module,
     train: Dataset,
@@ -114,6 +240,9 @@ def fit(
     before training for a ``TensorDataset``, ``teacher.TeacherLogits``); ``spec.swa``
     averages the weights of the last epochs (``averaging.WeightAverager``) and the model ends with the
     average, its BatchNorm statistics recomputed, before the callbacks' ``on_fit_end``.
+
+    The steps: ``_setup`` (loader, optimizer, schedule, averager, teacher), ``_resume``, then per epoch
+    ``_epoch`` (``_step`` per batch) and ``_save``, then the averaging and the callbacks' end.
     """
     if spec.distill is not None and teacher is None:
         raise EffdnnError(f"{desc}: distill needs a teacher model (in a recipe: the experiment's baseline)")
@@ -121,107 +250,26 @@ def fit(
     if teacher is not None:
         teacher.eval()
     batch_size = spec.batch_size or batch_size
-    device = model_device(model)
-    torch.manual_seed(seed)
-    loader, sampler = _loader(train, batch_size, seed, shuffle=True)
-    steps_per_epoch = min(len(loader), spec.max_batches or len(loader))
-    net: nn.Module = DistributedDataParallel(model) if ddp.world_size() > 1 else model
-    optimizer = make_optimizer(model.parameters(), spec)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(spec, s, steps_per_epoch))
-    averager = WeightAverager(spec, steps_per_epoch) if spec.swa is not None else None
-    soft_targets = None
-    if spec.distill is not None:
-        soft_targets = TeacherLogits(teacher, train, device, _logits, spec.epochs * steps_per_epoch * batch_size)
-    takers = [cb for cb in callbacks if type(cb).backward_step is not Callback.backward_step]
-    if len(takers) > 1:
-        raise EffdnnError(f"two techniques both take over the optimizer step: {[type(c).__name__ for c in takers]}")
+    run = _setup(model, train, spec, batch_size, seed, callbacks, desc, log, teacher)
     for cb in callbacks:
-        cb.on_fit_start(model, optimizer)
-
+        cb.on_fit_start(model, run.optimizer)
     result = TrainResult(spec.epochs)
     ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
     fp = _fingerprint(spec, model, batch_size, seed, ddp.world_size())
-    start = 0
-    if resume and ckpt is not None and ckpt.is_file():
-        state = load_checkpoint(ckpt)
-        if state.get("fingerprint") != fp:
-            raise EffdnnError(f"{ckpt}: made with other settings (model, training block, batch size or seed); delete it to start over")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        for cb, s in zip(callbacks, state["callbacks"]):
-            cb.load_state_dict(s)
-        if averager is not None:
-            averager.load_state_dict(state["swa"])
-        start = result.resumed_from = int(state["epoch"])
-        result.history = list(state["history"])
-        if log and ddp.is_main():
-            print(f"{desc}: resumed after epoch {start} from {ckpt}", file=sys.stderr)
-
+    start = _resume(run, model, ckpt, fp, result) if resume and ckpt is not None and ckpt.is_file() else 0
     for epoch in range(start, spec.epochs):
-        t0 = time.perf_counter()
-        sampler.set_epoch(epoch)
-        net.train()
-        for cb in callbacks:
-            cb.on_epoch_start(model, epoch)
-        total, correct, loss_sum = 0, 0, 0.0
-        bar = tqdm(loader, total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{spec.epochs}", leave=False,
-                   disable=None if ddp.is_main() else True, file=sys.stderr)
-        # the items of each batch, in the loader's order (the sampler is seeded by seed + epoch)
-        indices = iter(loader.batch_sampler) if soft_targets is not None and soft_targets.cached else None
-        for step, batch in enumerate(bar):
-            if step >= steps_per_epoch:
-                break
-            x, y = _split(move(batch, device))
-            logits = _logits(forward(net, x))
-            loss = F.cross_entropy(logits, y, label_smoothing=spec.label_smoothing)
-            if soft_targets is not None and spec.distill is not None:
-                soft = soft_targets(x, next(indices) if indices is not None else None)
-                loss = distillation_loss(logits, soft, loss, spec.distill.alpha, spec.distill.temperature)
-            if not torch.isfinite(loss):
-                raise EffdnnError(f"{desc}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; lower the learning rate")
-            full = loss
-            for cb in callbacks:
-                extra = cb.extra_loss(model)
-                if extra is not None:
-                    full = full + extra
-            optimizer.zero_grad(set_to_none=True)
-            if takers:
-                takers[0].backward_step(full, net, optimizer)
-            else:
-                full.backward()
-                if spec.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
-                optimizer.step()
-            scheduler.step()
-            for cb in callbacks:
-                cb.after_step(model, optimizer)
-            if averager is not None:
-                averager.after_step(model, epoch * steps_per_epoch + step + 1)
-            n = y.numel()
-            total += n
-            correct += int((logits.argmax(1) == y).sum())
-            loss_sum += loss.item() * n
-            bar.set_postfix(loss=f"{loss_sum / total:.4f}")
-        stats = torch.tensor([loss_sum, correct, total], dtype=torch.float64, device=device)
-        ddp.all_reduce_(stats)
-        row = {"epoch": epoch + 1, "loss": float(stats[0] / stats[2]), "train_accuracy": float(stats[1] / stats[2]),
-               "time_s": time.perf_counter() - t0, "lr": optimizer.param_groups[0]["lr"]}
+        row = _epoch(run, model, epoch)
         result.history.append(row)
         if log and ddp.is_main():
             print(f"{desc} epoch {epoch + 1}/{spec.epochs}: loss {row['loss']:.4f}  train acc {row['train_accuracy']:.4f}  "
                   f"{row['time_s']:.1f}s", file=sys.stderr)
         if ckpt is not None and ddp.is_main():
-            save_atomic({"fingerprint": fp, "epoch": epoch + 1, "model": model.state_dict(),
-                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "rng": torch.get_rng_state(), "callbacks": [cb.state_dict() for cb in callbacks],
-                         "history": result.history, "swa": averager.state_dict() if averager else None}, ckpt)
+            _save(run, model, ckpt, fp, epoch + 1, result)
         ddp.barrier()
-    if averager is not None:
-        sampler.set_epoch(spec.epochs)  # the same BatchNorm batches whether or not the run was resumed
-        averager.finish(model, loader)
-        result.swa_models = averager.count
+    if run.averager is not None:
+        run.sampler.set_epoch(spec.epochs)  # the same BatchNorm batches whether or not the run was resumed
+        run.averager.finish(model, run.loader)
+        result.swa_models = run.averager.count
     for cb in callbacks:
         cb.on_fit_end(model)
     if teacher is not None:

@@ -75,7 +75,7 @@ def test_activation_penalty_value(tiny, tiny_data, method, callback, penalty, _)
 
 @pytest.mark.parametrize("method,_,__,weight", PENALTIES)
 def test_activation_penalty_training_makes_activations_sparser(tiny, tiny_data, method, _, __, weight):
-    from effdnn.train.config import TrainSpec
+    from effdnn.train_spec import TrainSpec
 
     spec = TrainSpec(epochs=15, lr=0.03)
     plain = copy.deepcopy(tiny)

@@ -13,7 +13,7 @@ from torch import nn
 
 from effdnn.recipe import load_recipe
 from effdnn.runner import Runner
-from effdnn.train import distributed as ddp
+from effdnn.utils import distributed as ddp
 
 
 class StateSavingRunner(Runner):

@@ -152,11 +152,16 @@ def test_ptq_accuracy_floor_on_digits(digits_lenet, spec, max_drop) -> None:
 
 
 @pytest.mark.parametrize("spec, needle", [
-    ({"method": "ptq", "weight": {"bits": 1}}, "quantize.weight: Value error, int format: bits must be an integer in 2..16"),
+    ({"method": "ptq", "weight": {"bits": 1}}, "quantize.weight: int format: bits must be an integer in 2..16"),
     ({"method": "ptq", "act": {"bits": 17}}, "bits must be an integer in 2..16"),
     ({"method": "ptq", "weight": {"format": "posit"}}, "unknown format 'posit'"),
     ({"method": "ptq", "act": {"calibrator": "entropy"}}, "unknown calibrator 'entropy'"),
     ({"method": "ptq", "act": {"format": "kmeans"}}, "for weights only"),
+    ({"method": "ptq", "weight": {"format": "int", "preset": "fp16"}},
+     "quantize.weight: preset: not an option of format 'int' (its options: symmetric, narrow_range)"),
+    ({"method": "ptq", "weight": {"format": "float", "exp_bits": 4}}, "give exp_bits and man_bits together"),
+    ({"method": "ptq", "keep_fp": ["lyr.*"]}, "ptq.keep_fp: pattern 'lyr.*' matches no layer"),
+    ({"method": "ptq", "overrides": {"conv9": {"fp": True}}}, "ptq.overrides: pattern 'conv9' matches no layer"),
 ])
 def test_bad_specs_are_one_line_errors(spec, needle) -> None:
     m = build_model("lenet5", 1, 10, (8, 8))

@@ -14,7 +14,7 @@ import effdnn
 from effdnn.models import build_model
 
 from effdnn.errors import EffdnnError
-from effdnn.quant.sensitivity import as_overrides, pick_widths, sweep
+from effdnn.sensitivity import as_overrides, pick_widths, sweep
 
 
 def test_pick_widths_narrows_the_cheapest_layer_first_and_fits_the_budget():

@@ -116,7 +116,7 @@ def test_distillation_loss_is_hintons_objective():
 
 
 def test_fit_with_distillation_needs_a_teacher_and_learns_from_it():
-    from effdnn.train.config import DistillSpec
+    from effdnn.train_spec import DistillSpec
 
     data = load_data("synthetic", n_train=256, n_test=128)
     teacher = _model()
@@ -151,7 +151,7 @@ class _Listed(torch.utils.data.Dataset):
 
 
 def test_teacher_outputs_are_computed_once_for_a_fixed_dataset_and_train_alike():
-    from effdnn.train.config import DistillSpec
+    from effdnn.train_spec import DistillSpec
 
     data = load_data("synthetic", n_train=256, n_test=64)
     teacher = _model()

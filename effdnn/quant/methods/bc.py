@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ...context import ExperimentContext
+from ...transform import TransformContext
 from ...formats.ste import ste
 from ...registry import QUANTIZE
 from .binary import BinaryMethodConfig, WeightBinarizer, binarize, glorot_h, sign_pm1
@@ -66,6 +66,6 @@ def bc_h(config: BCConfig | object, m: nn.Module) -> float:
 
 
 @QUANTIZE.register("bc", BCConfig, "BinaryConnect: +-H weights (sign or stochastic hard-sigmoid), latent weights clipped")
-def bc(model: nn.Module, config: BCConfig, ctx: ExperimentContext) -> nn.Module:
+def bc(model: nn.Module, config: BCConfig, ctx: TransformContext) -> nn.Module:
     """BinaryConnect (Courbariaux et al. 2015)."""
     return binarize(model, config, ctx, "bc", lambda m: BinaryConnectWeight(bc_h(config, m), config.mode == "stochastic"))

@@ -20,7 +20,7 @@ from typing import Literal
 
 from torch import nn
 
-from ...context import ExperimentContext
+from ...transform import TransformContext
 from ...registry import QUANTIZE
 from .bc import BinaryConnectWeight, bc_h
 from .binary import BinaryMethodConfig, binarize
@@ -32,7 +32,7 @@ class BNNConfig(BinaryMethodConfig):
 
 
 @QUANTIZE.register("bnn", BNNConfig, "BNN: +-1 weights and activations (BN -> sign, STE gated at |x| <= 1)")
-def bnn(model: nn.Module, config: BNNConfig, ctx: ExperimentContext) -> nn.Module:
+def bnn(model: nn.Module, config: BNNConfig, ctx: TransformContext) -> nn.Module:
     """Binarized Neural Networks (Courbariaux et al. 2016)."""
     return binarize(model, config, ctx, "bnn", lambda m: BinaryConnectWeight(bc_h(config, m)), binary_input=True,
                     default_keep_fp=("first", "last"))

@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ...context import ExperimentContext
+from ...transform import TransformContext
 from ...formats.ste import clipped_ste
 from ...registry import QUANTIZE
 from .binary import BinaryMethodConfig, WeightBinarizer, binarize, expand_scale, sign_pm1
@@ -43,6 +43,6 @@ class BWNConfig(BinaryMethodConfig):
 
 
 @QUANTIZE.register("bwn", BWNConfig, "Binary-Weight-Networks: W ~ alpha sign(W), alpha = mean |W| per filter")
-def bwn(model: nn.Module, config: BWNConfig, ctx: ExperimentContext) -> nn.Module:
+def bwn(model: nn.Module, config: BWNConfig, ctx: TransformContext) -> nn.Module:
     """Binary-Weight-Networks (Rastegari et al. 2016)."""
     return binarize(model, config, ctx, "bwn", lambda m: ScaledSignWeight(), default_keep_fp=("first", "last"))

@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ...context import ExperimentContext
+from ...transform import TransformContext
 from ...errors import EffdnnError
 from ...formats import NumberFormat
 from ...formats.ste import round_ste
@@ -116,6 +116,6 @@ class DoReFaConfig(QATConfig):
 
 
 @QUANTIZE.register("dorefa", DoReFaConfig, "DoReFa-Net weights (tanh normalisation) + QAT activations")
-def dorefa(model: nn.Module, config: DoReFaConfig, ctx: ExperimentContext) -> nn.Module:
+def dorefa(model: nn.Module, config: DoReFaConfig, ctx: TransformContext) -> nn.Module:
     """DoReFa weights (Zhou et al. 2016) with STE QAT of the activations."""
     return prepare_qat(model, config, ctx, weight_q=dorefa_or_generic(config.rescale), tag="dorefa")

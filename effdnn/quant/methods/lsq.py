@@ -24,7 +24,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ...context import ExperimentContext
+from ...transform import TransformContext
 from ...errors import EffdnnError
 from ...formats import IntFormat
 from ...formats.integer import IntParams
@@ -131,7 +131,7 @@ class LSQConfig(QATConfig):
 
 
 @QUANTIZE.register("lsq", LSQConfig, "LSQ: learned step size for weights and activations (scaled step gradient)")
-def lsq(model: nn.Module, config: LSQConfig, ctx: ExperimentContext) -> nn.Module:
+def lsq(model: nn.Module, config: LSQConfig, ctx: TransformContext) -> nn.Module:
     """Learned step size quantization (Esser et al. 2020) of weights and activations."""
 
     def weight(spec: TensorSpec, name: str, layer: nn.Module) -> QATQuantizer:

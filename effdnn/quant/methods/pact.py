@@ -26,7 +26,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ...context import ExperimentContext
+from ...transform import TransformContext
 from ...formats import IntFormat
 from ...formats.integer import IntParams
 from ...registry import QUANTIZE
@@ -140,7 +140,7 @@ class PACTConfig(QATConfig):
 
 
 @QUANTIZE.register("pact", PACTConfig, "PACT: learned activation clip (L2-regularised) + DoReFa / uniform weights")
-def pact(model: nn.Module, config: PACTConfig, ctx: ExperimentContext) -> nn.Module:
+def pact(model: nn.Module, config: PACTConfig, ctx: TransformContext) -> nn.Module:
     """PACT activations (Choi et al. 2018) with DoReFa or uniform weights, trained with the STE."""
     def act(spec: TensorSpec, name: str) -> QATQuantizer:
         calib = spec.build_observer("act", name) if spec.calibrator != "max" else None

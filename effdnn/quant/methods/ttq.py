@@ -20,7 +20,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ...context import ExperimentContext
+from ...transform import TransformContext
 from ...registry import QUANTIZE
 from .binary import BinaryMethodConfig, WeightBinarizer, binarize
 
@@ -76,6 +76,6 @@ class TTQConfig(BinaryMethodConfig):
 
 
 @QUANTIZE.register("ttq", TTQConfig, "Trained Ternary Quantization: learned W_p / W_n, delta = t max |W|")
-def ttq(model: nn.Module, config: TTQConfig, ctx: ExperimentContext) -> nn.Module:
+def ttq(model: nn.Module, config: TTQConfig, ctx: TransformContext) -> nn.Module:
     """Trained Ternary Quantization (Zhu et al. 2017)."""
     return binarize(model, config, ctx, "ttq", lambda m: TTQWeight(m.weight, config.t), default_keep_fp=("first", "last"))

@@ -17,7 +17,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ...context import ExperimentContext
+from ...transform import TransformContext
 from ...formats.ste import ste
 from ...registry import QUANTIZE
 from .binary import BinaryMethodConfig, WeightBinarizer, binarize, expand_scale
@@ -61,7 +61,7 @@ class TWNConfig(BinaryMethodConfig):
 
 
 @QUANTIZE.register("twn", TWNConfig, "Ternary Weight Networks: delta = 0.7 mean |W|, alpha = mean |W| over |W| > delta")
-def twn(model: nn.Module, config: TWNConfig, ctx: ExperimentContext) -> nn.Module:
+def twn(model: nn.Module, config: TWNConfig, ctx: TransformContext) -> nn.Module:
     """Ternary Weight Networks (Li et al. 2016)."""
     return binarize(model, config, ctx, "twn",
                     lambda m: TernaryWeight(config.granularity == "per_channel", config.delta_factor))

@@ -17,7 +17,7 @@ from typing import Literal
 
 from torch import nn
 
-from ...context import ExperimentContext
+from ...transform import TransformContext
 from ...registry import QUANTIZE
 from .binary import BinaryMethodConfig, binarize
 from .bwn import ScaledSignWeight
@@ -28,7 +28,7 @@ class XNORConfig(BinaryMethodConfig):
 
 
 @QUANTIZE.register("xnor", XNORConfig, "XNOR-Net: alpha sign(W) weights, sign(BN(I)) inputs with the K scaling map")
-def xnor(model: nn.Module, config: XNORConfig, ctx: ExperimentContext) -> nn.Module:
+def xnor(model: nn.Module, config: XNORConfig, ctx: TransformContext) -> nn.Module:
     """XNOR-Net (Rastegari et al. 2016)."""
     return binarize(model, config, ctx, "xnor", lambda m: ScaledSignWeight(), binary_input=True, k_scaling=True,
                     default_keep_fp=("first", "last"))

@@ -7,7 +7,7 @@ layer whose next step down costs the least accuracy per weight bit saved, until 
 ``budget_bits``; the result is the ``overrides`` block of a ``qat`` / ``lsq`` / ``pact`` / ``ptq`` recipe
 (the HAQ / HAWQ question answered greedily with measured, not estimated, per-layer losses).
 
-``evaluate`` is any ``model -> accuracy`` function (``quant`` does not import the training loop).
+``evaluate`` is any ``model -> accuracy`` function.
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from typing import Any, Callable, Iterable
 
 from torch import nn
 
-from ..errors import EffdnnError
-from ..models.layers import Add
-from .modules import quantizable
+from .errors import EffdnnError
+from .models.layers import Add
+from .quant.modules import quantizable
 
 
 def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -27,7 +27,7 @@ def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def sweep(model: nn.Module, evaluate: Callable[[nn.Module], float], calib_data: Iterable[Any],
           widths: Iterable[int] = (8, 4, 3, 2), act: bool = True) -> list[dict[str, Any]]:
     """Rows {layer, bits, params, accuracy, loss_pts} (loss in accuracy points vs the float model)."""
-    from .. import quantize  # the public API (registry dispatch)
+    from . import quantize  # the public API (registry dispatch)
 
     calib = list(calib_data)
     if not calib:

@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
-from ..registry import StrictModel
+from .registry import StrictModel
 
 
 class DistillSpec(StrictModel):
