@@ -84,6 +84,20 @@ def _parse_bits(text: str) -> list[int]:
     return widths
 
 
+def _sensitivity_table(rows: list[dict], widths: list[int], weights_only: bool, title: str) -> Table:
+    """One row per layer, one column per width: the accuracy loss in points with that layer quantized alone."""
+    table = Table(title=title)
+    table.add_column("layer")
+    table.add_column("params", justify="right")
+    for b in widths:
+        table.add_column(f"W{b}" if weights_only else f"W{b}A{b}", justify="right")
+    for name in dict.fromkeys(r["layer"] for r in rows):
+        loss = {r["bits"]: r["loss_pts"] for r in rows if r["layer"] == name}
+        params = next(r["params"] for r in rows if r["layer"] == name)
+        table.add_row(name, f"{params:,}", *(f"{loss[b]:+.2f}" for b in widths))
+    return table
+
+
 @app.command()
 def sensitivity(
     recipe: Path = typer.Argument(..., help="recipe YAML file (its data, model and baseline blocks)"),
@@ -100,7 +114,7 @@ def sensitivity(
 
     import yaml
 
-    from .sensitivity import _layers, as_overrides, pick_widths, sweep
+    from .sensitivity import as_overrides, pick_widths, quantizable_layers, sweep
     from .recipe import load_recipe
     from .runner import Runner
     from .train import evaluate
@@ -112,7 +126,7 @@ def sensitivity(
     model, base_row = runner.load_baseline()  # trained once, then reused from the baseline cache
     model.eval()
     if budget_kib is not None:
-        narrowest = sum(m.weight.numel() for _, m in _layers(model)) * min(widths)
+        narrowest = sum(m.weight.numel() for _, m in quantizable_layers(model)) * min(widths)
         if narrowest > budget_kib * 8192:
             raise EffdnnError(f"sensitivity: --budget-kib {budget_kib:g} is below the narrowest configuration "
                               f"({narrowest / 8192:.2f} KiB of weights at {min(widths)} bits)")
@@ -120,17 +134,8 @@ def sensitivity(
     calib = runner.ctx().calib_loader(calib_batches)
     rows = sweep(model, lambda m: evaluate(m, test, batch_size=512), calib, widths, act=not weights_only)
 
-    table = Table(title=f"{runner.recipe.name}: accuracy loss (points) with one layer quantized "
-                        f"(baseline {base_row['accuracy']:.4f})")
-    table.add_column("layer")
-    table.add_column("params", justify="right")
-    for b in widths:
-        table.add_column(f"W{b}" if weights_only else f"W{b}A{b}", justify="right")
-    for name in dict.fromkeys(r["layer"] for r in rows):
-        loss = {r["bits"]: r["loss_pts"] for r in rows if r["layer"] == name}
-        params = next(r["params"] for r in rows if r["layer"] == name)
-        table.add_row(name, f"{params:,}", *(f"{loss[b]:+.2f}" for b in widths))
-    out_console.print(table)
+    out_console.print(_sensitivity_table(rows, widths, weights_only, f"{runner.recipe.name}: accuracy loss (points) "
+                                         f"with one layer quantized (baseline {base_row['accuracy']:.4f})"))
     choice = None
     if budget_kib is not None:
         choice = pick_widths(rows, budget_kib * 8192)

@@ -20,7 +20,8 @@ from .models.layers import Add
 from .quant.modules import quantizable
 
 
-def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The layers the sweep quantizes one at a time (every Conv / Linear with a quantized class)."""
     return [(n, m) for n, m in model.named_modules() if quantizable(m) and not isinstance(m, Add)]
 
 
@@ -33,9 +34,9 @@ def sweep(model: nn.Module, evaluate: Callable[[nn.Module], float], calib_data: 
     if not calib:
         raise EffdnnError("sensitivity: the calibration set is empty")
     base = evaluate(model)
-    names = [n for n, _ in _layers(model)]
+    names = [n for n, _ in quantizable_layers(model)]
     rows = []
-    for name, layer in _layers(model):
+    for name, layer in quantizable_layers(model):
         for bits in widths:
             spec = {"method": "ptq", "weight": {"bits": bits, "granularity": "per_channel"},
                     "act": {"bits": bits} if act else None, "quantize_add": False,
