@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..errors import EffdnnError
@@ -24,6 +24,7 @@ from ..hooks import Callback
 from .averaging import WeightAverager
 from .checkpoint import load_checkpoint, save_atomic
 from ..train_spec import TrainSpec
+from .sampler import GlobalBatchSampler
 from .teacher import TeacherLogits
 
 CHECKPOINT = "last.pt"
@@ -72,13 +73,13 @@ def _fingerprint(spec: TrainSpec, model: nn.Module, batch_size: int, seed: int, 
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _loader(ds: Dataset, batch_size: int, seed: int, shuffle: bool) -> tuple[DataLoader, DistributedSampler]:
-    """The same permutation (seed + epoch) in one process and under DDP, so both see the same global batches."""
+def _loader(ds: Dataset, batch_size: int, seed: int, shuffle: bool) -> tuple[DataLoader, GlobalBatchSampler]:
+    """The same global batches (seed + epoch permutation) in one process and under DDP, for any data-set size."""
     world, rank = ddp.world_size(), ddp.rank()
     if batch_size % world:
         raise EffdnnError(f"batch_size {batch_size} must be divisible by the {world} processes")
-    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
-    return DataLoader(ds, batch_size=batch_size // world, sampler=sampler, num_workers=0), sampler
+    sampler = GlobalBatchSampler(len(ds), batch_size, world, rank, seed, shuffle)
+    return DataLoader(ds, batch_sampler=sampler, num_workers=0), sampler
 
 
 def _split(batch: Any) -> tuple[Any, torch.Tensor]:
@@ -100,7 +101,7 @@ class _Run:
     log: bool
     callbacks: Sequence[Callback]
     loader: DataLoader
-    sampler: DistributedSampler
+    sampler: GlobalBatchSampler
     steps_per_epoch: int
     net: nn.Module  # the model, or its DDP wrapper
     optimizer: torch.optim.Optimizer
@@ -149,18 +150,23 @@ def _resume(run: _Run, model: nn.Module, ckpt: Path, fp: str, result: TrainResul
     return result.resumed_from
 
 
-def _step(run: _Run, model: nn.Module, batch: Any, soft_index: Any, where: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One optimizer step on ``batch``: (logits, labels, task loss)."""
+def _step(run: _Run, model: nn.Module, batch: Any, soft_index: Any, step: int, where: str
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimizer step on ``batch``: (logits, labels, task loss) of the batch's real items."""
     spec = run.spec
     x, y = _split(move(batch, model_device(model)))
     logits = _logits(forward(run.net, x))
-    loss = F.cross_entropy(logits, y, label_smoothing=spec.label_smoothing)
-    if run.soft_targets is not None and spec.distill is not None:
+    real, weight = run.sampler.share_weight(step)
+    if real < y.numel():  # a stand-in item (an empty share of the last batch under DDP): no loss
+        logits, y = logits[:real], y[:real]
+    loss = F.cross_entropy(logits, y, label_smoothing=spec.label_smoothing) if real else logits.sum() * 0
+    if run.soft_targets is not None and spec.distill is not None and real:
         soft = run.soft_targets(x, soft_index)
         loss = distillation_loss(logits, soft, loss, spec.distill.alpha, spec.distill.temperature)
     if not torch.isfinite(loss):
         raise EffdnnError(f"{run.desc}: loss became {loss.item()} at {where}; lower the learning rate")
-    full = loss
+    # this rank's share of the global mean (DDP averages over ranks); exactly 1 alone and on even batches
+    full = loss * weight if weight != 1 else loss
     for cb in run.callbacks:
         extra = cb.extra_loss(model)
         if extra is not None:
@@ -196,7 +202,7 @@ def _epoch(run: _Run, model: nn.Module, epoch: int) -> dict[str, float]:
         if step >= run.steps_per_epoch:
             break
         soft_index = next(indices) if indices is not None else None
-        logits, y, loss = _step(run, model, batch, soft_index, f"epoch {epoch + 1}, step {step + 1}")
+        logits, y, loss = _step(run, model, batch, soft_index, step, f"epoch {epoch + 1}, step {step + 1}")
         if run.averager is not None:
             run.averager.after_step(model, epoch * run.steps_per_epoch + step + 1)
         n = y.numel()

@@ -1,4 +1,6 @@
-"""A 2-process DDP run (torchrun, gloo on CPU) reaches the weights of a 1-process run of the same global batch."""
+"""A 2-process DDP run (torchrun, gloo on CPU) reaches the weights of a 1-process run of the same global
+batches. The training set (1,347 = 21 x 64 + 3 examples) does not divide into batches: the last partial
+batch is split unevenly over the ranks and must still count as in one process."""
 import json
 import os
 import subprocess
@@ -15,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]  # the processes import this checkout
 RECIPE = {
     "name": "ddp",
     "seed": 0,
-    "data": {"name": "synthetic", "batch_size": 32, "kwargs": {"n_train": 256, "n_test": 64}},
+    "data": {"name": "synthetic", "batch_size": 64, "kwargs": {"n_train": 1347, "n_test": 300}},
     "model": {"name": "mlp", "kwargs": {"hidden": [32]}},
     "baseline": {"epochs": 2, "optimizer": "sgd", "lr": 0.1, "schedule": "none"},
 }
@@ -36,18 +38,39 @@ def _one_and_two_processes(tmp_path, recipe):
           "-m", "effdnn.cli", "run", "r.yaml", "--out", "two"], tmp_path, env)
 
 
+FINETUNE = {"epochs": 2, "optimizer": "sgd", "lr": 0.05, "schedule": "none"}
+EXPERIMENTS = [
+    {"name": "prune-agp", "prune": {"method": "magnitude", "sparsity": 0.7, "schedule": "agp", "end": 0.75},
+     "finetune": FINETUNE},
+    {"name": "lsq", "quantize": {"method": "lsq", "weight": {"bits": 4}, "act": {"bits": 4}}, "finetune": FINETUNE},
+]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("swa", [None, {"epochs": 1, "lr": 0.05, "every": 2}], ids=["plain", "swa"])
 def test_two_process_ddp_equals_one_process(tmp_path, swa):
-    _one_and_two_processes(tmp_path, {**RECIPE, "baseline": {**RECIPE["baseline"], **({"swa": swa} if swa else {})}})
+    recipe = {**RECIPE, "baseline": {**RECIPE["baseline"], **({"swa": swa} if swa else {})}}
+    if swa is None:
+        recipe["experiments"] = EXPERIMENTS
+    _one_and_two_processes(tmp_path, recipe)
     one = torch.load(tmp_path / "one/baseline/model.pt", weights_only=True)
     two = torch.load(tmp_path / "two/baseline/model.pt", weights_only=True)
     for k in one:
-        assert torch.allclose(one[k], two[k], atol=1e-5), k
-    assert (tmp_path / "two/report.json").is_file()
-    if swa:  # the second epoch's 8 global steps, one weight set every 2
+        assert torch.allclose(one[k], two[k], rtol=0, atol=1e-6), k
+    reports = [json.loads((tmp_path / run / "report.json").read_text()) for run in ("one", "two")]
+    assert reports[0]["baseline"]["accuracy"] == reports[1]["baseline"]["accuracy"]
+    if swa:  # the second epoch's 22 global steps, one weight set every 2
         for run in ("one", "two"):
-            assert json.loads((tmp_path / run / "baseline/meta.json").read_text())["train"]["swa_models"] == 4
+            assert json.loads((tmp_path / run / "baseline/meta.json").read_text())["train"]["swa_models"] == 11
+        return
+    for exp in EXPERIMENTS:
+        ckpt = f"experiments/{exp['name']}/ckpt/{exp['name']}/last.pt"
+        a = torch.load(tmp_path / "one" / ckpt, weights_only=False)["model"]
+        b = torch.load(tmp_path / "two" / ckpt, weights_only=False)["model"]
+        for k in a:
+            assert torch.allclose(a[k].float(), b[k].float(), rtol=1e-6, atol=1e-6), (exp["name"], k, (a[k] - b[k]).abs().max())
+    for r1, r2 in zip(reports[0]["experiments"], reports[1]["experiments"]):
+        assert r1["accuracy"] == r2["accuracy"], r1["name"]
 
 
 @pytest.mark.slow
