@@ -186,12 +186,53 @@ def formats() -> None:
     out_console.print(table)
 
 
+def _bug_report(exc: BaseException) -> Path:
+    """Write the traceback of an internal error to a file; its path."""
+    import tempfile
+    import time
+    import traceback
+
+    path = Path(tempfile.gettempdir()) / f"effdnn-bug-{time.strftime('%Y%m%d-%H%M%S')}.txt"
+    path.write_text("".join(traceback.format_exception(exc)))
+    return path
+
+
+def _fail(message: str, code: int) -> None:
+    err_console.print(f"effdnn: error: {message}", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
+    """The command line: bad input (an EffdnnError, a usage error) is one line and exit code 2; an
+    internal error is one line saying it is a bug and where its traceback was written, exit code 1."""
+    from typer import Abort
+
+    try:  # typer carries its own copy of click
+        from typer._click.exceptions import NoArgsIsHelpError, UsageError
+    except ImportError:  # pragma: no cover (older typer: click itself)
+        from click.exceptions import NoArgsIsHelpError, UsageError  # type: ignore[no-redef]
+
     try:
-        app(args=argv)  # standalone: usage errors print their own message and exit with code 2
+        code = app(args=argv, standalone_mode=False, prog_name="effdnn")
     except EffdnnError as e:
-        err_console.print(f"effdnn: error: {e}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(str(e), 2)
+    except NoArgsIsHelpError:  # the help is already printed
+        sys.exit(0)
+    except UsageError as e:
+        where = e.ctx.command_path if e.ctx is not None else "effdnn"
+        _fail(f"{' '.join(e.format_message().split())} (see: {where} --help)", 2)
+    except Abort:
+        _fail("interrupted", 130)
+    except SystemExit as e:  # code the recipe names (a model or data function) that called sys.exit
+        if e.code in (0, None):
+            raise
+        _fail(f"the recipe's code called sys.exit({e.code!r})", 2)
+    except Exception as e:  # a bug in effdnn: one line, the details in a file
+        _fail(f"internal error (a bug in effdnn, not your input): {type(e).__name__}: {e}; "
+              f"traceback in {_bug_report(e)}", 1)
+    else:
+        if isinstance(code, int) and code:
+            sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -48,9 +48,36 @@ def test_missing_recipe_and_bad_report_folder(tmp_path):
     _one_clear_line(effdnn("report", str(tmp_path)), "not valid JSON")
 
 
-def test_usage_error_exit_code_2():
-    p = effdnn("run")
-    assert p.returncode == 2 and "Traceback" not in p.stderr
+@pytest.mark.parametrize("args, needle", [
+    (["run"], "Missing argument 'recipe'. (see: effdnn run --help)"),
+    (["run", "r.yaml", "--bogus"], "No such option: --bogus"),
+    (["nosuchcmd"], "No such command 'nosuchcmd'"),
+    (["sensitivity", "r.yaml", "--calib-batches", "0"], "--calib-batches"),
+])
+def test_usage_errors_are_one_line_and_exit_code_2(args, needle):
+    _one_clear_line(effdnn(*args), needle)
+
+
+def test_user_code_calling_sys_exit_is_one_line(tmp_path):
+    (tmp_path / "m.py").write_text("import sys\ndef net(**kw):\n    sys.exit(3)\n")
+    (tmp_path / "r.yaml").write_text("model: {name: m.py:net}\nbaseline: {epochs: 1}\n")
+    _one_clear_line(effdnn("run", "r.yaml", "--out", "o", cwd=tmp_path), "sys.exit(3)")
+
+
+def test_internal_error_says_bug_and_where_the_traceback_is(tmp_path, monkeypatch, capsys):
+    from effdnn import cli
+
+    def broken(*a, **k):
+        raise ZeroDivisionError("x")
+
+    monkeypatch.setattr(cli, "_run", broken)
+    (tmp_path / "r.yaml").write_text("name: x\n")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["run", str(tmp_path / "r.yaml")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 1 and len(err.splitlines()) == 1 and "a bug in effdnn" in err
+    path = err.rsplit("traceback in ", 1)[1]
+    assert "ZeroDivisionError" in open(path).read()
 
 
 def test_run_report_and_methods(tmp_path):
