@@ -37,11 +37,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -52,8 +53,12 @@ from . import huffman
 MAGIC = b"EFDC"
 VERSION = 1
 META, RAW, SHARED = 0, 1, 2
-MAX_NUMEL = 1 << 31
+MAX_NUMEL = 1 << 28  # elements of one tensor: 1 GiB as float32, 2.6x VGG-16's fc6 (102.8 M), the paper's largest
 MAX_DIMS = 8
+MAX_META_BYTES = 1 << 16  # the writer's META is a few hundred bytes
+MAX_META_DEPTH = 32
+SECTION_HEADER = 11  # kind u8 | name length u16 | payload length u64
+_JSON_TOKENS = re.compile(r'\\.|[\[\]{}"]', re.S)  # an escape pair, a quote or a bracket
 
 _DTYPES: dict[int, tuple[torch.dtype, str]] = {
     0: (torch.float32, "<f4"), 1: (torch.float64, "<f8"), 2: (torch.float16, "<f2"), 3: (torch.bfloat16, "<i2"),
@@ -179,17 +184,29 @@ def write_container(path: str | Path, tensors: dict[str, torch.Tensor | Shared],
 
 
 # -- reading ----------------------------------------------------------------------------------------
+#
+# Every size a file claims is checked against the bytes that remain (and, given the model, against
+# the shape it expects) before anything of that size is allocated: reading takes time and memory in
+# proportion to the file, whatever it claims. Only ``Shared.dense()`` allocates the tensor's numel,
+# which MAX_NUMEL bounds and ``load_into`` checks against the model first.
+
+Expected = Union[torch.nn.Module, Mapping[str, Union[torch.Tensor, Sequence[int]]]]
+_Want = dict[str, tuple[tuple[int, ...], Optional[torch.dtype]]]
+
 
 class _Reader:
-    def __init__(self, data: bytes, where: str) -> None:
-        self.data, self.pos, self.where = data, 0, where
+    def __init__(self, data: bytes | memoryview, where: str) -> None:
+        self.data, self.pos, self.where = memoryview(data), 0, where
 
     def fail(self, msg: str) -> ContainerError:
         return ContainerError(f"{self.where}: {msg}")
 
-    def take(self, n: int, what: str) -> bytes:
-        if n < 0 or self.pos + n > len(self.data):
-            raise self.fail(f"truncated: {what} needs {n} bytes at offset {self.pos}, {len(self.data) - self.pos} left")
+    def left(self) -> int:
+        return len(self.data) - self.pos
+
+    def take(self, n: int, what: str) -> memoryview:
+        if n < 0 or n > self.left():
+            raise self.fail(f"truncated: {what} needs {n} bytes at offset {self.pos}, {self.left()} left")
         out = self.data[self.pos:self.pos + n]
         self.pos += n
         return out
@@ -199,138 +216,233 @@ class _Reader:
 
     def done(self, what: str) -> None:
         if self.pos != len(self.data):
-            raise self.fail(f"{len(self.data) - self.pos} unexpected bytes at the end of {what}")
+            raise self.fail(f"{self.left()} unexpected bytes at the end of {what}")
 
 
-def _shape(r: _Reader, what: str) -> tuple[torch.dtype, str, tuple[int, ...], int]:
-    code, ndim = r.unpack("<BB", what)
+def _want(expected: Expected | Callable[[dict[str, Any]], Expected], meta: dict[str, Any]) -> _Want:
+    """name -> (shape, dtype or None) of what the caller expects the file to hold."""
+    if callable(expected) and not isinstance(expected, torch.nn.Module):
+        expected = expected(meta)
+    items = expected.state_dict().items() if isinstance(expected, torch.nn.Module) else expected.items()
+    return {name: (tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else (tuple(int(d) for d in t), None)
+            for name, t in items}
+
+
+def _shape(r: _Reader, name: str, want: _Want | None) -> tuple[torch.dtype, str, tuple[int, ...], int]:
+    what = repr(name)
+    code, ndim = r.unpack("<BB", f"{what} shape")
     if code not in _DTYPES:
         raise r.fail(f"{what}: unknown dtype code {code}")
     if ndim > MAX_DIMS:
         raise r.fail(f"{what}: {ndim} dimensions (at most {MAX_DIMS})")
-    shape = tuple(r.unpack(f"<{ndim}I", what)) if ndim else ()
+    shape = tuple(r.unpack(f"<{ndim}I", f"{what} shape")) if ndim else ()
     numel, span = 1, 1
     for d in shape:
         numel *= d
         span *= max(d, 1)  # also bounds the strides of an empty tensor
     if span > MAX_NUMEL:
-        raise r.fail(f"{what}: shape {shape} is too large")
+        raise r.fail(f"{what}: shape {shape} is too large (over {MAX_NUMEL} elements)")
     dt, np_dt = _DTYPES[code]
+    if want is not None:
+        if name not in want:
+            raise r.fail(f"{what}: the model has no such tensor")
+        w_shape, w_dt = want[name]
+        if shape != w_shape or (w_dt is not None and dt != w_dt):
+            raise r.fail(f"{what} is {shape} {dt}, the model wants {w_shape} {w_dt or ''}".rstrip())
     return dt, np_dt, shape, numel
 
 
-def _read_raw(r: _Reader, name: str) -> torch.Tensor:
-    dt, np_dt, shape, numel = _shape(r, name)
+def _check_finite(r: _Reader, what: str, t: torch.Tensor) -> None:
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise r.fail(f"{what} holds NaN or infinite values")
+
+
+def _read_raw(r: _Reader, name: str, want: _Want | None) -> torch.Tensor:
+    dt, np_dt, shape, numel = _shape(r, name, want)
     size = np.dtype(np_dt).itemsize
-    arr = np.frombuffer(r.take(numel * size, f"{name} data"), dtype=np_dt).astype(np.dtype(np_dt).newbyteorder("="))
+    if numel * size != r.left():
+        raise r.fail(f"{name!r}: {shape} {dt} needs {numel * size} bytes, the section holds {r.left()}")
+    arr = np.frombuffer(r.take(numel * size, f"{name!r} data"), dtype=np_dt).astype(np.dtype(np_dt).newbyteorder("="))
     t = torch.from_numpy(arr).reshape(shape)
     if dt == torch.bfloat16:
-        return t.view(torch.bfloat16)
-    if dt == torch.bool:
+        t = t.view(torch.bfloat16)
+    elif dt == torch.bool:
         if (arr > 1).any():
-            raise r.fail(f"{name}: boolean tensor with values other than 0 / 1")
-        return t.to(torch.bool)
-    return t.to(dt)
+            raise r.fail(f"{name!r}: boolean tensor with values other than 0 / 1")
+        t = t.to(torch.bool)
+    _check_finite(r, repr(name), t)
+    return t
 
 
-def _read_shared(r: _Reader, name: str) -> Shared:
-    dt, _, shape, numel = _shape(r, name)
+def _shared_head(r: _Reader, name: str, want: _Want | None) -> tuple[torch.dtype, tuple[int, ...], int, np.ndarray, int, int]:
+    """dtype, shape, numel, codebook, index bits and entries of a SHARED section, each checked."""
+    dt, _, shape, numel = _shape(r, name, want)
+    what = repr(name)
     if not dt.is_floating_point:
-        raise r.fail(f"{name}: a shared tensor must be floating point")
-    (k,) = r.unpack("<H", f"{name} codebook size")
+        raise r.fail(f"{what}: a shared tensor must be floating point")
+    (k,) = r.unpack("<H", f"{what} codebook size")
     if k == 0:
-        raise r.fail(f"{name}: empty codebook")
-    codebook = np.frombuffer(r.take(4 * k, f"{name} codebook"), dtype="<f4").astype(np.float32)
+        raise r.fail(f"{what}: empty codebook")
+    codebook = np.frombuffer(r.take(4 * k, f"{what} codebook"), dtype="<f4").astype(np.float32)
     if not np.isfinite(codebook).all():
-        raise r.fail(f"{name}: codebook has NaN or infinite values")
-    index_bits, entries = r.unpack("<BI", f"{name} index header")
+        raise r.fail(f"{what}: codebook holds NaN or infinite values")
+    index_bits, entries = r.unpack("<BI", f"{what} index header")
     if not 1 <= index_bits <= 16:
-        raise r.fail(f"{name}: index bits {index_bits} out of range 1..16")
+        raise r.fail(f"{what}: index bits {index_bits} out of range 1..16")
     if entries > numel:
-        raise r.fail(f"{name}: {entries} entries for {numel} elements")
-    sym_len = np.frombuffer(r.take(k + 1, f"{name} symbol code table"), dtype=np.uint8).astype(np.int64)
-    gap_len = np.frombuffer(r.take(1 << index_bits, f"{name} gap code table"), dtype=np.uint8).astype(np.int64)
-    sym_bits, gap_bits = r.unpack("<II", f"{name} stream lengths")
-    sym_data = r.take((sym_bits + 7) // 8, f"{name} symbol stream")
-    gap_data = r.take((gap_bits + 7) // 8, f"{name} gap stream")
+        raise r.fail(f"{what}: {entries} entries for {numel} elements")
+    # each entry takes at least one bit of each stream, and the streams lie within the section
+    if 2 * entries > 8 * r.left():
+        raise r.fail(f"{what}: {entries} entries cannot fit in the {r.left()} bytes left")
+    return dt, shape, numel, codebook, index_bits, entries
+
+
+def _read_shared(r: _Reader, name: str, want: _Want | None) -> Shared:
+    dt, shape, numel, codebook, index_bits, entries = _shared_head(r, name, want)
+    what, k = repr(name), len(codebook)
+    sym_len = np.frombuffer(r.take(k + 1, f"{what} symbol code table"), dtype=np.uint8).astype(np.int64)
+    gap_len = np.frombuffer(r.take(1 << index_bits, f"{what} gap code table"), dtype=np.uint8).astype(np.int64)
+    sym_bits, gap_bits = r.unpack("<II", f"{what} stream lengths")
+    if (sym_bits + 7) // 8 + (gap_bits + 7) // 8 != r.left():
+        raise r.fail(f"{what}: streams of {sym_bits} + {gap_bits} bits do not fill the {r.left()} bytes left")
+    if entries > min(sym_bits, gap_bits) or (entries == 0 and sym_bits + gap_bits):
+        raise r.fail(f"{what}: {entries} entries in streams of {sym_bits} and {gap_bits} bits")
+    sym_data = r.take((sym_bits + 7) // 8, f"{what} symbol stream")
+    gap_data = r.take((gap_bits + 7) // 8, f"{what} gap stream")
     try:
         syms = huffman.decode(sym_data, sym_bits, entries, sym_len)
         gaps = huffman.decode(gap_data, gap_bits, entries, gap_len)
     except huffman.HuffmanError as e:
-        raise r.fail(f"{name}: {e}") from None
+        raise r.fail(f"{what}: {e}") from None
     if entries and int((gaps + 1).sum()) > numel:
-        raise r.fail(f"{name}: entries run past the end of the tensor")
+        raise r.fail(f"{what}: entries run past the end of the tensor")
     positions, codes = absolute_positions(gaps, syms, filler=k)
     return Shared(shape, codebook, positions, codes, index_bits, huffman=True, dtype=dt)
 
 
-def read_container(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor | Shared]]:
-    """(meta, name -> tensor or Shared) of a container file; ContainerError on any defect."""
-    path = Path(path)
+def _json_depth(text: str) -> int:
+    """Deepest bracket nesting of JSON ``text``, brackets inside strings aside (exact up to the first
+    syntax error, which is as far as a JSON parser gets)."""
+    depth = deepest = 0
+    in_str = False
+    for m in _JSON_TOKENS.finditer(text):
+        c = m.group()
+        if c == '"':
+            in_str = not in_str
+        elif in_str or c[0] == "\\":
+            continue
+        elif c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth -= 1
+    return deepest
+
+
+def _read_meta(body: _Reader) -> dict[str, Any]:
+    if body.left() > MAX_META_BYTES:
+        raise body.fail(f"META of {body.left()} bytes (at most {MAX_META_BYTES})")
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ContainerError(f"{path}: cannot read ({e.strerror or e})") from None
-    return parse_container(data, str(path))
+        text = bytes(body.data).decode("utf-8")
+        if _json_depth(text) > MAX_META_DEPTH:
+            raise body.fail(f"META nests deeper than {MAX_META_DEPTH} levels")
+        obj = json.loads(text)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise body.fail("META is not UTF-8 JSON") from None
+    if not isinstance(obj, dict):
+        raise body.fail("META is not a JSON object")
+    return obj
 
 
-def parse_container(data: bytes, where: str = "container") -> tuple[dict[str, Any], dict[str, torch.Tensor | Shared]]:
+def _section(r: _Reader, i: int) -> tuple[int, str, _Reader]:
+    kind, nlen = r.unpack("<BH", f"section {i} header")
+    try:
+        name = bytes(r.take(nlen, f"section {i} name")).decode("utf-8")
+    except UnicodeDecodeError:
+        raise r.fail(f"section {i}: name is not UTF-8") from None
+    (plen,) = r.unpack("<Q", f"section {i} length")
+    return kind, name, _Reader(r.take(plen, f"section {name!r} payload"), f"{r.where}: section {name!r}")
+
+
+def _open(data: bytes, where: str) -> tuple[_Reader, int]:
+    """A reader past the header, and the section count; magic, checksum, version and flags checked."""
     if len(data) < 16:
         raise ContainerError(f"{where}: truncated ({len(data)} bytes): not an effdnn container")
     if data[:4] != MAGIC:
-        raise ContainerError(f"{where}: not an effdnn container (bad magic {data[:4]!r})")
+        raise ContainerError(f"{where}: not an effdnn container (bad magic {bytes(data[:4])!r})")
     (crc,) = struct.unpack("<I", data[-4:])
     if zlib.crc32(data[:-4]) & 0xFFFFFFFF != crc:
         raise ContainerError(f"{where}: checksum mismatch: the file is truncated or altered")
-    r = _Reader(data[:-4], where)
+    r = _Reader(memoryview(data)[:-4], where)
     r.take(4, "magic")
     version, flags, count = r.unpack("<HHI", "header")
     if version != VERSION:
         raise r.fail(f"container version {version} is not supported (this reader: {VERSION})")
     if flags:
         raise r.fail(f"unknown flags {flags:#x}")
+    if count * SECTION_HEADER > r.left():
+        raise r.fail(f"{count} sections cannot fit in the {r.left()} bytes left")
+    return r, count
+
+
+def parse_container(data: bytes, where: str = "container",
+                    expected: Expected | Callable[[dict[str, Any]], Expected] | None = None,
+                    ) -> tuple[dict[str, Any], dict[str, torch.Tensor | Shared]]:
+    """(meta, name -> tensor or Shared) of a container's bytes; ContainerError on any defect.
+
+    ``expected`` (a model, or name -> tensor or shape; or a function of the META read so far that
+    returns one, called at the first tensor) makes every tensor's name, shape and dtype checked
+    against it as soon as its header is read, and a missing tensor an error."""
+    r, count = _open(data, where)
     meta: dict[str, Any] = {}
     tensors: dict[str, torch.Tensor | Shared] = {}
+    want: _Want | None = None
     for i in range(count):
-        kind, nlen = r.unpack("<BH", f"section {i} header")
-        try:
-            name = r.take(nlen, f"section {i} name").decode("utf-8")
-        except UnicodeDecodeError:
-            raise r.fail(f"section {i}: name is not UTF-8") from None
-        (plen,) = r.unpack("<Q", f"section {i} length")
-        body = _Reader(r.take(plen, f"section {name!r} payload"), f"{where}: section {name!r}")
+        kind, name, body = _section(r, i)
         if kind == META:
-            try:
-                obj = json.loads(body.data.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
-                raise body.fail("META is not UTF-8 JSON") from None
-            if not isinstance(obj, dict):
-                raise body.fail("META is not a JSON object")
-            meta.update(obj)
+            meta.update(_read_meta(body))
             continue
         if kind not in (RAW, SHARED):
             raise body.fail(f"unknown section kind {kind}")
         if name in tensors:
             raise body.fail("tensor stored twice")
-        tensors[name] = _read_raw(body, name) if kind == RAW else _read_shared(body, name)
+        if want is None and expected is not None:
+            want = _want(expected, meta)
+        tensors[name] = _read_raw(body, name, want) if kind == RAW else _read_shared(body, name, want)
         body.done(f"section {name!r}")
     r.done("the file")
+    if expected is not None:
+        missing = sorted(set(want if want is not None else _want(expected, meta)) - set(tensors))
+        if missing:
+            raise ContainerError(f"{where}: does not match the model (missing: {missing[:3]})")
     return meta, tensors
 
 
+def read_container(path: str | Path, expected: Expected | Callable[[dict[str, Any]], Expected] | None = None,
+                   ) -> tuple[dict[str, Any], dict[str, torch.Tensor | Shared]]:
+    """(meta, name -> tensor or Shared) of a container file; ContainerError on any defect.
+
+    Pass ``expected`` (the model to fill, see :func:`parse_container`) whenever it is known: a file
+    claiming other shapes is then refused before anything of those shapes is allocated."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ContainerError(f"{path}: cannot read ({e.strerror or e})") from None
+    return parse_container(data, str(path), expected)
+
+
 def load_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor | Shared], where: str = "container") -> torch.nn.Module:
-    """Copy the file's tensors into ``model`` (same names, shapes and dtypes as its state_dict, exactly)."""
+    """Copy the file's tensors into ``model`` (same names, shapes and dtypes as its state_dict, exactly).
+    Shapes and dtypes are compared before a shared tensor is expanded."""
     state = model.state_dict()
     missing = sorted(set(state) - set(tensors))
     extra = sorted(set(tensors) - set(state))
     if missing or extra:
         raise ContainerError(f"{where}: does not match the model (missing: {missing[:3]}, unexpected: {extra[:3]})")
-    new = {}
     for name, t in tensors.items():
-        dense = t.dense() if isinstance(t, Shared) else t
-        if tuple(dense.shape) != tuple(state[name].shape) or dense.dtype != state[name].dtype:
-            raise ContainerError(f"{where}: {name} is {tuple(dense.shape)} {dense.dtype}, the model wants "
+        if tuple(t.shape) != tuple(state[name].shape) or t.dtype != state[name].dtype:
+            raise ContainerError(f"{where}: {name} is {tuple(t.shape)} {t.dtype}, the model wants "
                                  f"{tuple(state[name].shape)} {state[name].dtype}")
-        new[name] = dense
-    model.load_state_dict(new)
+    model.load_state_dict({name: t.dense() if isinstance(t, Shared) else t for name, t in tensors.items()})
     return model
