@@ -30,14 +30,18 @@ Section kinds:
   symbol the same length (a fixed-width code).
 
 The reader checks everything (magic, version, lengths against the bytes present, the checksum, code
-tables, positions) and raises :class:`ContainerError` (an ``EffdnnError``: one line) on any defect.
+tables, positions, finite values) and raises :class:`ContainerError` (an ``EffdnnError``: one line) on
+any defect. Every claimed size is checked *before* anything is allocated: a RAW section must hold
+exactly numel x itemsize bytes; a SHARED section's entries need a bit each in both streams, which
+must fill the section; a tensor has at most MAX_NUMEL elements and, when the reader is given the
+model, exactly the shape the model wants; META is at most MAX_META_BYTES, nested MAX_META_DEPTH deep.
+Reading thus costs time and memory in proportion to the file, not to what it claims.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -49,6 +53,7 @@ import torch
 
 from ..errors import EffdnnError
 from . import huffman
+from .bounded import ByteReader, bounded_json_object
 
 MAGIC = b"EFDC"
 VERSION = 1
@@ -58,7 +63,6 @@ MAX_DIMS = 8
 MAX_META_BYTES = 1 << 16  # the writer's META is a few hundred bytes
 MAX_META_DEPTH = 32
 SECTION_HEADER = 11  # kind u8 | name length u16 | payload length u64
-_JSON_TOKENS = re.compile(r'\\.|[\[\]{}"]', re.S)  # an escape pair, a quote or a bracket
 
 _DTYPES: dict[int, tuple[torch.dtype, str]] = {
     0: (torch.float32, "<f4"), 1: (torch.float64, "<f8"), 2: (torch.float16, "<f2"), 3: (torch.bfloat16, "<i2"),
@@ -130,6 +134,8 @@ def shared_payload(t: Shared) -> bytes:
     k = len(t.codebook)
     if not (1 <= k <= 65535) or not (1 <= t.index_bits <= 16):
         raise ContainerError(f"codebook size {k} or index bits {t.index_bits} out of range")
+    if not np.isfinite(t.codebook).all():
+        raise ContainerError("cannot store a codebook holding NaN or infinite values (the reader refuses them)")
     gaps, syms = relative_entries(t.positions, t.codes, t.index_bits, filler=k)
     sym_len = _tables(syms, k + 1, t.huffman)
     gap_len = _tables(gaps, 1 << t.index_bits, t.huffman)
@@ -151,6 +157,8 @@ def raw_payload(t: torch.Tensor) -> bytes:
     t = t.detach().cpu().contiguous()
     if t.dtype not in _CODE:
         raise ContainerError(f"cannot store a tensor of dtype {t.dtype}")
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise ContainerError("cannot store a tensor holding NaN or infinite values (the reader refuses them)")
     arr = (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().astype(_DTYPES[_CODE[t.dtype]][1])
     return _shape_bytes(_CODE[t.dtype], tuple(t.shape)) + arr.tobytes()
 
@@ -183,40 +191,10 @@ def write_container(path: str | Path, tensors: dict[str, torch.Tensor | Shared],
     return sizes
 
 
-# -- reading ----------------------------------------------------------------------------------------
-#
-# Every size a file claims is checked against the bytes that remain (and, given the model, against
-# the shape it expects) before anything of that size is allocated: reading takes time and memory in
-# proportion to the file, whatever it claims. Only ``Shared.dense()`` allocates the tensor's numel,
-# which MAX_NUMEL bounds and ``load_into`` checks against the model first.
+# -- reading (sizes checked before allocating: see the module's docstring) ---------------------------
 
 Expected = Union[torch.nn.Module, Mapping[str, Union[torch.Tensor, Sequence[int]]]]
 _Want = dict[str, tuple[tuple[int, ...], Optional[torch.dtype]]]
-
-
-class _Reader:
-    def __init__(self, data: bytes | memoryview, where: str) -> None:
-        self.data, self.pos, self.where = memoryview(data), 0, where
-
-    def fail(self, msg: str) -> ContainerError:
-        return ContainerError(f"{self.where}: {msg}")
-
-    def left(self) -> int:
-        return len(self.data) - self.pos
-
-    def take(self, n: int, what: str) -> memoryview:
-        if n < 0 or n > self.left():
-            raise self.fail(f"truncated: {what} needs {n} bytes at offset {self.pos}, {self.left()} left")
-        out = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return out
-
-    def unpack(self, fmt: str, what: str) -> tuple:
-        return struct.unpack(fmt, self.take(struct.calcsize(fmt), what))
-
-    def done(self, what: str) -> None:
-        if self.pos != len(self.data):
-            raise self.fail(f"{self.left()} unexpected bytes at the end of {what}")
 
 
 def _want(expected: Expected | Callable[[dict[str, Any]], Expected], meta: dict[str, Any]) -> _Want:
@@ -228,143 +206,107 @@ def _want(expected: Expected | Callable[[dict[str, Any]], Expected], meta: dict[
             for name, t in items}
 
 
-def _shape(r: _Reader, name: str, want: _Want | None) -> tuple[torch.dtype, str, tuple[int, ...], int]:
-    what = repr(name)
-    code, ndim = r.unpack("<BB", f"{what} shape")
+def _shape(r: ByteReader, name: str, want: _Want | None) -> tuple[torch.dtype, str, tuple[int, ...], int]:
+    code, ndim = r.unpack("<BB", "shape")
     if code not in _DTYPES:
-        raise r.fail(f"{what}: unknown dtype code {code}")
+        raise r.fail(f"unknown dtype code {code}")
     if ndim > MAX_DIMS:
-        raise r.fail(f"{what}: {ndim} dimensions (at most {MAX_DIMS})")
-    shape = tuple(r.unpack(f"<{ndim}I", f"{what} shape")) if ndim else ()
+        raise r.fail(f"{ndim} dimensions (at most {MAX_DIMS})")
+    shape = tuple(r.unpack(f"<{ndim}I", "shape")) if ndim else ()
     numel, span = 1, 1
     for d in shape:
         numel *= d
         span *= max(d, 1)  # also bounds the strides of an empty tensor
     if span > MAX_NUMEL:
-        raise r.fail(f"{what}: shape {shape} is too large (over {MAX_NUMEL} elements)")
+        raise r.fail(f"shape {shape} is too large (over {MAX_NUMEL} elements)")
     dt, np_dt = _DTYPES[code]
     if want is not None:
         if name not in want:
-            raise r.fail(f"{what}: the model has no such tensor")
+            raise r.fail("the model has no such tensor")
         w_shape, w_dt = want[name]
         if shape != w_shape or (w_dt is not None and dt != w_dt):
-            raise r.fail(f"{what} is {shape} {dt}, the model wants {w_shape} {w_dt or ''}".rstrip())
+            raise r.fail(f"shape {shape} {dt}, the model wants {w_shape} {w_dt or ''}".rstrip())
     return dt, np_dt, shape, numel
 
 
-def _check_finite(r: _Reader, what: str, t: torch.Tensor) -> None:
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        raise r.fail(f"{what} holds NaN or infinite values")
-
-
-def _read_raw(r: _Reader, name: str, want: _Want | None) -> torch.Tensor:
+def _read_raw(r: ByteReader, name: str, want: _Want | None) -> torch.Tensor:
     dt, np_dt, shape, numel = _shape(r, name, want)
     size = np.dtype(np_dt).itemsize
     if numel * size != r.left():
-        raise r.fail(f"{name!r}: {shape} {dt} needs {numel * size} bytes, the section holds {r.left()}")
-    arr = np.frombuffer(r.take(numel * size, f"{name!r} data"), dtype=np_dt).astype(np.dtype(np_dt).newbyteorder("="))
+        raise r.fail(f"{shape} {dt} needs {numel * size} bytes, the section holds {r.left()}")
+    arr = np.frombuffer(r.take(numel * size, "data"), dtype=np_dt).astype(np.dtype(np_dt).newbyteorder("="))
     t = torch.from_numpy(arr).reshape(shape)
     if dt == torch.bfloat16:
         t = t.view(torch.bfloat16)
     elif dt == torch.bool:
         if (arr > 1).any():
-            raise r.fail(f"{name!r}: boolean tensor with values other than 0 / 1")
+            raise r.fail("boolean tensor with values other than 0 / 1")
         t = t.to(torch.bool)
-    _check_finite(r, repr(name), t)
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise r.fail("tensor holds NaN or infinite values")
     return t
 
 
-def _shared_head(r: _Reader, name: str, want: _Want | None) -> tuple[torch.dtype, tuple[int, ...], int, np.ndarray, int, int]:
+def _shared_head(r: ByteReader, name: str, want: _Want | None) -> tuple[torch.dtype, tuple[int, ...], int, np.ndarray, int, int]:
     """dtype, shape, numel, codebook, index bits and entries of a SHARED section, each checked."""
     dt, _, shape, numel = _shape(r, name, want)
-    what = repr(name)
     if not dt.is_floating_point:
-        raise r.fail(f"{what}: a shared tensor must be floating point")
-    (k,) = r.unpack("<H", f"{what} codebook size")
+        raise r.fail("a shared tensor must be floating point")
+    (k,) = r.unpack("<H", "codebook size")
     if k == 0:
-        raise r.fail(f"{what}: empty codebook")
-    codebook = np.frombuffer(r.take(4 * k, f"{what} codebook"), dtype="<f4").astype(np.float32)
+        raise r.fail("empty codebook")
+    codebook = np.frombuffer(r.take(4 * k, "codebook"), dtype="<f4").astype(np.float32)
     if not np.isfinite(codebook).all():
-        raise r.fail(f"{what}: codebook holds NaN or infinite values")
-    index_bits, entries = r.unpack("<BI", f"{what} index header")
+        raise r.fail("codebook holds NaN or infinite values")
+    index_bits, entries = r.unpack("<BI", "index header")
     if not 1 <= index_bits <= 16:
-        raise r.fail(f"{what}: index bits {index_bits} out of range 1..16")
+        raise r.fail(f"index bits {index_bits} out of range 1..16")
     if entries > numel:
-        raise r.fail(f"{what}: {entries} entries for {numel} elements")
+        raise r.fail(f"{entries} entries for {numel} elements")
     # each entry takes at least one bit of each stream, and the streams lie within the section
     if 2 * entries > 8 * r.left():
-        raise r.fail(f"{what}: {entries} entries cannot fit in the {r.left()} bytes left")
+        raise r.fail(f"{entries} entries cannot fit in the {r.left()} bytes left")
     return dt, shape, numel, codebook, index_bits, entries
 
 
-def _read_shared(r: _Reader, name: str, want: _Want | None) -> Shared:
+def _read_shared(r: ByteReader, name: str, want: _Want | None) -> Shared:
     dt, shape, numel, codebook, index_bits, entries = _shared_head(r, name, want)
-    what, k = repr(name), len(codebook)
-    sym_len = np.frombuffer(r.take(k + 1, f"{what} symbol code table"), dtype=np.uint8).astype(np.int64)
-    gap_len = np.frombuffer(r.take(1 << index_bits, f"{what} gap code table"), dtype=np.uint8).astype(np.int64)
-    sym_bits, gap_bits = r.unpack("<II", f"{what} stream lengths")
+    k = len(codebook)
+    sym_len = np.frombuffer(r.take(k + 1, "symbol code table"), dtype=np.uint8).astype(np.int64)
+    gap_len = np.frombuffer(r.take(1 << index_bits, "gap code table"), dtype=np.uint8).astype(np.int64)
+    sym_bits, gap_bits = r.unpack("<II", "stream lengths")
     if (sym_bits + 7) // 8 + (gap_bits + 7) // 8 != r.left():
-        raise r.fail(f"{what}: streams of {sym_bits} + {gap_bits} bits do not fill the {r.left()} bytes left")
+        raise r.fail(f"streams of {sym_bits} + {gap_bits} bits do not fill the {r.left()} bytes left")
     if entries > min(sym_bits, gap_bits) or (entries == 0 and sym_bits + gap_bits):
-        raise r.fail(f"{what}: {entries} entries in streams of {sym_bits} and {gap_bits} bits")
-    sym_data = r.take((sym_bits + 7) // 8, f"{what} symbol stream")
-    gap_data = r.take((gap_bits + 7) // 8, f"{what} gap stream")
+        raise r.fail(f"{entries} entries in streams of {sym_bits} and {gap_bits} bits")
+    sym_data = r.take((sym_bits + 7) // 8, "symbol stream")
+    gap_data = r.take((gap_bits + 7) // 8, "gap stream")
     try:
         syms = huffman.decode(sym_data, sym_bits, entries, sym_len)
         gaps = huffman.decode(gap_data, gap_bits, entries, gap_len)
     except huffman.HuffmanError as e:
-        raise r.fail(f"{what}: {e}") from None
+        raise r.fail(str(e)) from None
     if entries and int((gaps + 1).sum()) > numel:
-        raise r.fail(f"{what}: entries run past the end of the tensor")
+        raise r.fail("entries run past the end of the tensor")
     positions, codes = absolute_positions(gaps, syms, filler=k)
     return Shared(shape, codebook, positions, codes, index_bits, huffman=True, dtype=dt)
 
 
-def _json_depth(text: str) -> int:
-    """Deepest bracket nesting of JSON ``text``, brackets inside strings aside (exact up to the first
-    syntax error, which is as far as a JSON parser gets)."""
-    depth = deepest = 0
-    in_str = False
-    for m in _JSON_TOKENS.finditer(text):
-        c = m.group()
-        if c == '"':
-            in_str = not in_str
-        elif in_str or c[0] == "\\":
-            continue
-        elif c in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif c in "]}":
-            depth -= 1
-    return deepest
+def _read_meta(body: ByteReader) -> dict[str, Any]:
+    return bounded_json_object(body, "META", MAX_META_BYTES, MAX_META_DEPTH)
 
 
-def _read_meta(body: _Reader) -> dict[str, Any]:
-    if body.left() > MAX_META_BYTES:
-        raise body.fail(f"META of {body.left()} bytes (at most {MAX_META_BYTES})")
-    try:
-        text = bytes(body.data).decode("utf-8")
-        if _json_depth(text) > MAX_META_DEPTH:
-            raise body.fail(f"META nests deeper than {MAX_META_DEPTH} levels")
-        obj = json.loads(text)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise body.fail("META is not UTF-8 JSON") from None
-    if not isinstance(obj, dict):
-        raise body.fail("META is not a JSON object")
-    return obj
-
-
-def _section(r: _Reader, i: int) -> tuple[int, str, _Reader]:
+def _section(r: ByteReader, i: int) -> tuple[int, str, ByteReader]:
     kind, nlen = r.unpack("<BH", f"section {i} header")
     try:
         name = bytes(r.take(nlen, f"section {i} name")).decode("utf-8")
     except UnicodeDecodeError:
         raise r.fail(f"section {i}: name is not UTF-8") from None
     (plen,) = r.unpack("<Q", f"section {i} length")
-    return kind, name, _Reader(r.take(plen, f"section {name!r} payload"), f"{r.where}: section {name!r}")
+    return kind, name, r.sub(plen, f"section {name!r} payload", f"{r.where}: section {name!r}")
 
 
-def _open(data: bytes, where: str) -> tuple[_Reader, int]:
+def _open(data: bytes, where: str) -> tuple[ByteReader, int]:
     """A reader past the header, and the section count; magic, checksum, version and flags checked."""
     if len(data) < 16:
         raise ContainerError(f"{where}: truncated ({len(data)} bytes): not an effdnn container")
@@ -373,7 +315,7 @@ def _open(data: bytes, where: str) -> tuple[_Reader, int]:
     (crc,) = struct.unpack("<I", data[-4:])
     if zlib.crc32(data[:-4]) & 0xFFFFFFFF != crc:
         raise ContainerError(f"{where}: checksum mismatch: the file is truncated or altered")
-    r = _Reader(memoryview(data)[:-4], where)
+    r = ByteReader(memoryview(data)[:-4], where, ContainerError)
     r.take(4, "magic")
     version, flags, count = r.unpack("<HHI", "header")
     if version != VERSION:
