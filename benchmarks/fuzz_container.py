@@ -31,9 +31,9 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import effdnn  # noqa: E402
-from effdnn.compress.container import ContainerError, load_into, parse_container  # noqa: E402
-from effdnn.compress.deep_compression import DeepCompressionConfig, encode_model  # noqa: E402
+import effdnn
+from effdnn.compress.container import ContainerError, load_into, parse_container
+from effdnn.compress.deep_compression import DeepCompressionConfig, encode_model
 
 
 class Net(nn.Module):

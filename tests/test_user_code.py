@@ -28,7 +28,7 @@ def folders(tmp_path, monkeypatch):
 
 
 def test_the_recipes_folder_wins_over_the_working_folder(folders):
-    recipe_dir, work = folders
+    recipe_dir, _ = folders
     assert load_user_function("m.py:fn", base_dir=recipe_dir)() == "recipe"
     assert load_user_function("./m.py:fn", base_dir=recipe_dir)() == "recipe"
     assert load_user_function("sub/s.py:fn", base_dir=recipe_dir)() == "recipe/sub"
@@ -45,7 +45,7 @@ def test_the_working_folder_is_the_fallback_and_absolute_paths_are_kept(folders)
 
 
 def test_a_recipe_loaded_from_another_folder_uses_its_own_model_file(folders):
-    recipe_dir, work = folders
+    recipe_dir, _ = folders
     (recipe_dir / "r.yaml").write_text("name: x\ndata: {name: digits}\nmodel: {name: m.py:net}\n")
     r = load_recipe(recipe_dir / "r.yaml")
     model = build_model(r.model.name, 1, 10, (8, 8), base_dir=r.base_dir)

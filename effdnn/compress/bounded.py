@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import re
 import struct
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-_JSON_TOKENS = re.compile(r'\\.|[\[\]{}"]', re.S)  # an escape pair, a quote or a bracket
+_JSON_TOKENS = re.compile(r'\\.|[\[\]{}"]', re.DOTALL)  # an escape pair, a quote or a bracket
 
 
 class ByteReader:

@@ -44,9 +44,10 @@ import math
 import os
 import struct
 import zlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -193,8 +194,8 @@ def write_container(path: str | Path, tensors: dict[str, torch.Tensor | Shared],
 
 # -- reading (sizes checked before allocating: see the module's docstring) ---------------------------
 
-Expected = Union[torch.nn.Module, Mapping[str, Union[torch.Tensor, Sequence[int]]]]
-_Want = dict[str, tuple[tuple[int, ...], Optional[torch.dtype]]]
+Expected = torch.nn.Module | Mapping[str, torch.Tensor | Sequence[int]]
+_Want = dict[str, tuple[tuple[int, ...], torch.dtype | None]]
 
 
 def _want(expected: Expected | Callable[[dict[str, Any]], Expected], meta: dict[str, Any]) -> _Want:
@@ -247,7 +248,8 @@ def _read_raw(r: ByteReader, name: str, want: _Want | None) -> torch.Tensor:
     return t
 
 
-def _shared_head(r: ByteReader, name: str, want: _Want | None) -> tuple[torch.dtype, tuple[int, ...], int, np.ndarray, int, int]:
+def _shared_head(r: ByteReader, name: str, want: _Want | None
+                 ) -> tuple[torch.dtype, tuple[int, ...], int, np.ndarray, int, int]:
     """dtype, shape, numel, codebook, index bits and entries of a SHARED section, each checked."""
     dt, _, shape, numel = _shape(r, name, want)
     if not dt.is_floating_point:

@@ -108,13 +108,15 @@ def test_a_file_at_the_element_limit_costs_nothing_until_checked_against_the_mod
     the model, or loaded into one, the shape is compared first and nothing of 1 GiB is allocated."""
     assert container.MAX_NUMEL == 16384 * 16384
     data = _file(_huge_shared((16384, 16384)))
-    tracemalloc.start()
     t = time.perf_counter()
     _, tensors = parse_container(data)
-    secs, peak = time.perf_counter() - t, tracemalloc.get_traced_memory()[1]
+    secs = time.perf_counter() - t  # decoding 4,000 entries: ~30 ms (generous bound: shared machines)
+    tracemalloc.start()
+    parse_container(data)
+    peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert tensors["w"].shape == (16384, 16384) and len(tensors["w"].positions) == 4000
-    assert secs < 0.5 and peak < 4 << 20
+    assert secs < 2 and peak < 4 << 20
     model = nn.Linear(64, 3, bias=False)
     model.register_parameter("w", model.weight)
     del model.weight
@@ -179,7 +181,7 @@ def test_deep_or_large_meta_is_refused_without_recursion():
     msg = _refused(_file(section(META, "meta", b"[" * 10**6)))[0]
     assert "META of 1000000 bytes" in msg
     ok = json.dumps({"a": json.loads("[" * 31 + "]" * 31), "s": "[" * 5000 + '\\"{'}).encode()
-    meta, _ = parse_container(_file(section(META, "meta", ok)))  # brackets inside strings do not count
+    meta = parse_container(_file(section(META, "meta", ok)))[0]  # brackets inside strings do not count
     assert meta["s"].startswith("[[[") and meta["s"].endswith('"{')
 
 
@@ -203,12 +205,13 @@ def test_non_finite_values_are_refused_everywhere(tmp_path, dtype):
 def test_expected_shapes_names_and_meta_dependent_models(tmp_path):
     m = nn.Sequential(nn.Linear(4, 3))
     write_container(tmp_path / "m.edc", dict(m.state_dict()), {"fold": True})
-    meta, tensors = read_container(tmp_path / "m.edc", expected=m)
+    _, tensors = read_container(tmp_path / "m.edc", expected=m)
     assert set(tensors) == {"0.weight", "0.bias"}
     seen = []
     read_container(tmp_path / "m.edc", expected=lambda meta: seen.append(meta) or {"0.weight": (3, 4), "0.bias": [3]})
     assert seen == [{"fold": True}]  # called once, with the META that precedes the tensors
-    with pytest.raises(ContainerError, match=r"section '0.weight': shape \(3, 4\) torch.float32, the model wants \(3, 5\)"):
+    wants = r"section '0.weight': shape \(3, 4\) torch.float32, the model wants \(3, 5\)"
+    with pytest.raises(ContainerError, match=wants):
         read_container(tmp_path / "m.edc", expected=nn.Sequential(nn.Linear(5, 3)))
     with pytest.raises(ContainerError, match="section '0.weight': the model has no such tensor"):
         read_container(tmp_path / "m.edc", expected={"1.weight": (3, 4)})
