@@ -30,7 +30,12 @@ Section kinds:
   symbol the same length (a fixed-width code).
 
 The reader checks everything (magic, version, lengths against the bytes present, the checksum, code
-tables, positions) and raises :class:`ContainerError` (an ``EffdnnError``: one line) on any defect.
+tables, positions, finite values) and raises :class:`ContainerError` (an ``EffdnnError``: one line) on
+any defect. Every claimed size is checked *before* anything is allocated: a RAW section must hold
+exactly numel x itemsize bytes; a SHARED section's entries need a bit each in both streams, which
+must fill the section; a tensor has at most MAX_NUMEL elements and, when the reader is given the
+model, exactly the shape the model wants; META is at most MAX_META_BYTES, nested MAX_META_DEPTH deep.
+Reading thus costs time and memory in proportion to the file, not to what it claims.
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ import math
 import os
 import struct
 import zlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,12 +54,16 @@ import torch
 
 from ..errors import EffdnnError
 from . import huffman
+from .bounded import ByteReader, bounded_json_object
 
 MAGIC = b"EFDC"
 VERSION = 1
 META, RAW, SHARED = 0, 1, 2
-MAX_NUMEL = 1 << 31
+MAX_NUMEL = 1 << 28  # elements of one tensor: 1 GiB as float32, 2.6x VGG-16's fc6 (102.8 M), the paper's largest
 MAX_DIMS = 8
+MAX_META_BYTES = 1 << 16  # the writer's META is a few hundred bytes
+MAX_META_DEPTH = 32
+SECTION_HEADER = 11  # kind u8 | name length u16 | payload length u64
 
 _DTYPES: dict[int, tuple[torch.dtype, str]] = {
     0: (torch.float32, "<f4"), 1: (torch.float64, "<f8"), 2: (torch.float16, "<f2"), 3: (torch.bfloat16, "<i2"),
@@ -125,6 +135,8 @@ def shared_payload(t: Shared) -> bytes:
     k = len(t.codebook)
     if not (1 <= k <= 65535) or not (1 <= t.index_bits <= 16):
         raise ContainerError(f"codebook size {k} or index bits {t.index_bits} out of range")
+    if not np.isfinite(t.codebook).all():
+        raise ContainerError("cannot store a codebook holding NaN or infinite values (the reader refuses them)")
     gaps, syms = relative_entries(t.positions, t.codes, t.index_bits, filler=k)
     sym_len = _tables(syms, k + 1, t.huffman)
     gap_len = _tables(gaps, 1 << t.index_bits, t.huffman)
@@ -146,6 +158,8 @@ def raw_payload(t: torch.Tensor) -> bytes:
     t = t.detach().cpu().contiguous()
     if t.dtype not in _CODE:
         raise ContainerError(f"cannot store a tensor of dtype {t.dtype}")
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise ContainerError("cannot store a tensor holding NaN or infinite values (the reader refuses them)")
     arr = (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().astype(_DTYPES[_CODE[t.dtype]][1])
     return _shape_bytes(_CODE[t.dtype], tuple(t.shape)) + arr.tobytes()
 
@@ -178,159 +192,201 @@ def write_container(path: str | Path, tensors: dict[str, torch.Tensor | Shared],
     return sizes
 
 
-# -- reading ----------------------------------------------------------------------------------------
+# -- reading (sizes checked before allocating: see the module's docstring) ---------------------------
 
-class _Reader:
-    def __init__(self, data: bytes, where: str) -> None:
-        self.data, self.pos, self.where = data, 0, where
-
-    def fail(self, msg: str) -> ContainerError:
-        return ContainerError(f"{self.where}: {msg}")
-
-    def take(self, n: int, what: str) -> bytes:
-        if n < 0 or self.pos + n > len(self.data):
-            raise self.fail(f"truncated: {what} needs {n} bytes at offset {self.pos}, {len(self.data) - self.pos} left")
-        out = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return out
-
-    def unpack(self, fmt: str, what: str) -> tuple:
-        return struct.unpack(fmt, self.take(struct.calcsize(fmt), what))
-
-    def done(self, what: str) -> None:
-        if self.pos != len(self.data):
-            raise self.fail(f"{len(self.data) - self.pos} unexpected bytes at the end of {what}")
+Expected = torch.nn.Module | Mapping[str, torch.Tensor | Sequence[int]]
+_Want = dict[str, tuple[tuple[int, ...], torch.dtype | None]]
 
 
-def _shape(r: _Reader, what: str) -> tuple[torch.dtype, str, tuple[int, ...], int]:
-    code, ndim = r.unpack("<BB", what)
+def _want(expected: Expected | Callable[[dict[str, Any]], Expected], meta: dict[str, Any]) -> _Want:
+    """name -> (shape, dtype or None) of what the caller expects the file to hold."""
+    if callable(expected) and not isinstance(expected, torch.nn.Module):
+        expected = expected(meta)
+    items = expected.state_dict().items() if isinstance(expected, torch.nn.Module) else expected.items()
+    return {name: (tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else (tuple(int(d) for d in t), None)
+            for name, t in items}
+
+
+def _shape(r: ByteReader, name: str, want: _Want | None) -> tuple[torch.dtype, str, tuple[int, ...], int]:
+    code, ndim = r.unpack("<BB", "shape")
     if code not in _DTYPES:
-        raise r.fail(f"{what}: unknown dtype code {code}")
+        raise r.fail(f"unknown dtype code {code}")
     if ndim > MAX_DIMS:
-        raise r.fail(f"{what}: {ndim} dimensions (at most {MAX_DIMS})")
-    shape = tuple(r.unpack(f"<{ndim}I", what)) if ndim else ()
+        raise r.fail(f"{ndim} dimensions (at most {MAX_DIMS})")
+    shape = tuple(r.unpack(f"<{ndim}I", "shape")) if ndim else ()
     numel, span = 1, 1
     for d in shape:
         numel *= d
         span *= max(d, 1)  # also bounds the strides of an empty tensor
     if span > MAX_NUMEL:
-        raise r.fail(f"{what}: shape {shape} is too large")
+        raise r.fail(f"shape {shape} is too large (over {MAX_NUMEL} elements)")
     dt, np_dt = _DTYPES[code]
+    if want is not None:
+        if name not in want:
+            raise r.fail("the model has no such tensor")
+        w_shape, w_dt = want[name]
+        if shape != w_shape or (w_dt is not None and dt != w_dt):
+            raise r.fail(f"shape {shape} {dt}, the model wants {w_shape} {w_dt or ''}".rstrip())
     return dt, np_dt, shape, numel
 
 
-def _read_raw(r: _Reader, name: str) -> torch.Tensor:
-    dt, np_dt, shape, numel = _shape(r, name)
+def _read_raw(r: ByteReader, name: str, want: _Want | None) -> torch.Tensor:
+    dt, np_dt, shape, numel = _shape(r, name, want)
     size = np.dtype(np_dt).itemsize
-    arr = np.frombuffer(r.take(numel * size, f"{name} data"), dtype=np_dt).astype(np.dtype(np_dt).newbyteorder("="))
+    if numel * size != r.left():
+        raise r.fail(f"{shape} {dt} needs {numel * size} bytes, the section holds {r.left()}")
+    arr = np.frombuffer(r.take(numel * size, "data"), dtype=np_dt).astype(np.dtype(np_dt).newbyteorder("="))
     t = torch.from_numpy(arr).reshape(shape)
     if dt == torch.bfloat16:
-        return t.view(torch.bfloat16)
-    if dt == torch.bool:
+        t = t.view(torch.bfloat16)
+    elif dt == torch.bool:
         if (arr > 1).any():
-            raise r.fail(f"{name}: boolean tensor with values other than 0 / 1")
-        return t.to(torch.bool)
-    return t.to(dt)
+            raise r.fail("boolean tensor with values other than 0 / 1")
+        t = t.to(torch.bool)
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise r.fail("tensor holds NaN or infinite values")
+    return t
 
 
-def _read_shared(r: _Reader, name: str) -> Shared:
-    dt, _, shape, numel = _shape(r, name)
+def _shared_head(r: ByteReader, name: str, want: _Want | None
+                 ) -> tuple[torch.dtype, tuple[int, ...], int, np.ndarray, int, int]:
+    """dtype, shape, numel, codebook, index bits and entries of a SHARED section, each checked."""
+    dt, _, shape, numel = _shape(r, name, want)
     if not dt.is_floating_point:
-        raise r.fail(f"{name}: a shared tensor must be floating point")
-    (k,) = r.unpack("<H", f"{name} codebook size")
+        raise r.fail("a shared tensor must be floating point")
+    (k,) = r.unpack("<H", "codebook size")
     if k == 0:
-        raise r.fail(f"{name}: empty codebook")
-    codebook = np.frombuffer(r.take(4 * k, f"{name} codebook"), dtype="<f4").astype(np.float32)
+        raise r.fail("empty codebook")
+    codebook = np.frombuffer(r.take(4 * k, "codebook"), dtype="<f4").astype(np.float32)
     if not np.isfinite(codebook).all():
-        raise r.fail(f"{name}: codebook has NaN or infinite values")
-    index_bits, entries = r.unpack("<BI", f"{name} index header")
+        raise r.fail("codebook holds NaN or infinite values")
+    index_bits, entries = r.unpack("<BI", "index header")
     if not 1 <= index_bits <= 16:
-        raise r.fail(f"{name}: index bits {index_bits} out of range 1..16")
+        raise r.fail(f"index bits {index_bits} out of range 1..16")
     if entries > numel:
-        raise r.fail(f"{name}: {entries} entries for {numel} elements")
-    sym_len = np.frombuffer(r.take(k + 1, f"{name} symbol code table"), dtype=np.uint8).astype(np.int64)
-    gap_len = np.frombuffer(r.take(1 << index_bits, f"{name} gap code table"), dtype=np.uint8).astype(np.int64)
-    sym_bits, gap_bits = r.unpack("<II", f"{name} stream lengths")
-    sym_data = r.take((sym_bits + 7) // 8, f"{name} symbol stream")
-    gap_data = r.take((gap_bits + 7) // 8, f"{name} gap stream")
+        raise r.fail(f"{entries} entries for {numel} elements")
+    # each entry takes at least one bit of each stream, and the streams lie within the section
+    if 2 * entries > 8 * r.left():
+        raise r.fail(f"{entries} entries cannot fit in the {r.left()} bytes left")
+    return dt, shape, numel, codebook, index_bits, entries
+
+
+def _read_shared(r: ByteReader, name: str, want: _Want | None) -> Shared:
+    dt, shape, numel, codebook, index_bits, entries = _shared_head(r, name, want)
+    k = len(codebook)
+    sym_len = np.frombuffer(r.take(k + 1, "symbol code table"), dtype=np.uint8).astype(np.int64)
+    gap_len = np.frombuffer(r.take(1 << index_bits, "gap code table"), dtype=np.uint8).astype(np.int64)
+    sym_bits, gap_bits = r.unpack("<II", "stream lengths")
+    if (sym_bits + 7) // 8 + (gap_bits + 7) // 8 != r.left():
+        raise r.fail(f"streams of {sym_bits} + {gap_bits} bits do not fill the {r.left()} bytes left")
+    if entries > min(sym_bits, gap_bits) or (entries == 0 and sym_bits + gap_bits):
+        raise r.fail(f"{entries} entries in streams of {sym_bits} and {gap_bits} bits")
+    sym_data = r.take((sym_bits + 7) // 8, "symbol stream")
+    gap_data = r.take((gap_bits + 7) // 8, "gap stream")
     try:
         syms = huffman.decode(sym_data, sym_bits, entries, sym_len)
         gaps = huffman.decode(gap_data, gap_bits, entries, gap_len)
     except huffman.HuffmanError as e:
-        raise r.fail(f"{name}: {e}") from None
+        raise r.fail(str(e)) from None
     if entries and int((gaps + 1).sum()) > numel:
-        raise r.fail(f"{name}: entries run past the end of the tensor")
+        raise r.fail("entries run past the end of the tensor")
     positions, codes = absolute_positions(gaps, syms, filler=k)
     return Shared(shape, codebook, positions, codes, index_bits, huffman=True, dtype=dt)
 
 
-def read_container(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor | Shared]]:
-    """(meta, name -> tensor or Shared) of a container file; ContainerError on any defect."""
-    path = Path(path)
+def _read_meta(body: ByteReader) -> dict[str, Any]:
+    return bounded_json_object(body, "META", MAX_META_BYTES, MAX_META_DEPTH)
+
+
+def _section(r: ByteReader, i: int) -> tuple[int, str, ByteReader]:
+    kind, nlen = r.unpack("<BH", f"section {i} header")
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ContainerError(f"{path}: cannot read ({e.strerror or e})") from None
-    return parse_container(data, str(path))
+        name = bytes(r.take(nlen, f"section {i} name")).decode("utf-8")
+    except UnicodeDecodeError:
+        raise r.fail(f"section {i}: name is not UTF-8") from None
+    (plen,) = r.unpack("<Q", f"section {i} length")
+    return kind, name, r.sub(plen, f"section {name!r} payload", f"{r.where}: section {name!r}")
 
 
-def parse_container(data: bytes, where: str = "container") -> tuple[dict[str, Any], dict[str, torch.Tensor | Shared]]:
+def _open(data: bytes, where: str) -> tuple[ByteReader, int]:
+    """A reader past the header, and the section count; magic, checksum, version and flags checked."""
     if len(data) < 16:
         raise ContainerError(f"{where}: truncated ({len(data)} bytes): not an effdnn container")
     if data[:4] != MAGIC:
-        raise ContainerError(f"{where}: not an effdnn container (bad magic {data[:4]!r})")
+        raise ContainerError(f"{where}: not an effdnn container (bad magic {bytes(data[:4])!r})")
     (crc,) = struct.unpack("<I", data[-4:])
     if zlib.crc32(data[:-4]) & 0xFFFFFFFF != crc:
         raise ContainerError(f"{where}: checksum mismatch: the file is truncated or altered")
-    r = _Reader(data[:-4], where)
+    r = ByteReader(memoryview(data)[:-4], where, ContainerError)
     r.take(4, "magic")
     version, flags, count = r.unpack("<HHI", "header")
     if version != VERSION:
         raise r.fail(f"container version {version} is not supported (this reader: {VERSION})")
     if flags:
         raise r.fail(f"unknown flags {flags:#x}")
+    if count * SECTION_HEADER > r.left():
+        raise r.fail(f"{count} sections cannot fit in the {r.left()} bytes left")
+    return r, count
+
+
+def parse_container(data: bytes, where: str = "container",
+                    expected: Expected | Callable[[dict[str, Any]], Expected] | None = None,
+                    ) -> tuple[dict[str, Any], dict[str, torch.Tensor | Shared]]:
+    """(meta, name -> tensor or Shared) of a container's bytes; ContainerError on any defect.
+
+    ``expected`` (a model, or name -> tensor or shape; or a function of the META read so far that
+    returns one, called at the first tensor) makes every tensor's name, shape and dtype checked
+    against it as soon as its header is read, and a missing tensor an error."""
+    r, count = _open(data, where)
     meta: dict[str, Any] = {}
     tensors: dict[str, torch.Tensor | Shared] = {}
+    want: _Want | None = None
     for i in range(count):
-        kind, nlen = r.unpack("<BH", f"section {i} header")
-        try:
-            name = r.take(nlen, f"section {i} name").decode("utf-8")
-        except UnicodeDecodeError:
-            raise r.fail(f"section {i}: name is not UTF-8") from None
-        (plen,) = r.unpack("<Q", f"section {i} length")
-        body = _Reader(r.take(plen, f"section {name!r} payload"), f"{where}: section {name!r}")
+        kind, name, body = _section(r, i)
         if kind == META:
-            try:
-                obj = json.loads(body.data.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
-                raise body.fail("META is not UTF-8 JSON") from None
-            if not isinstance(obj, dict):
-                raise body.fail("META is not a JSON object")
-            meta.update(obj)
+            meta.update(_read_meta(body))
             continue
         if kind not in (RAW, SHARED):
             raise body.fail(f"unknown section kind {kind}")
         if name in tensors:
             raise body.fail("tensor stored twice")
-        tensors[name] = _read_raw(body, name) if kind == RAW else _read_shared(body, name)
+        if want is None and expected is not None:
+            want = _want(expected, meta)
+        tensors[name] = _read_raw(body, name, want) if kind == RAW else _read_shared(body, name, want)
         body.done(f"section {name!r}")
     r.done("the file")
+    if expected is not None:
+        missing = sorted(set(want if want is not None else _want(expected, meta)) - set(tensors))
+        if missing:
+            raise ContainerError(f"{where}: does not match the model (missing: {missing[:3]})")
     return meta, tensors
 
 
+def read_container(path: str | Path, expected: Expected | Callable[[dict[str, Any]], Expected] | None = None,
+                   ) -> tuple[dict[str, Any], dict[str, torch.Tensor | Shared]]:
+    """(meta, name -> tensor or Shared) of a container file; ContainerError on any defect.
+
+    Pass ``expected`` (the model to fill, see :func:`parse_container`) whenever it is known: a file
+    claiming other shapes is then refused before anything of those shapes is allocated."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ContainerError(f"{path}: cannot read ({e.strerror or e})") from None
+    return parse_container(data, str(path), expected)
+
+
 def load_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor | Shared], where: str = "container") -> torch.nn.Module:
-    """Copy the file's tensors into ``model`` (same names, shapes and dtypes as its state_dict, exactly)."""
+    """Copy the file's tensors into ``model`` (same names, shapes and dtypes as its state_dict, exactly).
+    Shapes and dtypes are compared before a shared tensor is expanded."""
     state = model.state_dict()
     missing = sorted(set(state) - set(tensors))
     extra = sorted(set(tensors) - set(state))
     if missing or extra:
         raise ContainerError(f"{where}: does not match the model (missing: {missing[:3]}, unexpected: {extra[:3]})")
-    new = {}
     for name, t in tensors.items():
-        dense = t.dense() if isinstance(t, Shared) else t
-        if tuple(dense.shape) != tuple(state[name].shape) or dense.dtype != state[name].dtype:
-            raise ContainerError(f"{where}: {name} is {tuple(dense.shape)} {dense.dtype}, the model wants "
+        if tuple(t.shape) != tuple(state[name].shape) or t.dtype != state[name].dtype:
+            raise ContainerError(f"{where}: {name} is {tuple(t.shape)} {t.dtype}, the model wants "
                                  f"{tuple(state[name].shape)} {state[name].dtype}")
-        new[name] = dense
-    model.load_state_dict(new)
+    model.load_state_dict({name: t.dense() if isinstance(t, Shared) else t for name, t in tensors.items()})
     return model

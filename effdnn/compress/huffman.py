@@ -88,8 +88,9 @@ def encode(symbols: np.ndarray, lengths: np.ndarray) -> tuple[bytes, int]:
     return np.packbits(bits).tobytes(), total
 
 
-def decode(data: bytes, nbits: int, count: int, lengths: np.ndarray) -> np.ndarray:
-    """``count`` symbols from the first ``nbits`` bits of ``data``; HuffmanError on any inconsistency."""
+def decode(data: bytes | memoryview, nbits: int, count: int, lengths: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
+    """``count`` symbols from the first ``nbits`` bits of ``data``; HuffmanError on any inconsistency.
+    Memory: the output, the bits (one byte each) and look-ups for ``chunk`` bit positions at a time."""
     lengths = np.asarray(lengths, dtype=np.int64)
     check_lengths(lengths)
     if nbits > len(data) * 8 or nbits < 0:
@@ -111,23 +112,30 @@ def decode(data: bytes, nbits: int, count: int, lengths: np.ndarray) -> np.ndarr
         lo = int(codes[sym]) << (width - l)
         table_sym[lo:lo + (1 << (width - l))] = sym
         table_len[lo:lo + (1 << (width - l))] = l
-    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))[:nbits].astype(np.int64)
-    bits = np.concatenate([bits, np.zeros(width, dtype=np.int64)])  # pad so every window is full
-    windows = np.zeros(nbits, dtype=np.int64)
-    for j in range(width):  # the ``width``-bit window starting at every bit position
-        windows = (windows << 1) | bits[j:j + nbits]
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=nbits)
     out = np.empty(count, dtype=np.int64)
-    sym_at = table_sym[windows].tolist()
-    len_at = table_len[windows].tolist()
-    pos = 0
-    for i in range(count):
-        if pos >= nbits:
-            raise HuffmanError("bit stream ends before the last symbol")
-        s = sym_at[pos]
-        if s < 0:
-            raise HuffmanError("invalid code word in the bit stream")
-        out[i] = s
-        pos += len_at[pos]
+    pos = i = 0
+    for start in range(0, nbits, chunk):  # a chunk of windows at a time: memory bounded by the chunk
+        stop = min(start + chunk, nbits)
+        if pos >= stop:
+            continue
+        seg = np.concatenate([bits[start:stop + width], np.zeros(width, dtype=np.uint8)])  # full windows
+        windows = np.zeros(stop - start, dtype=np.int32)
+        for j in range(width):  # the ``width``-bit window starting at every bit position
+            windows = (windows << 1) | seg[j:j + stop - start]
+        sym_at = table_sym[windows].tolist()
+        len_at = table_len[windows].tolist()
+        while i < count and pos < stop:
+            s = sym_at[pos - start]
+            if s < 0:
+                raise HuffmanError("invalid code word in the bit stream")
+            out[i] = s
+            i += 1
+            pos += len_at[pos - start]
+        if i == count:
+            break
+    if i < count:
+        raise HuffmanError("bit stream ends before the last symbol")
     if pos != nbits:
         raise HuffmanError("bit stream length does not match its symbols")
     return out

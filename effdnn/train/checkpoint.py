@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,34 @@ from torch import nn
 from ..errors import EffdnnError
 
 
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete ``<name>.<random>.tmp`` files that a killed :func:`save_atomic` left next to ``path``.
+
+    A temporary file lives only while its save runs, and one process saves a checkpoint at a time (the
+    main one), so any found when saving or loading starts is left over from an interrupted run."""
+    path = Path(path)
+    pattern = re.compile(re.escape(path.name) + r"\.[A-Za-z0-9_]{8}\.tmp")  # tempfile.mkstemp's 8 random characters
+    removed = []
+    try:
+        candidates = list(path.parent.iterdir())
+    except OSError:
+        return removed
+    for f in candidates:
+        if pattern.fullmatch(f.name) and f.is_file():
+            try:
+                f.unlink()
+                removed.append(f)
+            except OSError:  # gone already (another rank), or not ours to delete: loading goes on
+                pass
+    return removed
+
+
 def save_atomic(obj: Any, path: str | Path) -> None:
-    """Write to a temporary file in the same folder, then rename: never a half-written checkpoint."""
+    """Write to a temporary file in the same folder, then rename: never a half-written checkpoint.
+    Temporary files of an earlier, interrupted save are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     os.close(fd)
     try:
@@ -27,7 +52,9 @@ def save_atomic(obj: Any, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path) -> Any:
+    """The object saved at ``path`` (tensors and plain data only); stale temporaries next to it removed."""
     path = Path(path)
+    remove_stale_temporaries(path)
     if not path.is_file():
         raise EffdnnError(f"checkpoint {path}: file not found")
     try:

@@ -4,8 +4,9 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import EffdnnError
 
@@ -14,14 +15,23 @@ def is_user_ref(name: str) -> bool:
     return ":" in name and name.split(":", 1)[0].endswith(".py")
 
 
-def load_user_function(ref: str, base_dir: str | Path | None = None) -> Callable[..., Any]:
-    """``"file.py:fn"`` -> the function; a relative path is taken from ``base_dir`` (the recipe's folder)."""
-    file, _, fn_name = ref.rpartition(":")
+def resolve_user_file(file: str, base_dir: str | Path | None = None) -> Path | None:
+    """Where ``file`` is: an absolute path as it is; a relative one in ``base_dir`` (the recipe's
+    folder) first, then in the working folder. None if in neither."""
     path = Path(file)
-    if not path.is_absolute() and base_dir is not None and not path.exists():
-        path = Path(base_dir) / path
-    if not path.is_file():
-        raise EffdnnError(f"{ref}: file {file!r} not found")
+    candidates = [path] if path.is_absolute() or base_dir is None else [Path(base_dir) / path, path]
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def load_user_function(ref: str, base_dir: str | Path | None = None) -> Callable[..., Any]:
+    """``"file.py:fn"`` -> the function; a relative path is taken from ``base_dir`` (the recipe's
+    folder) first, then from the working folder."""
+    file, _, fn_name = ref.rpartition(":")
+    path = resolve_user_file(file, base_dir)
+    if path is None:
+        where = f" (looked in {base_dir} and in the working folder)" if base_dir is not None and \
+            not Path(file).is_absolute() else ""
+        raise EffdnnError(f"{ref}: file {file!r} not found{where}")
     mod_name = "effdnn_user_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
     try:
         spec = importlib.util.spec_from_file_location(mod_name, path)

@@ -62,3 +62,33 @@ def test_bad_tables_and_streams():
     incomplete = np.array([2, 2, 0])  # codes 00, 01: the word 1x is invalid
     with pytest.raises(HuffmanError, match="invalid"):
         decode(bytes([0b11000000]), 2, 1, incomplete)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 300), min_size=1, max_size=400), st.integers(1, 64))
+def test_decoding_chunk_by_chunk_is_exact(symbols, chunk):
+    """The decoder looks code words up a chunk of bit positions at a time (bounded memory): any chunk
+    size gives the same symbols, and the same errors on a truncated stream."""
+    sy = np.array(symbols)
+    lengths = code_lengths(np.bincount(sy, minlength=301))
+    data, nbits = encode(sy, lengths)
+    assert decode(data, nbits, len(sy), lengths, chunk=chunk).tolist() == symbols
+    if nbits > 1:
+        with pytest.raises(HuffmanError):
+            decode(data, nbits - 1, len(sy), lengths, chunk=chunk)
+
+
+def test_decoding_memory_does_not_grow_with_the_stream():
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    sy = rng.integers(0, 256, 400_000)
+    lengths = code_lengths(np.bincount(sy, minlength=256))
+    data, nbits = encode(sy, lengths)  # ~3.2 M bits
+    tracemalloc.start()
+    out = decode(data, nbits, len(sy), lengths, chunk=1 << 18)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert np.array_equal(out, sy)
+    # the output (8 B a symbol) and one byte a bit, plus one chunk of look-ups: not 8+ bytes a bit
+    assert peak < 8 * len(sy) + 2 * nbits + 40 * (1 << 18)  # ~20 MB; all bits at once took ~150 MB
