@@ -43,19 +43,19 @@ def _overrides(cb: Callback, hook: str) -> bool:
     return getattr(type(cb), hook) is not getattr(Callback, hook)
 
 
-def _settle_for_one_shot(block: str, config: BaseModel, cb: Callback, model: nn.Module) -> bool:
-    """Whether ``cb`` may go without a training loop (applying now what it would do at the start);
-    raises, in one line, when it needs the loop that trains the model."""
+def _without_loop(block: str, config: BaseModel, cb: Callback, model: nn.Module) -> None:
+    """Let ``cb`` go without a training loop, applying now what it would do at the start; or refuse,
+    in one line, when it needs the loop that trains the model."""
     if type(cb) is MaskCallback:  # a one-shot mask: the sparse layers keep it themselves (prune/sparse.py)
-        return True
-    if isinstance(cb, PACTRegulariser) and cb.decay == 0:  # no L2 term: only reports the clips
-        return True
+        return
+    if isinstance(cb, PACTRegulariser) and cb.decay == 0:  # no L2 term: it only reports the clips
+        return
     if isinstance(cb, FreezeBN) and cb.epoch == 0:  # frozen from the first epoch on: freeze now
         cb.on_epoch_start(model, 0)
-        return True
+        return
     hooks = [h for h in LOOP_HOOKS if _overrides(cb, h)]
     if not hooks:
-        return True
+        return
     method = getattr(config, REGISTRIES[block].key)
     raise EffdnnError(f"{block}: method {method!r} needs {type(cb).__name__}.{hooks[0]} in the loop that trains the "
                       f"model; use effdnn.Experiment(model, {{'{block}': ..., 'finetune': ...}}, data=...) and step it")
@@ -69,7 +69,7 @@ def _one_shot(block: str, model: nn.Module, spec: Any, data: Iterable[Any] | Non
     ctx = ExperimentContext(data=None, device=model_device(model), calib_data=data, data_arg=data_arg)
     model = reg.method_of(config).transform(model, config, ctx)
     for cb in ctx.callbacks:
-        _settle_for_one_shot(block, config, cb, model)
+        _without_loop(block, config, cb, model)
     for fin in ctx.finalizers:
         if fin is not convert_qat:  # QAT: your loop trains the model, then effdnn.convert_qat converts it
             model = fin(model)
@@ -77,6 +77,8 @@ def _one_shot(block: str, model: nn.Module, spec: Any, data: Iterable[Any] | Non
     report["techniques"] = {**old.get("techniques", {}), block: config.model_dump(mode="json")}
     for cb in ctx.callbacks:
         report.update(cb.report())
+    if ctx.train_result is not None:  # prune.finetune trained it here
+        report["epoch_time_s"] = ctx.train_result.epoch_time_s
     setattr(model, REPORT_ATTR, report)
     return model
 
@@ -162,7 +164,11 @@ class Experiment:
     the optimizer steps of one epoch of your loop (default: ``len(data)`` for batches, the recipe's
     count for a data set); step-counted schedules plan ``finetune.epochs`` times it. ``seed`` and
     ``batch_size`` are the recipe's ``seed`` and ``data.batch_size``; ``make_model`` gives a fresh
-    model where a block trains from scratch (``precision``, ``quantize.from_scratch``).
+    model where a block trains from scratch (``precision``, ``quantize.from_scratch``). As in a recipe,
+    the global torch seed is set to ``seed`` before the blocks apply.
+
+    ``finetune``: in your loop only ``epochs`` (and ``max_batches``) count, for the schedules; the rest
+    (optimizer, lr, schedule) is ``exp.fit()``'s, and ``distill`` / ``swa`` are refused in your loop.
 
     Your loop, in the order effdnn's own calls the hooks::
 
@@ -282,9 +288,10 @@ class Experiment:
         if ft is None:
             raise EffdnnError("fit: the experiment has no finetune block with epochs > 0")
         planned = self.ctx.planned
-        if planned is not None and ExperimentContext.steps_per_epoch(self.ctx, ft) != planned:
-            raise EffdnnError(f"fit: effdnn's training runs {ExperimentContext.steps_per_epoch(self.ctx, ft)} steps per "
-                              f"epoch, the schedule was planned for {planned}: drop steps_per_epoch=")
+        runs = ExperimentContext.steps_per_epoch(self.ctx, ft) if planned is not None else None
+        if runs != planned:
+            raise EffdnnError(f"fit: effdnn's training runs {runs} steps per epoch, the schedule was planned for "
+                              f"{planned}: drop steps_per_epoch=")
         result = self.ctx.fit(self.model, ft, desc=self.spec.name)
         self._state = "fitted"
         return result

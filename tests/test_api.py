@@ -85,7 +85,8 @@ def test_one_shot_refuses_training_hooks_it_cannot_run_in_one_line():
     with pytest.raises(EffdnnError, match="ClipLatentWeights.after_step"):
         effdnn.quantize(_tiny(), {"method": "bc"})
     # what needs no loop is applied: no L2 term, or BatchNorm frozen from epoch 0 on (frozen now)
-    assert any(isinstance(m, PACTActQuantizer) for m in effdnn.quantize(_tiny(), {"method": "pact", "alpha_decay": 0}, [x]).modules())
+    no_l2 = effdnn.quantize(_tiny(), {"method": "pact", "alpha_decay": 0}, [x])
+    assert any(isinstance(m, PACTActQuantizer) for m in no_l2.modules())
     frozen = [m.frozen for m in effdnn.quantize(_tiny(), {"method": "lsq", "bn_freeze_epoch": 0}, [x]).modules()
               if isinstance(m, FoldedBNWeight)]
     assert frozen == [True, True]
@@ -239,10 +240,12 @@ def test_the_same_dict_runs_in_a_recipe_and_in_an_experiment(tmp_path):
     assert evaluate(final, bundle.test, batch_size=512) == row["accuracy"]
 
 
-@pytest.mark.parametrize("bad, path", [({"prune": {**AGP, "sparsty": 0.5}}, "prune.sparsty: unknown key"),
-                                       ({"finetune": {"epoch": 1}}, "finetune.epoch: unknown key"),
-                                       ({"quantize": {"method": "ptq", "weight": {"bits": 0}}}, "quantize.weight: Value error, int format: bits"),
-                                       ({"prunee": {}}, "prunee: unknown key")])
+@pytest.mark.parametrize("bad, path", [
+    ({"prune": {**AGP, "sparsty": 0.5}}, "prune.sparsty: unknown key"),
+    ({"finetune": {"epoch": 1}}, "finetune.epoch: unknown key"),
+    ({"quantize": {"method": "ptq", "weight": {"bits": 0}}}, "quantize.weight: Value error, int format: bits"),
+    ({"prunee": {}}, "prunee: unknown key"),
+])
 def test_a_bad_key_gives_the_recipes_message(bad, path):
     with pytest.raises(EffdnnError) as in_python:
         effdnn.Experiment(_tiny(), bad, data=_batches())
@@ -250,3 +253,17 @@ def test_a_bad_key_gives_the_recipes_message(bad, path):
         parse_recipe({"experiments": [{"name": "e", **bad}]})
     assert str(in_python.value).startswith(path)
     assert str(in_recipe.value).endswith(str(in_python.value))  # "[recipe: ]experiments[0]." + the same message
+
+
+def test_finish_runs_the_finalizers_then_compress(tmp_path):
+    blocks = {"prune": {"method": "magnitude", "sparsity": 0.5}, "compress": {"path": str(tmp_path / "m.edc")}}
+    exp = effdnn.Experiment(_tiny(), blocks, data=TensorDataset(*_items()))
+    assert "pruned_layers_sparsity" not in exp.report()  # a finalizer records it, after fine-tuning
+    final = exp.finish()
+    r = final.effdnn_report
+    assert r["pruned_layers_sparsity"] == pytest.approx(0.5, abs=1e-3) and set(r["techniques"]) == {"prune", "compress"}
+    assert r["container"]["bytes"] == (tmp_path / "m.edc").stat().st_size > 0
+    pruned = effdnn.prune(_tiny(), blocks["prune"])  # the same weights, before the container
+    assert r["accuracy_before_compress"] == evaluate(pruned, TensorDataset(*_items()), batch_size=512)
+    with pytest.raises(EffdnnError, match="exp.fit\\(\\) or step"):
+        effdnn.Experiment(_tiny(), {"prune": AGP, "finetune": SGD}, data=TensorDataset(*_items())).finish()
