@@ -26,8 +26,8 @@ from .cost import CostReport, EnergyTable
 from .cost import cost as _cost
 from .errors import EffdnnError, NotAvailableYet
 from .export import export_onnx, optimize_for_inference
-from .registry import ACTIVATION_SPARSITY, COMPRESS, PRECISION, PRUNE, QUANTIZE, REGISTRIES
 from .quant.qat import convert_qat
+from .registry import ACTIVATION_SPARSITY, COMPRESS, PRECISION, PRUNE, QUANTIZE, REGISTRIES
 from .runner import run
 
 

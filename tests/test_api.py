@@ -3,7 +3,6 @@ steps a recipe experiment from a user's own loop (issue 21)."""
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import effdnn
