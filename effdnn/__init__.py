@@ -2,8 +2,11 @@
 
 Public API (see DESIGN.md, "Public contract"):
     run(recipe) -> report dict
-    quantize(model, spec, calib_data=None) -> model
-    prune(model, spec, data=None) -> model
+    quantize(model, spec, calib_data=None) -> a quantized copy (report: model.effdnn_report)
+    prune(model, spec, data=None) -> a pruned copy (report: model.effdnn_report)
+    convert_qat(model) -> model (a QAT-trained model's static quantized form, in place)
+    Experiment(model, experiment_dict, data=None, steps_per_epoch=None): one recipe experiment that
+        effdnn's ``fit()`` or your own loop drives (attach / epoch / loss / backward / step / finish)
     cost(model, example_input) -> CostReport
     export_onnx(model, example_input, path) -> path
     optimize_for_inference(model) -> model (the same function, faster CPU ops)
@@ -12,38 +15,20 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from typing import Any, Iterable
+from typing import Any
 
 from torch import nn
 
 from . import techniques  # noqa: F401  (registers every method)
+from .api import Experiment, prune, quantize
 from .context import ExperimentContext
 from .cost import CostReport, EnergyTable
 from .cost import cost as _cost
 from .errors import EffdnnError, NotAvailableYet
 from .export import export_onnx, optimize_for_inference
+from .quant.qat import convert_qat
 from .registry import ACTIVATION_SPARSITY, COMPRESS, PRECISION, PRUNE, QUANTIZE, REGISTRIES
 from .runner import run
-from .utils.batches import model_device
-
-
-def _apply(registry: Any, model: nn.Module, spec: Any, calib_data: Iterable[Any] | None) -> nn.Module:
-    ctx = ExperimentContext(data=None, device=model_device(model), calib_data=calib_data)
-    config = registry.parse(spec)
-    model = registry.method_of(config).transform(model, config, ctx)
-    return model
-
-
-def quantize(model: nn.Module, spec: Any, calib_data: Iterable[Any] | None = None) -> nn.Module:
-    """Quantize ``model`` as the ``quantize`` block ``spec`` (a dict or config object) says.
-
-    ``calib_data``: any iterable of batches (tensors, (input, label) tuples, or dicts of kwargs)."""
-    return _apply(QUANTIZE, model, spec, calib_data)
-
-
-def prune(model: nn.Module, spec: Any, data: Iterable[Any] | None = None) -> nn.Module:
-    """Prune ``model`` as the ``prune`` block ``spec`` says; ``data`` feeds data-driven saliencies."""
-    return _apply(PRUNE, model, spec, data)
 
 
 def cost(model: nn.Module, example_input: Any, table: EnergyTable | None = None, skip_zeros: bool = True) -> CostReport:
@@ -51,6 +36,6 @@ def cost(model: nn.Module, example_input: Any, table: EnergyTable | None = None,
     return _cost(model, example_input, table=table, skip_zeros=skip_zeros)
 
 
-__all__ = ["ACTIVATION_SPARSITY", "COMPRESS", "CostReport", "EffdnnError", "EnergyTable", "ExperimentContext",
-           "NotAvailableYet", "PRECISION", "PRUNE", "QUANTIZE", "REGISTRIES", "cost", "export_onnx", "optimize_for_inference", "prune",
-           "quantize", "run"]
+__all__ = ["ACTIVATION_SPARSITY", "COMPRESS", "CostReport", "EffdnnError", "EnergyTable", "Experiment",
+           "ExperimentContext", "NotAvailableYet", "PRECISION", "PRUNE", "QUANTIZE", "REGISTRIES", "convert_qat", "cost",
+           "export_onnx", "optimize_for_inference", "prune", "quantize", "run"]

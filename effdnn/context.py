@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from .data import DataBundle
 from .errors import EffdnnError
 from .train import Callback, TrainResult, TrainSpec, evaluate, fit
+from .utils.batches import batch_input
 
 
 @dataclass
@@ -41,6 +42,7 @@ class ExperimentContext:
     train_result: TrainResult | None = None
     calib_data: Iterable[Any] | None = None  # given by the Python API; else drawn from ``data``
     finetune: TrainSpec | None = None  # the fine-tuning the runner runs after the transforms (None: none)
+    data_arg: str = "calib_data"  # the Python API argument that gives the batches, named in errors
 
     def calib_loader(self, batches: int | None = None) -> Iterable[Any]:
         """The calibration batches: the API's ``calib_data``, else the first ``batches`` batches of a
@@ -48,7 +50,7 @@ class ExperimentContext:
         if self.calib_data is not None:
             return self.calib_data
         if self.data is None:
-            raise EffdnnError("this method needs calibration data: pass calib_data=<iterable of batches>")
+            raise EffdnnError(f"this method needs calibration data: pass {self.data_arg}=<iterable of batches>")
         g = torch.Generator().manual_seed(self.seed)
         n = (batches or self.calib_batches) * self.batch_size
         idx = torch.randperm(len(self.data.train), generator=g)[:n].tolist()
@@ -56,7 +58,7 @@ class ExperimentContext:
 
     def _need_data(self, what: str) -> DataBundle:
         if self.data is None:
-            raise EffdnnError(f"this method needs {what}: run it from a recipe, or pass data=<batches>")
+            raise EffdnnError(f"this method needs {what}: run it from a recipe, or pass {self.data_arg}=<batches>")
         return self.data
 
     def has_data(self) -> bool:
@@ -66,6 +68,12 @@ class ExperimentContext:
         return evaluate(model, self.data.test, batch_size=512) if self.data is not None else None
 
     def example_input(self, n: int = 64) -> torch.Tensor:
+        """``n`` test images; from the Python API, the first ``n`` inputs of the first given batch."""
+        if self.data is None and self.calib_data is not None:
+            first = next(iter(self.calib_data), None)
+            x = batch_input(first) if first is not None else None
+            if isinstance(x, torch.Tensor):
+                return x[:n].to(self.device)
         test = self._need_data("an example input").test
         return torch.stack([test[i][0] for i in range(min(n, len(test)))]).to(self.device)
 

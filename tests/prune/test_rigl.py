@@ -112,7 +112,7 @@ def test_rigl_finetuning_keeps_sparsity_and_moves_masks(tiny, tiny_data):
             "end": 0.8, "steps": 4, "finetune": {"epochs": 4, "lr": 0.01, "optimizer": "adam"}}
     oneshot = {n: m.weight_mask.clone() for n, m in sparse_layers(
         effdnn.prune(__import__("copy").deepcopy(tiny), {"method": "magnitude", "sparsity": 0.8, "scope": "global"})).items()}
-    effdnn.prune(tiny, spec, tiny_data)
+    tiny = effdnn.prune(tiny, spec, tiny_data)
     layers = sparse_layers(tiny)
     moved = 0
     for n, m in layers.items():

@@ -65,7 +65,7 @@ def test_structured_resnet20_halves_channels_exports_and_cuts_macs(tmp_path):
     x = torch.randn(2, 1, 28, 28)
     y = torch.randint(0, 10, (2,))
     before = effdnn.cost(m, x).macs
-    effdnn.prune(m, {"method": "channel", "saliency": "l1", "sparsity": 0.5}, [(x, y)])
+    m = effdnn.prune(m, {"method": "channel", "saliency": "l1", "sparsity": 0.5}, [(x, y)])
     widths = sorted({c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)})
     assert widths == [8, 16, 32]
     after = effdnn.cost(m, x).macs
@@ -76,7 +76,7 @@ def test_structured_resnet20_halves_channels_exports_and_cuts_macs(tmp_path):
 
 @pytest.mark.parametrize("saliency", ["taylor", "obd", "magnitude"])
 def test_data_driven_channel_saliencies_run(tiny, tiny_data, saliency):
-    effdnn.prune(tiny, {"method": "channel", "saliency": saliency, "sparsity": 0.5}, tiny_data)
+    tiny = effdnn.prune(tiny, {"method": "channel", "saliency": saliency, "sparsity": 0.5}, tiny_data)
     assert tiny.conv1.out_channels == 4 and tiny.conv2.out_channels == 6
     assert tiny(tiny_data[0][0]).shape == (16, 5)
 
@@ -135,7 +135,7 @@ def test_group_l1_removes_the_channels_nobody_reads(tiny):
 def test_group_l1_on_a_residual_network():
     torch.manual_seed(0)
     m = build_model("resnet", 1, 10, (8, 8), depth=8, width=8).eval()
-    effdnn.prune(m, {"method": "channel", "saliency": "group_l1", "sparsity": 0.5}, [torch.randn(2, 1, 8, 8)])
+    m = effdnn.prune(m, {"method": "channel", "saliency": "group_l1", "sparsity": 0.5}, [torch.randn(2, 1, 8, 8)])
     assert sorted({c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)}) == [4, 8, 16]
     assert m(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 

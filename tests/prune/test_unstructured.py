@@ -14,7 +14,7 @@ def _zeros(m):
 
 
 def test_layerwise_sparsity_is_exact(tiny):
-    effdnn.prune(tiny, {"method": "magnitude", "sparsity": 0.75, "scope": "layer"})
+    tiny = effdnn.prune(tiny, {"method": "magnitude", "sparsity": 0.75, "scope": "layer"})
     z = _zeros(tiny)
     assert set(z) == {"conv1", "conv2", "fc"}
     for n, frac in z.items():
@@ -24,7 +24,7 @@ def test_layerwise_sparsity_is_exact(tiny):
 
 def test_global_scope_uses_one_threshold(tiny):
     w = {n: l.weight.detach().abs().clone() for n, l in [("conv1", tiny.conv1), ("conv2", tiny.conv2), ("fc", tiny.fc)]}
-    effdnn.prune(tiny, {"method": "magnitude", "sparsity": 0.8, "scope": "global"})
+    tiny = effdnn.prune(tiny, {"method": "magnitude", "sparsity": 0.8, "scope": "global"})
     kept = torch.cat([w[n][l.weight != 0] for n, l in sparse_layers(tiny).items()])
     cut = torch.cat([w[n][l.weight == 0] for n, l in sparse_layers(tiny).items()])
     assert kept.min() >= cut.max()
@@ -35,7 +35,7 @@ def test_global_scope_uses_one_threshold(tiny):
 def test_lamp_global_keeps_every_layers_largest_weight(tiny):
     """At 99% global, LAMP still keeps each layer's largest weight (it scores 1); the count is exact."""
     w = {n: l.weight.detach().abs().clone() for n, l in [("conv1", tiny.conv1), ("conv2", tiny.conv2), ("fc", tiny.fc)]}
-    effdnn.prune(tiny, {"method": "lamp", "sparsity": 0.99, "scope": "global"})
+    tiny = effdnn.prune(tiny, {"method": "lamp", "sparsity": 0.99, "scope": "global"})
     for n, l in sparse_layers(tiny).items():
         assert l.weight.detach().abs().flatten()[w[n].argmax()] > 0
     total = sum(v.numel() for v in w.values())
@@ -43,7 +43,7 @@ def test_lamp_global_keeps_every_layers_largest_weight(tiny):
 
 
 def test_nm_pattern_in_every_layer(tiny):
-    effdnn.prune(tiny, {"method": "magnitude", "nm": "2:4"})
+    tiny = effdnn.prune(tiny, {"method": "magnitude", "nm": "2:4"})
     for l in sparse_layers(tiny).values():
         rows = (l.weight != 0).reshape(l.weight.shape[0], -1)
         full = rows[:, : rows.shape[1] // 4 * 4].reshape(rows.shape[0], -1, 4)
@@ -54,7 +54,7 @@ def test_masked_weights_stay_zero_through_finetuning_and_export(tiny, tiny_data,
     spec = {"method": "magnitude", "sparsity": 0.9, "scope": "global", "schedule": "agp",
             "finetune": {"epochs": 3, "lr": 0.05, "optimizer": "adam", "weight_decay": 0.01}}
     before = {n: p.detach().clone() for n, p in tiny.named_parameters()}
-    effdnn.prune(tiny, spec, tiny_data)
+    tiny = effdnn.prune(tiny, spec, tiny_data)
     layers = sparse_layers(tiny)
     for n, l in layers.items():
         assert torch.equal(l.weight == 0, ~l.weight_mask)  # zero exactly where the mask cuts
@@ -75,7 +75,7 @@ def test_masked_weights_stay_zero_through_finetuning_and_export(tiny, tiny_data,
 def test_cost_model_sees_sparse_storage(tiny):
     x = torch.randn(2, 1, 8, 8)
     dense = effdnn.cost(tiny, x)
-    effdnn.prune(tiny, {"method": "magnitude", "sparsity": 0.9, "scope": "layer"})
+    tiny = effdnn.prune(tiny, {"method": "magnitude", "sparsity": 0.9, "scope": "layer"})
     c = effdnn.cost(tiny, x)
     fc = next(l for l in c.layers if l.name == "fc")
     nnz = int((tiny.fc.weight != 0).sum())
@@ -99,7 +99,7 @@ def test_index_format_choice():
 
 @pytest.mark.parametrize("method", ["taylor", "obd"])
 def test_data_driven_methods_prune_to_the_target(tiny, tiny_data, method):
-    effdnn.prune(tiny, {"method": method, "sparsity": 0.5}, tiny_data)
+    tiny = effdnn.prune(tiny, {"method": method, "sparsity": 0.5}, tiny_data)
     for n, frac in _zeros(tiny).items():
         assert frac == pytest.approx(0.5, abs=0.02)
 
@@ -144,7 +144,7 @@ def test_sparse_storage_of_a_quantized_layer_keeps_its_overheads():
 
 
 def test_layer_sparsity_overrides(tiny):
-    effdnn.prune(tiny, {"method": "magnitude", "sparsity": 0.5, "layer_sparsity": {"conv*": 0.25, "fc": 0.9}})
+    tiny = effdnn.prune(tiny, {"method": "magnitude", "sparsity": 0.5, "layer_sparsity": {"conv*": 0.25, "fc": 0.9}})
     z = _zeros(tiny)
     assert z["conv1"] == pytest.approx(0.25, abs=0.02) and z["conv2"] == pytest.approx(0.25, abs=0.01)
     assert z["fc"] == pytest.approx(0.9, abs=0.01)

@@ -121,7 +121,7 @@ def test_glorot_h_and_latent_clipping():
     conv = nn.Conv2d(3, 8, 5)
     assert glorot_h(conv.weight) == pytest.approx(math.sqrt(1.5 / (3 * 25 + 8 * 25)))
     model = build_model("mlp", 1, 3, (4, 4))
-    q = effdnn.quantize(model, {"method": "bc", "h": 0.01})
+    q = effdnn.Experiment(model, {"quantize": {"method": "bc", "h": 0.01}}).model  # bc clips in training
     layers = [m for m in q.modules() if isinstance(m, BinaryLinear)]
     assert layers and all(m.weight.abs().max() <= 0.01 for m in layers)  # clipped at conversion
     with torch.no_grad():
@@ -179,7 +179,7 @@ def test_xnor_forward_is_sign_conv_times_k_alpha():
 def test_bnn_defaults_first_last_fp_and_bn_before_sign():
     model = build_model("lenet5", 1, 10, (28, 28))
     data = [torch.randn(8, 1, 28, 28) for _ in range(2)]
-    q = effdnn.quantize(model, {"method": "bnn"}, calib_data=data)
+    q = effdnn.Experiment(model, {"quantize": {"method": "bnn"}}, data=data).model
     assert type(q.features[0]) is nn.Conv2d and type(q.classifier[-1]) is nn.Linear  # higher precision
     inner = [m for m in q.modules() if isinstance(m, (BinaryConv2d, BinaryLinear))]
     assert len(inner) == 3
@@ -218,7 +218,8 @@ def test_batch_norm_option_wraps_binarised_layers_starting_at_the_float_output_s
     torch.manual_seed(0)
     model = build_model("lenet5", 1, 10, (28, 28))
     data = [torch.randn(32, 1, 28, 28) for _ in range(4)]
-    q = effdnn.quantize(model, {"method": "bc", "batch_norm": True, "bn_init_batches": 4}, calib_data=data).eval()
+    spec = {"method": "bc", "batch_norm": True, "bn_init_batches": 4}
+    q = effdnn.Experiment(model, {"quantize": spec}, data=data).model.eval()  # bc clips in training: hooks
     wrapped = [m for m in q.modules() if isinstance(m, OutputBatchNorm)]
     assert len(wrapped) == 5 and all(isinstance(w[0], (BinaryConv2d, BinaryLinear)) for w in wrapped)
     conv_f, conv_q = model.features[0].eval(), q.features[0]
@@ -228,5 +229,5 @@ def test_batch_norm_option_wraps_binarised_layers_starting_at_the_float_output_s
     dims = (0, 2, 3)
     torch.testing.assert_close(b.mean(dims), f.mean(dims), atol=0.05 * float(f.std()), rtol=0.05)
     torch.testing.assert_close(b.std(dims), f.std(dims), atol=0.05 * float(f.std()), rtol=0.05)
-    packed = effdnn.quantize(model, {"method": "bc", "batch_norm": True, "packed": True}, calib_data=data)
+    packed = effdnn.Experiment(model, {"quantize": {"method": "bc", "batch_norm": True, "packed": True}}, data=data).model
     assert sum(isinstance(m, OutputBatchNorm) for m in packed.modules()) == 5

@@ -48,7 +48,7 @@ def _binarised(method, keep_fp=None):
     model = build_model("lenet5", 1, 10, (28, 28))
     data = [torch.randn(16, 1, 28, 28) for _ in range(2)]
     spec = {"method": method} if keep_fp is None else {"method": method, "keep_fp": keep_fp}
-    return effdnn.quantize(model, spec, calib_data=data).eval()
+    return effdnn.Experiment(model, {"quantize": spec}, data=data).model.eval()  # bc / bnn: training hooks
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -39,13 +39,20 @@ def _loss(model, x, y):
     return nn.functional.cross_entropy(model(x), y)
 
 
-def _train(model, x, y, steps, lr=3e-3):
+def _train(model, x, y, steps, lr=3e-3, exp=None):
+    """A plain loop; with ``exp`` (an effdnn.Experiment on ``model``) it also runs the techniques' hooks."""
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
+    if exp is not None:
+        exp.attach(opt)
+        exp.epoch(0)
     for _ in range(steps):
         opt.zero_grad()
-        _loss(model, x, y).backward()
+        loss = _loss(model, x, y)
+        (exp.loss(loss) if exp is not None else loss).backward()
         opt.step()
+        if exp is not None:
+            exp.step()
     model.eval()
     return model
 
@@ -59,12 +66,13 @@ def pretrained():
 @pytest.mark.parametrize("spec", METHODS, ids=lambda s: f"{s['method']}-{s['weight'].get('format', 'int')}{s['weight']['bits']}")
 def test_short_qat_run_lowers_the_loss_and_converts_exactly(spec, pretrained):
     x, y = _data()
-    model = effdnn.quantize(pretrained, spec, calib_data=[x[:64]])
+    exp = effdnn.Experiment(pretrained, {"quantize": spec, "finetune": {"epochs": 1}}, data=[x[:64]])  # pact: its L2 term
+    model = exp.model
     assert any(isinstance(m, QATQuantizer) for m in model.modules())
     model.eval()
     with torch.no_grad():
         before = _loss(model, x, y).item()
-    after = _loss(_train(model, x, y, 30, lr=1e-3), x, y).item()
+    after = _loss(_train(model, x, y, 30, lr=1e-3, exp=exp), x, y).item()
     assert after < 0.8 * before
     with torch.no_grad():
         trained = model(x)
@@ -80,7 +88,8 @@ def test_short_qat_run_lowers_the_loss_and_converts_exactly(spec, pretrained):
 def test_first_and_last_layers_kept_at_8_bits_by_pact_and_lsq():
     x, _ = _data(64)
     for method in ("pact", "lsq"):
-        m = effdnn.quantize(_model(), {"method": method, "weight": {"bits": 2}, "act": {"bits": 2}}, calib_data=[x])
+        m = effdnn.Experiment(_model(), {"quantize": {"method": method, "weight": {"bits": 2}, "act": {"bits": 2}}},
+                              data=[x]).model
         assert m[0].weight_quant.fmt.bits == 8 and m[7].weight_quant.fmt.bits == 8
         assert m[2].weight_quant.fmt.bits == 2 and m[5].input_quant.fmt.bits == 2
 
@@ -98,8 +107,8 @@ def test_bn_folded_during_training_then_frozen():
     torch.manual_seed(0)
     model = ResNetCifar(depth=8, width=4, in_channels=1, num_classes=4)
     x, y = _data(64)
-    q = effdnn.quantize(model, {"method": "lsq", "weight": {"bits": 4}, "act": {"bits": 4}, "bn_freeze_epoch": 1},
-                        calib_data=[x])
+    q = effdnn.Experiment(model, {"quantize": {"method": "lsq", "weight": {"bits": 4}, "act": {"bits": 4},
+                                               "bn_freeze_epoch": 1}}, data=[x]).model
     folded = [m for m in q.modules() if isinstance(m, FoldedBNWeight)]
     assert folded and not any(isinstance(m, nn.BatchNorm2d) for m in q.modules() if not isinstance(m, FoldedBNWeight)
                               and m not in [f.bn for f in folded])
