@@ -242,7 +242,7 @@ def test_the_same_dict_runs_in_a_recipe_and_in_an_experiment(tmp_path):
 @pytest.mark.parametrize("bad, path", [
     ({"prune": {**AGP, "sparsty": 0.5}}, "prune.sparsty: unknown key"),
     ({"finetune": {"epoch": 1}}, "finetune.epoch: unknown key"),
-    ({"quantize": {"method": "ptq", "weight": {"bits": 0}}}, "quantize.weight: Value error, int format: bits"),
+    ({"quantize": {"method": "ptq", "weight": {"bits": 0}}}, "quantize.weight: int format: bits"),
     ({"prunee": {}}, "prunee: unknown key"),
 ])
 def test_a_bad_key_gives_the_recipes_message(bad, path):
