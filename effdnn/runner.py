@@ -26,6 +26,7 @@ from .recipe import BLOCKS, ExperimentSpec, Recipe
 from .registry import REGISTRIES
 from .report import render_report
 from .utils import distributed as ddp
+from .utils.user_code import resolve_user_file
 from .train import evaluate, fit, load_weights, save_atomic
 
 REPORT_FILES = ("report.json", "report.md", "accuracy_vs_size.png", "accuracy_vs_energy.png")
@@ -90,10 +91,8 @@ class Runner:
         self.table = EnergyTable.from_file(self._path(recipe.cost.energy_table)) if recipe.cost.energy_table else None
 
     def _path(self, p: str) -> Path:
-        path = Path(p)
-        if not path.is_absolute() and self.recipe.base_dir and not path.exists():
-            path = Path(self.recipe.base_dir) / path
-        return path
+        """A file the recipe names: relative paths from the recipe's folder first, then the working folder."""
+        return resolve_user_file(p, self.recipe.base_dir) or Path(p)
 
     def make_model(self) -> nn.Module:
         r = self.recipe
@@ -130,9 +129,30 @@ class Runner:
         )
 
     # -- baseline ---------------------------------------------------------------------------------
+    def check_forward(self, model: nn.Module) -> None:
+        """One forward pass on two training examples before any training: a model that does not fit
+        the data (a user's model, a wrong input size) is one line naming the input, not a traceback."""
+        x = torch.stack([self.data.train[i][0] for i in range(min(2, len(self.data.train)))]).to(self.device)
+        was = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = model(x)
+        except (Exception, SystemExit) as e:
+            what = f"called sys.exit({e.code!r})" if isinstance(e, SystemExit) else f"{type(e).__name__}: {' '.join(str(e).split())}"
+            raise EffdnnError(f"model: its forward fails on the data (input {tuple(x.shape)}): {what}") from None
+        finally:
+            model.train(was)
+        logits = out.logits if hasattr(out, "logits") else out
+        want = (x.shape[0], self.data.num_classes)
+        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != want:
+            got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise EffdnnError(f"model: its output on the data is {got}, expected logits of shape {want}")
+
     def baseline(self) -> tuple[nn.Module, dict[str, Any]]:
         r = self.recipe
         model = self.make_model()
+        self.check_forward(model)
         spec = r.baseline
         t0 = time.perf_counter()
         extra: dict[str, Any] = {}

@@ -12,6 +12,7 @@ from ..utils.user_code import call_user, is_user_ref, load_user_function
 from . import digits, fashion_mnist, synthetic
 from .bundle import DataBundle
 from .idx import read_idx, write_idx
+from .validate import validate_bundle
 
 DATASETS: dict[str, Callable[..., DataBundle]] = {
     "digits": lambda root=None, **kw: digits.load(**kw),
@@ -37,6 +38,9 @@ def _user_bundle(ref: str, base_dir: str | Path | None, kwargs: dict[str, Any]) 
     if not (isinstance(out, tuple) and len(out) == 2):
         raise EffdnnError(f"{ref}: must return (train_dataset, test_dataset[, info]), got {type(out).__name__}")
     train, test = out
+    for split, ds in (("train", train), ("test", test)):
+        if hasattr(ds, "__len__") and len(ds) == 0:
+            raise EffdnnError(f"data {ref!r}: the {split} split is empty")
     try:
         x0 = train[0][0]
         num_classes = int(info.get("num_classes") or int(_labels(train).max()) + 1)
@@ -51,13 +55,14 @@ def _user_bundle(ref: str, base_dir: str | Path | None, kwargs: dict[str, Any]) 
 def load_data(name: str, root: str | None = None, base_dir: str | Path | None = None, **kwargs: Any) -> DataBundle:
     """A :class:`DataBundle` for a data-set name or a user's ``"file.py:function"``."""
     if is_user_ref(name):
-        return _user_bundle(name, base_dir, kwargs)
+        return validate_bundle(_user_bundle(name, base_dir, kwargs))
     if name not in DATASETS:
         raise EffdnnError(f"data.name: unknown data set {name!r} (known: {', '.join(DATASETS)}, or 'file.py:function')")
     try:
-        return DATASETS[name](root=root, **kwargs)
+        bundle = DATASETS[name](root=root, **kwargs)
     except TypeError as e:
         raise EffdnnError(f"data: bad option for {name!r}: {e}") from None
+    return validate_bundle(bundle)
 
 
 __all__ = ["DataBundle", "DATASETS", "load_data", "read_idx", "write_idx"]

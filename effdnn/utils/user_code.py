@@ -39,8 +39,8 @@ def load_user_function(ref: str, base_dir: str | Path | None = None) -> Callable
         module = importlib.util.module_from_spec(spec)
         sys.modules[mod_name] = module
         spec.loader.exec_module(module)
-    except Exception as e:  # a user file may raise anything: report it in one line
-        raise EffdnnError(f"{ref}: importing {path} failed: {type(e).__name__}: {e}") from None
+    except (Exception, SystemExit) as e:  # a user file may raise anything, or exit: report it in one line
+        raise EffdnnError(f"{ref}: importing {path} failed: {_what(e)}") from None
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         raise EffdnnError(f"{ref}: {path} has no function {fn_name!r}")
@@ -53,5 +53,11 @@ def call_user(ref: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> An
         return fn(*args, **kwargs)
     except EffdnnError:
         raise
-    except Exception as e:
-        raise EffdnnError(f"{ref}: raised {type(e).__name__}: {e}") from None
+    except (Exception, SystemExit) as e:
+        raise EffdnnError(f"{ref}: {_what(e)}") from None
+
+
+def _what(e: BaseException) -> str:
+    if isinstance(e, SystemExit):
+        return f"called sys.exit({e.code!r})"
+    return f"raised {type(e).__name__}: {' '.join(str(e).split())}"
