@@ -114,14 +114,17 @@ def sensitivity(
 
     import yaml
 
+    from .utils.paths import check_output_file
     from .sensitivity import as_overrides, pick_widths, quantizable_layers, sweep
     from .recipe import load_recipe
     from .runner import Runner
     from .train import evaluate
 
     widths = _parse_bits(bits)
-    if budget_kib is not None and budget_kib <= 0:
-        raise EffdnnError(f"sensitivity: --budget-kib must be positive, got {budget_kib}")
+    if budget_kib is not None and not 0 < budget_kib < float("inf"):
+        raise EffdnnError(f"sensitivity: --budget-kib must be a positive number, got {budget_kib}")
+    if out is not None:
+        check_output_file(out, "sensitivity: --out")  # before the sweep, not after it
     runner = Runner(load_recipe(recipe))
     model, base_row = runner.load_baseline()  # trained once, then reused from the baseline cache
     model.eval()

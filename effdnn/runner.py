@@ -26,6 +26,7 @@ from .recipe import BLOCKS, ExperimentSpec, Recipe
 from .registry import REGISTRIES
 from .report import render_report
 from .utils import distributed as ddp
+from .utils.paths import check_output_dir
 from .utils.user_code import resolve_user_file
 from .train import evaluate, fit, load_weights, save_atomic
 
@@ -45,6 +46,18 @@ def _write_json(obj: Any, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=float))
     os.replace(tmp, path)
+
+
+def _saved_row(path: Path, key: str) -> dict[str, Any] | None:
+    """A finished experiment's row from an earlier run, if ``path`` holds one made for ``key``; a file
+    that cannot be read is reported and the experiment runs again."""
+    try:
+        saved = json.loads(path.read_text())
+        row = saved["row"] if saved.get("key") == key else None
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+        _say(f"{path}: unreadable; running the experiment again")
+        return None
+    return row if isinstance(row, dict) else None
 
 
 def baseline_cache() -> Path:
@@ -201,11 +214,10 @@ class Runner:
         edir = self.out / "experiments" / exp.name
         result_path = edir / "result.json"
         key = _hash(exp.model_dump(), self.base_key)
-        if self.resume and result_path.is_file():
-            saved = json.loads(result_path.read_text())
-            if saved.get("key") == key:
-                _say(f"{exp.name}: done in an earlier run, reusing {result_path}")
-                return saved["row"]
+        saved = _saved_row(result_path, key) if self.resume and result_path.is_file() else None
+        if saved is not None:
+            _say(f"{exp.name}: done in an earlier run, reusing {result_path}")
+            return saved
         key_path = edir / "experiment.key"  # what the folder's checkpoints were made for
         if ddp.is_main():
             if edir.is_dir() and (not key_path.is_file() or key_path.read_text() != key):
@@ -256,7 +268,7 @@ class Runner:
     def run(self) -> dict[str, Any]:
         r = self.recipe
         if ddp.is_main():
-            self.out.mkdir(parents=True, exist_ok=True)
+            check_output_dir(self.out, "--out")  # before any work: a bad folder fails now, not after training
             for f in REPORT_FILES:  # a stale report must not pass for this run's
                 (self.out / f).unlink(missing_ok=True)
         t0 = time.perf_counter()

@@ -10,13 +10,16 @@ Replace it with ``EnergyTable.from_file("table.yaml")`` (same field names) or by
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import Field, PositiveInt, ValidationError
 
 from ..errors import EffdnnError
+from ..registry import StrictModel, format_validation_error
 
 Kind = Literal["int", "float"]
 
@@ -35,10 +38,10 @@ class EnergyTable:
     def __post_init__(self) -> None:
         for f in ("int_add", "int_mult", "float_add", "float_mult", "sram_read_64b"):
             table = getattr(self, f)
-            if not table or any(int(k) <= 0 or float(v) < 0 for k, v in table.items()):
-                raise EffdnnError(f"energy table: {f} needs positive widths and non-negative energies")
-        if self.dram_read_64b < 0:
-            raise EffdnnError("energy table: dram_read_64b must be >= 0")
+            if not table or any(int(k) <= 0 or not 0 <= float(v) < math.inf for k, v in table.items()):
+                raise EffdnnError(f"energy table: {f} needs positive widths and finite, non-negative energies")
+        if not 0 <= self.dram_read_64b < math.inf:
+            raise EffdnnError("energy table: dram_read_64b must be finite and >= 0")
 
     @staticmethod
     def _nearest(table: dict[int, float], bits: float) -> tuple[int, float]:
@@ -68,16 +71,32 @@ class EnergyTable:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "EnergyTable":
+        """A table from a YAML or JSON file with this class's field names (each optional)."""
         path = Path(path)
         try:
             data: Any = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
-        except (OSError, yaml.YAMLError, json.JSONDecodeError) as e:
-            raise EffdnnError(f"energy table {path}: unreadable ({e})") from None
-        names = {f.name for f in fields(cls)}
-        if not isinstance(data, dict) or set(data) - names:
-            raise EffdnnError(f"energy table {path}: unknown keys {sorted(set(data) - names) if isinstance(data, dict) else data}")
-        conv = {k: ({int(a): float(b) for a, b in v.items()} if isinstance(v, dict) else v) for k, v in data.items()}
-        return cls(**conv)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, json.JSONDecodeError) as e:
+            raise EffdnnError(f"energy table {path}: unreadable ({' '.join(str(e).split())})") from None
+        try:
+            spec = _EnergyFile.model_validate(data if data is not None else {})
+        except ValidationError as e:
+            raise EffdnnError(f"energy table {path}: {format_validation_error(e)}") from None
+        return cls(**spec.model_dump(exclude_none=True))
+
+
+Energy = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class _EnergyFile(StrictModel):
+    """What an energy-table file may hold: per-width tables {bits: pJ}, the DRAM read, a source line."""
+
+    int_add: dict[PositiveInt, Energy] | None = Field(None, min_length=1)
+    int_mult: dict[PositiveInt, Energy] | None = Field(None, min_length=1)
+    float_add: dict[PositiveInt, Energy] | None = Field(None, min_length=1)
+    float_mult: dict[PositiveInt, Energy] | None = Field(None, min_length=1)
+    sram_read_64b: dict[PositiveInt, Energy] | None = Field(None, min_length=1)
+    dram_read_64b: Energy | None = None
+    source: str | None = None
 
 
 DEFAULT_TABLE = EnergyTable()

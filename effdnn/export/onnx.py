@@ -11,6 +11,7 @@ from torch import nn
 
 from ..errors import EffdnnError
 from ..utils.batches import batch_input
+from ..utils.paths import check_output_file
 
 OPSET = 17
 
@@ -21,8 +22,9 @@ def export_onnx(model: nn.Module, example_input: Any, path: str | Path, opset: i
     Modules that know how to export themselves (fake-quantizers become QuantizeLinear /
     DequantizeLinear pairs) do so through their own ``symbolic`` functions.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not isinstance(model, nn.Module):
+        raise EffdnnError(f"export_onnx: model must be a torch.nn.Module, got {type(model).__name__}")
+    path = check_output_file(path, "export_onnx: path")
     x = batch_input(example_input) if isinstance(example_input, (tuple, list)) else example_input
     was_training = model.training
     model.eval()

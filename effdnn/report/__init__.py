@@ -11,16 +11,20 @@ from .plots import pareto_front, plot_pareto
 
 REQUIRED = ("name", "accuracy", "size_bytes", "compression_ratio", "params", "macs", "bitops", "energy_pj",
             "weight_sparsity", "activation_sparsity", "wall_time_s")
+NUMERIC = REQUIRED[1:]
 
 
 def validate_report(report: Any, where: str = "report.json") -> None:
     if not isinstance(report, dict) or "baseline" not in report or not isinstance(report.get("experiments"), list):
         raise EffdnnError(f"{where}: not an effdnn report (needs 'baseline' and 'experiments')")
     for i, row in enumerate([report["baseline"], *report["experiments"]]):
+        label = "baseline" if i == 0 else f"experiments[{i - 1}]"
         missing = [k for k in REQUIRED if not isinstance(row, dict) or k not in row]
         if missing:
-            label = "baseline" if i == 0 else f"experiments[{i - 1}]"
             raise EffdnnError(f"{where}: {label} lacks {', '.join(missing)}")
+        wrong = [k for k in NUMERIC if isinstance(row[k], bool) or not isinstance(row[k], (int, float))]
+        if wrong:
+            raise EffdnnError(f"{where}: {label}.{wrong[0]} must be a number, got {row[wrong[0]]!r}")
 
 
 def render_report(report: dict[str, Any], out: str | Path) -> list[Path]:
@@ -41,7 +45,7 @@ def load_report(folder: str | Path) -> dict[str, Any]:
     try:
         report = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EffdnnError(f"{path}: not valid JSON ({e})") from None
+        raise EffdnnError(f"{path}: not valid JSON ({' '.join(str(e).split())})") from None
     validate_report(report, str(path))
     return report
 
