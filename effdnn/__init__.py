@@ -20,7 +20,7 @@ from typing import Any
 from torch import nn
 
 from . import techniques  # noqa: F401  (registers every method)
-from .api import Experiment, prune, quantize
+from .api import Experiment, check_model, prune, quantize
 from .context import ExperimentContext
 from .cost import CostReport, EnergyTable
 from .cost import cost as _cost
@@ -33,6 +33,7 @@ from .runner import run
 
 def cost(model: nn.Module, example_input: Any, table: EnergyTable | None = None, skip_zeros: bool = True) -> CostReport:
     """Per-layer and total parameters, bytes, MACs, bit-ops and energy of ``model`` per example."""
+    check_model(model, "effdnn.cost")
     return _cost(model, example_input, table=table, skip_zeros=skip_zeros)
 
 

@@ -61,7 +61,25 @@ def _without_loop(block: str, config: BaseModel, cb: Callback, model: nn.Module)
                       f"model; use effdnn.Experiment(model, {{'{block}': ..., 'finetune': ...}}, data=...) and step it")
 
 
+def check_model(model: Any, where: str) -> nn.Module:
+    """``model`` if it is a torch module; else one line naming the call."""
+    if not isinstance(model, nn.Module):
+        raise EffdnnError(f"{where}: model must be a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def check_batches(data: Any, where: str, arg: str) -> None:
+    """``data`` must be an iterable of batches (a DataLoader, a list of tensors / tuples / dicts)."""
+    if data is None:
+        return
+    if isinstance(data, (str, bytes, dict)) or not hasattr(data, "__iter__"):
+        raise EffdnnError(f"{where}: {arg} must be an iterable of batches (a DataLoader or a list of tensors), "
+                          f"got {type(data).__name__}")
+
+
 def _one_shot(block: str, model: nn.Module, spec: Any, data: Iterable[Any] | None, data_arg: str) -> nn.Module:
+    check_model(model, f"effdnn.{block}")
+    check_batches(data, f"effdnn.{block}", data_arg)
     reg = REGISTRIES[block]
     config = reg.parse(spec)
     model = copy.deepcopy(model)

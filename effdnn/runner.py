@@ -295,4 +295,6 @@ def run(recipe: Recipe | dict | str | Path, out: str | Path | None = None, resum
         recipe = load_recipe(recipe)
     elif isinstance(recipe, dict):
         recipe = parse_recipe(recipe)
+    elif not isinstance(recipe, Recipe):
+        raise EffdnnError(f"effdnn.run: recipe must be a YAML path, a dict or a Recipe, got {type(recipe).__name__}")
     return Runner(recipe, out, resume).run()

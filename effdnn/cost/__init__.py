@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import EffdnnError
 from ..utils.batches import batch_input
 from .counter import OpRecord, trace_ops
 from .energy import DEFAULT_TABLE, EnergyTable
@@ -25,11 +26,15 @@ from .report import CostReport, LayerCost
 
 
 def _batch_size(x: Any) -> int:
-    if isinstance(x, torch.Tensor):
-        return int(x.shape[0])
-    if isinstance(x, dict):
-        return next(int(v.shape[0]) for v in x.values() if isinstance(v, torch.Tensor))
-    raise TypeError(f"cannot tell the batch size of a {type(x).__name__}")
+    """The example batch's size (> 0), or one line saying what is wrong with it."""
+    sizes = [int(x.shape[0])] if isinstance(x, torch.Tensor) and x.dim() > 0 else \
+        [int(v.shape[0]) for v in x.values() if isinstance(v, torch.Tensor) and v.dim() > 0] if isinstance(x, dict) else []
+    if not sizes:
+        raise EffdnnError(f"cost: example_input must be a batch tensor, an (input, ...) tuple or a dict of tensors, "
+                          f"got {type(x).__name__}")
+    if sizes[0] == 0:
+        raise EffdnnError("cost: example_input holds 0 examples")
+    return sizes[0]
 
 
 def fp32_bytes(model: nn.Module) -> float:

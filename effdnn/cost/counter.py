@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ..errors import EffdnnError
 from ..utils.batches import forward
 
 
@@ -132,6 +133,10 @@ def trace_ops(model: nn.Module, example_input: Any) -> list[OpRecord]:
     try:
         with _Tracer(on_op):
             forward(model, example_input)
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        shape = tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else type(example_input).__name__
+        raise EffdnnError(f"cost: the model's forward fails on example_input {shape}: {type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:300]}") from None
     finally:
         for h in handles:
             h.remove()

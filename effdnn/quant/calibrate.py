@@ -2,6 +2,7 @@
 then let every quantizer solve its params."""
 from __future__ import annotations
 
+import sys
 from typing import Any, Iterable
 
 import torch
@@ -29,7 +30,13 @@ def calibrate(model: nn.Module, data: Iterable[Any], max_batches: int | None = N
         for x in iter_inputs(data, max_batches, device):
             if nhwc and isinstance(x, torch.Tensor) and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            forward(model, x)
+            try:
+                forward(model, x)
+            except EffdnnError:
+                raise
+            except (RuntimeError, ValueError, TypeError, IndexError) as e:
+                raise EffdnnError(f"calibration: the model's forward fails on calibration batch {seen + 1} "
+                                  f"({_describe(x)}): {type(e).__name__}: {' '.join(str(e).split())[:300]}") from None
             seen += 1
     finally:
         model.train(was_training)
@@ -41,6 +48,27 @@ def calibrate(model: nn.Module, data: Iterable[Any], max_batches: int | None = N
     for q in observing:
         if q.observer is not None and q.observer.count == 0:
             raise EffdnnError(f"calibration: {q.observer.name} was never reached by the calibration data")
+    _warn_degenerate(observing)
     for q in observing:
         q.finish_calibration()
     return seen
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"input {tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}"
+    if isinstance(x, dict):
+        return "inputs " + ", ".join(f"{k}={tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__}"
+                                     for k, v in x.items())
+    return f"input of type {type(x).__name__}"
+
+
+def _warn_degenerate(observing: list[Quantizer]) -> None:
+    """One warning line when calibrated tensors were constant zero on every batch (all-zero calibration
+    data, a dead layer): their range is zero, so the quantized model outputs constants there."""
+    zero = [o.name for q in observing if (o := q.observer) is not None and o.min is not None
+            and float(o.max.abs().max()) == 0 and float(o.min.abs().max()) == 0]
+    if zero:
+        more = f" and {len(zero) - 1} more tensors were" if len(zero) > 1 else " was"
+        print(f"effdnn: warning: calibration: {zero[0]}{more} zero on every calibration batch (all-zero data?): the quantized model outputs constants there",
+              file=sys.stderr)

@@ -38,7 +38,10 @@ def check_output_file(path: str | Path, what: str) -> Path:
     path = Path(path)
     if path.is_dir():
         raise EffdnnError(f"{what} {path}: is a folder, not a file")
-    check_output_dir(path.parent if str(path.parent) else Path("."), what)
+    blocker = _blocking_file(path)
+    if blocker is not None:
+        raise EffdnnError(f"{what} {path}: {blocker} is a file, not a folder")
+    check_output_dir(path.parent, what)
     if path.exists() and not os.access(path, os.W_OK):
         raise EffdnnError(f"{what} {path}: cannot write there (permission denied)")
     return path
