@@ -33,7 +33,7 @@ from ...utils.batches import forward as run_batch, iter_inputs, model_device
 from ...utils.batchnorm import recalibrate_batchnorm
 from ..bitpack import packed_bytes
 from ..fake_quant import Quantizer
-from ..modules import QuantLayerMixin
+from ..modules import QuantLayerMixin, dense_type, swap_class
 
 
 def sign_pm1(x: torch.Tensor) -> torch.Tensor:
@@ -307,7 +307,7 @@ def binarize(model: nn.Module, config: BinaryMethodConfig, ctx: ExperimentContex
         stats = output_channel_stats(model, [n for n, _ in layers], ctx.calib_loader(config.bn_init_batches),
                                      config.bn_init_batches)
     for name, m in layers:
-        if type(m) not in BINARY_CLASSES or (isinstance(m, nn.Conv2d) and m.groups != 1 and binary_input):
+        if dense_type(m) not in BINARY_CLASSES or (isinstance(m, nn.Conv2d) and m.groups != 1 and binary_input):
             summary.append({"layer": name, "type": type(m).__name__, "weight": "fp32", "act": "fp32",
                             "why": "layer type not supported by binary methods"})
             continue
@@ -319,8 +319,7 @@ def binarize(model: nn.Module, config: BinaryMethodConfig, ctx: ExperimentContex
             if binary_input else None
         if aq is not None:
             aq.to(m.weight.device)
-        kind = type(m)
-        m.__class__ = BINARY_CLASSES[kind]
+        kind = swap_class(m, BINARY_CLASSES)  # a pruned layer stays masked: zero where pruned, not +-alpha
         m._attach(wq, aq, name)  # type: ignore[attr-defined]
         m.k_scaling = k_scaling  # type: ignore[assignment]
         summary.append({"layer": name, "type": kind.__name__, "weight": wq.fmt.name,  # type: ignore[attr-defined]
