@@ -29,6 +29,12 @@ def _label(fmt) -> str:
     return getattr(fmt, "label", "") or fmt.name
 
 
+def _fp32(x: torch.Tensor) -> torch.Tensor:
+    """Fake quantization computes in float32: under fp16 / bf16 autocast (QAT in mixed precision) the
+    activations arrive in half precision, whose rounding would move the quantizer's grid and ranges."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 class QuantLayerMixin:
     input_quant: Quantizer | None
     weight_quant: Quantizer | None
@@ -41,7 +47,7 @@ class QuantLayerMixin:
         self.qname = name
 
     def _q_input(self, x: torch.Tensor) -> torch.Tensor:
-        return self.input_quant(x) if self.input_quant is not None else x
+        return self.input_quant(_fp32(x)) if self.input_quant is not None else x
 
     def _q_weight(self) -> torch.Tensor:
         w = self.weight  # type: ignore[attr-defined]
@@ -107,8 +113,8 @@ class QuantAdd(Add):
         self.out_observer = MaxObserver(name=f"{name}.output")
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        qa = self.a_quant(a) if self.a_quant is not None else a
-        qb = self.b_quant(b) if self.b_quant is not None else b
+        qa = self.a_quant(_fp32(a)) if self.a_quant is not None else a
+        qb = self.b_quant(_fp32(b)) if self.b_quant is not None else b
         y = qa + qb
         if self.a_quant is not None and self.a_quant.mode == "observe":
             self.out_observer.update(y)
