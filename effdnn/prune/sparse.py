@@ -98,7 +98,8 @@ class SparseMixin:
 
     def _q_weight(self) -> torch.Tensor:
         """A quantized layer's weight, zero where pruned whatever the quantizer makes of a zero."""
-        w = super()._q_weight()  # type: ignore[misc]
+        inner = getattr(super(), "_q_weight", None)  # a plain (float) masked layer: its weight
+        w = inner() if inner is not None else self.weight
         if _tracing():
             return _masked_constant(w, self.weight_mask)
         return w * self.weight_mask.to(w.dtype)
