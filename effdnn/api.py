@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from torch import nn
 from torch.utils.data import Dataset
 
+from .composition import check_composition
 from .context import ExperimentContext
 from .data import DataBundle
 from .errors import EffdnnError
@@ -133,13 +134,8 @@ def parse_experiment(blocks: dict[str, Any]) -> tuple[ExperimentSpec, dict[str, 
     except ValidationError as err:
         raise EffdnnError(format_validation_error(err)) from None
     configs = {b: REGISTRIES[b].parse(getattr(spec, b), b) for b in BLOCKS if getattr(spec, b) is not None}
-    _check_composition(configs)
+    check_composition({**configs, "finetune": spec.finetune}, "experiment")  # the recipe's table and message
     return spec, configs
-
-
-def _check_composition(configs: dict[str, BaseModel]) -> None:
-    """The single place where block pairs that cannot compose are refused (effdnn.composition's
-    ``check_composition(configs)``, wired here once that module exists); nothing is checked yet."""
 
 
 @dataclass

@@ -7,6 +7,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from .composition import check_composition
 from .errors import EffdnnError
 from .registry import REGISTRIES, StrictModel, format_validation_error
 from .train_spec import TrainSpec
@@ -84,10 +85,12 @@ def parse_recipe(data: Any, base_dir: str | Path | None = None) -> Recipe:
     except ValidationError as err:
         raise EffdnnError("recipe: " + format_validation_error(err)) from None
     for i, exp in enumerate(recipe.experiments):
+        parsed: dict[str, Any] = {"finetune": exp.finetune}
         for block in BLOCKS:
             spec = getattr(exp, block)
             if spec is not None:
-                REGISTRIES[block].parse(spec, f"experiments[{i}].{block}")
+                parsed[block] = REGISTRIES[block].parse(spec, f"experiments[{i}].{block}")
+        check_composition(parsed, f"experiments[{i}] ({exp.name})")  # refused pairs fail before any training
     return recipe
 
 

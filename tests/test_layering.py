@@ -14,7 +14,8 @@ LAYERS: list[set[str]] = [
     {"errors", "hooks", "registry", "train_spec", "transform", "utils"},  # core: what every block may use
     {"formats"},
     {"models", "cost"},
-    {"quant", "prune", "lowp"},  # the techniques: independent of each other
+    {"prune"},  # masked layers and saliencies
+    {"quant", "lowp"},  # a pruned layer quantizes into its masked quantized class (prune.sparse)
     {"compress", "export"},  # build on the techniques
     {"data", "train"},  # the engine
     {"context", "recipe", "composition", "techniques", "runner", "api", "sensitivity", "report", "cli", "__init__"},

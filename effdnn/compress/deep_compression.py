@@ -12,6 +12,12 @@ width chosen for the smallest section); symbols and gaps are
 Huffman coded. Every other tensor is stored raw. The file is then read back into a copy of the model,
 which replaces it, so the accuracy measured is the accuracy of the file.
 
+After quantization (composition): the file's shared values replace the weight format. Each quantized
+layer's weight becomes its quantized (and masked) value first and the weight quantizer is dropped; input
+quantizers stay. A layer with at most 2^bits distinct quantized levels (a per-tensor int / binary /
+ternary / k-means layer, or few channels) keeps exactly those levels as its codebook; one with more
+(per-channel scales over many channels) is re-clustered by k-means into 2^bits values.
+
 ``retrain: {epochs: 1, lr: 1e-4}`` (any finetune block, ``distill`` included) trains the shared values
 before the file is written, as the paper does after quantization (section 3.3): each selected weight
 becomes ``w = scatter(C[codes], positions)`` over a fixed zero background (:class:`SharedValues`, a
@@ -44,6 +50,7 @@ from ..errors import EffdnnError
 from ..formats.kmeans import KMeansFormat
 from ..prune.select import select_layers
 from ..prune.sparse import strip_sparse
+from ..quant.fake_quant import compute_precision
 from ..quant.fold_bn import fold_batchnorm
 from ..registry import COMPRESS, StrictModel
 from ..train_spec import TrainSpec
@@ -89,8 +96,11 @@ class CompressedMixin:
     effdnn_code_bits: float = 32.0
 
     def effdnn_precision(self) -> LayerPrecision:
-        return LayerPrecision(32, 32, storage_bits=int(self.effdnn_file_bits),
-                              label=f"deep-compression {self.effdnn_code_bits:g}b shared")
+        iq = getattr(self, "input_quant", None)  # a quantized layer's input stays quantized
+        ak, ab = compute_precision(iq.fmt if iq is not None else None)
+        act = f" / a {getattr(iq.fmt, 'label', '') or iq.fmt.name}" if iq is not None else ""
+        return LayerPrecision(32, ab, act_kind=ak, storage_bits=int(self.effdnn_file_bits),  # type: ignore[arg-type]
+                              label=f"deep-compression {self.effdnn_code_bits:g}b shared{act}")
 
 
 def _compressed_class(cls: type) -> type:
@@ -151,11 +161,27 @@ def _deployed_form(model: nn.Module, config: DeepCompressionConfig) -> tuple[nn.
     """A copy of the model as the file stores it (masks stripped, BatchNorm folded if asked) and its
     encoded layers."""
     model = copy.deepcopy(model)
+    bake_quantized_weights(model)
     for m in model.modules():
         strip_sparse(m)
     if config.fold_bn:  # zeros stay zeros: folding scales each output channel
         fold_batchnorm(model.eval())
     return model, select_layers(model, config.layers, config.exclude, "compress")
+
+
+@torch.no_grad()
+def bake_quantized_weights(model: nn.Module) -> int:
+    """Each quantized layer's weight := its deployed (quantized, masked) value, weight quantizer dropped
+    (the file's codebook is the weight format from here); returns the number of layers baked."""
+    n = 0
+    model.eval()
+    for m in model.modules():
+        if getattr(m, "weight_quant", None) is not None and callable(getattr(m, "_q_weight", None)):
+            w = m._q_weight().detach()
+            m.weight.data.copy_(w)
+            m.weight_quant = None
+            n += 1
+    return n
 
 
 AUTO_INDEX_BITS = range(1, 13)  # widths tried by index_bits: auto (the gap table holds 2^bits lengths)

@@ -51,6 +51,10 @@ def cost(model: nn.Module, example_input: Any, table: EnergyTable | None = None,
     table = table or DEFAULT_TABLE
     x = batch_input(example_input) if isinstance(example_input, (tuple, list)) else example_input
     batch = _batch_size(x)
+    for m in model.modules():  # pruned layers: weights consistent with their masks (a user's loop may have
+        hold = getattr(m, "hold_mask", None)  # stepped since the last forward) before zeros are counted
+        if callable(hold):
+            hold()
     records = trace_ops(model, x)
     modules = dict(model.named_modules())
     units = deployed_bits(model)

@@ -135,8 +135,9 @@ class GradScalerCallback(Callback):
                 "optimizer_steps": self.steps, "skipped_steps": self.overflows}
 
 
-def attach_autocast(model: nn.Module, device_type: str, dtype: torch.dtype) -> nn.Module:
-    """Run ``model``'s forward under torch.autocast (hooks on the root module: no wrapper, same state dict)."""
+def attach_autocast(model: nn.Module, device_type: str, dtype: torch.dtype, handles: list[Any] | None = None) -> nn.Module:
+    """Run ``model``'s forward under torch.autocast (hooks on the root module: no wrapper, same state dict).
+    ``handles``: a list that receives the two hook handles (``.remove()`` them to run in float32 again)."""
     contexts: list[Any] = []
 
     def enter(mod: nn.Module, args: Any) -> None:
@@ -148,6 +149,7 @@ def attach_autocast(model: nn.Module, device_type: str, dtype: torch.dtype) -> n
         contexts.pop().__exit__(None, None, None)
         return out.float() if isinstance(out, torch.Tensor) else out  # the loss in float32
 
-    model.register_forward_pre_hook(enter)
-    model.register_forward_hook(leave, always_call=True)
+    hooks = [model.register_forward_pre_hook(enter), model.register_forward_hook(leave, always_call=True)]
+    if handles is not None:
+        handles.extend(hooks)
     return model

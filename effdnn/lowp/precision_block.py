@@ -9,7 +9,16 @@ under a reduced-precision policy and report what it cost.
 
 The transform builds ``ctx.make_model()``, converts it, adds its training callbacks to ``ctx.callbacks``
 and, when the experiment has no ``finetune`` block, trains it with the recipe's baseline settings
-(with one, the runner trains it with those). Report fields: loss-scale overflows (skipped steps),
+(with one, the runner trains it with those).
+
+Composition (effdnn/composition.py states the rules a recipe is checked against): when an earlier
+block changed the model (quantized layers, pruning masks, FATReLU thresholds), a fresh model would drop
+that work, so the block trains the GIVEN model instead: QAT (or a binary method's training) in fp16 /
+bf16 mixed precision, fine-tuning of a pruned model with its masks. Quantized and pruned layers keep
+their own classes, so mixed precision runs there through ``torch.autocast`` + GradScaler (the native
+path, on the CPU too; fake quantization itself computes in float32), and the autocast hooks are removed
+once training is done: the deployed model is what the other blocks make of it. fp8 / hfp8 replace the
+GEMM layers with emulated FP8 layers and refuse quantized or pruned models. Report fields: loss-scale overflows (skipped steps),
 final scale, error-gradient underflow counts, and the step time as a ratio to a float32 step of the
 same model on the same batches, measured in the same run.
 """
@@ -24,8 +33,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..transform import TransformContext
 from ..errors import EffdnnError
+from ..transform import TransformContext
 from ..formats.float import BF16, FP16, FP16_169
 from ..registry import PRECISION, StrictModel
 from ..hooks import Callback
@@ -149,20 +158,73 @@ def step_time(model: nn.Module, batches: list[Any], callbacks: list[Callback]) -
     return (time.perf_counter() - t0) / len(batches)
 
 
+def transformed_by(model: nn.Module) -> str | None:
+    """What an earlier block made of ``model`` that a fresh model would drop: 'quantized' (quantized
+    layers), 'pruned' (pruning masks), 'activation-sparse' (FATReLU thresholds), or None."""
+    found = None
+    for m in model.modules():
+        if getattr(m, "weight_quant", None) is not None or getattr(m, "input_quant", None) is not None:
+            return "quantized"
+        if isinstance(getattr(m, "weight_mask", None), torch.Tensor):
+            found = "pruned"
+        elif getattr(m, "effdnn_transform", None) == "activation-sparse" and found is None:
+            found = "activation-sparse"
+    return found
+
+
+def _autocast_given(config: _PrecisionConfig, model: nn.Module, ctx: TransformContext, kind: str) -> list[Callback]:
+    """fp16 / bf16 autocast + GradScaler on a quantized or pruned model (its layers keep their classes);
+    a finalizer removes the autocast hooks after training."""
+    if config.train not in ("fp16", "bf16", "fp32"):
+        raise EffdnnError(f"precision: {config.train} training replaces the GEMM layers with emulated FP8 layers, "
+                          f"which would drop the {kind} layers; use fp16 or bf16")
+    if config.backend == "emulate":
+        raise EffdnnError(f"precision.backend: emulate swaps in emulated GEMM layers, which would drop the {kind} "
+                          "layers; use backend auto or native (torch.autocast)")
+    if config.train == "fp32":
+        return []
+    dtype = torch.float16 if config.train == "fp16" else torch.bfloat16
+    handles: list[Any] = []
+    attach_autocast(model, ctx.device.type, dtype, handles)
+
+    def detach(final: nn.Module) -> nn.Module:
+        for h in handles:
+            h.remove()
+        return final
+
+    ctx.finalizers.append(detach)
+    return [GradScalerCallback(config.init_scale, config.growth_interval, enabled=config.loss_scale != "none",
+                               device=ctx.device.type)]
+
+
+def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {n: tuple(p.shape) for n, p in model.named_parameters()}
+
+
 def train_in_precision(model: nn.Module, config: _PrecisionConfig, ctx: TransformContext) -> nn.Module:
-    """Train a fresh model under ``config`` (see the module docstring); the input model is not used."""
-    if ctx.make_model is None:
+    """Train under ``config`` (see the module docstring): a fresh model, or the given one when an earlier
+    block changed it (quantized, pruned, FATReLU thresholds)."""
+    kind = transformed_by(model)
+    if kind is None and ctx.make_model is None:
         raise EffdnnError("precision: training from scratch needs the recipe's model (run it from a recipe)")
-    fresh = ctx.make_model()
+    if kind is None and _shapes(ctx.make_model()) != _shapes(model):
+        kind = "channel-pruned"  # structured pruning removed channels: a fresh model would have them all
+    fresh = ctx.make_model() if kind is None else model
+    reference = ctx.make_model() if kind is None else copy.deepcopy(model)  # the float32 step it is timed against
     stats = LowpStats()
     prepare = PREPARE.get(config.train)
-    callbacks = prepare(config, fresh, ctx.device, stats) if prepare else []
+    if kind in ("quantized", "pruned"):
+        callbacks = _autocast_given(config, fresh, ctx, kind)
+    else:
+        callbacks = prepare(config, fresh, ctx.device, stats) if prepare else []
     ctx.extra["precision"] = config.train
+    if kind is not None:
+        ctx.extra["precision_trains"] = f"the {kind} model"
     if config.step_time_batches and ctx.has_data():
         loader = torch.utils.data.DataLoader(ctx.train_set(), batch_size=ctx.batch_size, shuffle=False)
         batches = [move(b, ctx.device) for _, b in zip(range(config.step_time_batches), loader)]
-        t_fp32 = step_time(ctx.make_model(), batches, [])
-        t_low = step_time(fresh, batches, callbacks) if prepare else t_fp32
+        t_fp32 = step_time(reference, batches, [])
+        t_low = step_time(fresh, batches, callbacks) if callbacks or kind is None and prepare else t_fp32
         ctx.extra.update({"step_time_s": t_low, "fp32_step_time_s": t_fp32, "step_time_ratio_fp32": t_low / t_fp32})
     ctx.callbacks.extend(callbacks)
     if ctx.finetune is None:

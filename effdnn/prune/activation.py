@@ -49,6 +49,7 @@ _MAX_SAMPLES = 1 << 20  # values per layer kept for the quantile
 class FATReLU(nn.Module):
     """Forced activation threshold ReLU: x where x > threshold, else 0 (gradient 1 where it passes)."""
 
+    effdnn_transform = "activation-sparse"  # what a block that retrains a fresh model would drop
     effdnn_channelwise = True  # structured pruning passes through it
 
     def __init__(self, threshold: float = 0.0) -> None:

@@ -32,7 +32,7 @@ from torch import fx, nn
 from ..errors import EffdnnError
 from ..formats import IntFormat
 from .fake_quant import Quantizer
-from .modules import QuantAdd, QuantConv1d, QuantConv2d, QuantLayerMixin, QuantLinear
+from .modules import QuantAdd, QuantConv1d, QuantConv2d, QuantLayerMixin, QuantLinear, dense_type
 
 TRANSPARENT_MODULES = (nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.Flatten, nn.Identity,
                        nn.Dropout)
@@ -72,6 +72,9 @@ def _int8_weight(layer: QuantLayerMixin, name: str) -> torch.Tensor:
         raise EffdnnError(f"to_int8: {name} needs signed symmetric integer weights of <= 8 bits (per tensor / channel)")
     w = layer.weight.detach()  # type: ignore[attr-defined]
     codes = wq.fmt.quantize(w, wq.params).to(torch.int8)
+    mask = getattr(layer, "weight_mask", None)
+    if isinstance(mask, torch.Tensor):  # pruned: code 0 (symmetric) where the mask is off
+        codes = codes * mask.to(torch.int8)
     scale = wq.params.scale.double()
     if wq.fmt.granularity.kind == "per_tensor":
         return torch._make_per_tensor_quantized_tensor(codes, float(scale[0]), 0)
@@ -87,7 +90,7 @@ def _int8_layer(layer: nn.Module, name: str, relu: bool, out_qparams: tuple[floa
         if layer.padding_mode != "zeros":
             raise EffdnnError(f"to_int8: {name}: only zero padding is supported")
         cls = {(QuantConv2d, False): nnq.Conv2d, (QuantConv2d, True): nniq.ConvReLU2d,
-               (QuantConv1d, False): nnq.Conv1d, (QuantConv1d, True): nniq.ConvReLU1d}[(type(layer), relu)]
+               (QuantConv1d, False): nnq.Conv1d, (QuantConv1d, True): nniq.ConvReLU1d}[(dense_type(layer), relu)]
         mod = cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
                   layer.dilation, layer.groups, bias=bias is not None)
     else:  # pragma: no cover

@@ -7,6 +7,11 @@ without rebuilding them. Each layer states its deployed precision (``effdnn_prec
 model: weight / activation bits, and storage = weight codes + scales / codebooks + fp32 bias + the
 input quantizer's params. A deployment-only min / max observer on the output (``out_observer``) records
 the output range that an integer engine needs when no quantized layer consumes the output.
+
+A pruned layer (``prune.sparse``: ``SparseConv2d`` etc., a subclass made by a class swap) is quantized
+as its dense base type and becomes the masked quantized class (``sparse_class(QuantConv2d)``): it keeps
+``weight_mask``, its quantized weight is multiplied by the mask, and its storage is the sparse encoding
+of the weight codes (``SparseMixin.effdnn_precision`` over the quantized layer's precision).
 """
 from __future__ import annotations
 
@@ -24,6 +29,12 @@ def _label(fmt) -> str:
     return getattr(fmt, "label", "") or fmt.name
 
 
+def _fp32(x: torch.Tensor) -> torch.Tensor:
+    """Fake quantization computes in float32: under fp16 / bf16 autocast (QAT in mixed precision) the
+    activations arrive in half precision, whose rounding would move the quantizer's grid and ranges."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 class QuantLayerMixin:
     input_quant: Quantizer | None
     weight_quant: Quantizer | None
@@ -36,7 +47,7 @@ class QuantLayerMixin:
         self.qname = name
 
     def _q_input(self, x: torch.Tensor) -> torch.Tensor:
-        return self.input_quant(x) if self.input_quant is not None else x
+        return self.input_quant(_fp32(x)) if self.input_quant is not None else x
 
     def _q_weight(self) -> torch.Tensor:
         w = self.weight  # type: ignore[attr-defined]
@@ -102,8 +113,8 @@ class QuantAdd(Add):
         self.out_observer = MaxObserver(name=f"{name}.output")
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        qa = self.a_quant(a) if self.a_quant is not None else a
-        qb = self.b_quant(b) if self.b_quant is not None else b
+        qa = self.a_quant(_fp32(a)) if self.a_quant is not None else a
+        qb = self.b_quant(_fp32(b)) if self.b_quant is not None else b
         y = qa + qb
         if self.a_quant is not None and self.a_quant.mode == "observe":
             self.out_observer.update(y)
@@ -119,18 +130,41 @@ class QuantAdd(Add):
 QUANT_CLASSES: dict[type, type] = {nn.Linear: QuantLinear, nn.Conv1d: QuantConv1d, nn.Conv2d: QuantConv2d, Add: QuantAdd}
 
 
+def dense_type(module: nn.Module) -> type:
+    """The module's class, or for a pruned layer the unmasked class its mask was added to."""
+    return getattr(type(module), "effdnn_dense_class", type(module))
+
+
+def is_masked(module: nn.Module) -> bool:
+    return getattr(type(module), "effdnn_dense_class", None) is not None
+
+
 def quantizable(module: nn.Module) -> bool:
-    """Exactly the float layer types with a quantized counterpart (subclasses may change forward)."""
-    return type(module) in QUANT_CLASSES
+    """Exactly the float layer types with a quantized counterpart (subclasses may change forward), and
+    pruned layers of those types (their masked class adds nothing but the mask)."""
+    return dense_type(module) in QUANT_CLASSES
+
+
+def swap_class(module: nn.Module, classes: dict[type, type]) -> type:
+    """Swap ``module`` in place to ``classes[its dense type]``, masked again if it was pruned; returns
+    the dense type it had."""
+    kind = dense_type(module)
+    target = classes[kind]
+    if is_masked(module):
+        from ..prune.sparse import sparse_class  # prune builds on quant: imported when first needed
+
+        target = sparse_class(target)
+    module.__class__ = target
+    return kind
 
 
 def quantize_layer(module: nn.Module, name: str, first: Quantizer | None, second: Quantizer | None) -> nn.Module:
     """Swap ``module``'s class to its quantized one in place. Layers: (weight, input) quantizers;
-    Add: (a, b) operand quantizers."""
-    module.__class__ = QUANT_CLASSES[type(module)]
+    Add: (a, b) operand quantizers. A pruned layer keeps its mask (see the module docstring)."""
+    swap_class(module, QUANT_CLASSES)
     module._attach(first, second, name)  # type: ignore[attr-defined]
     return module
 
 
-__all__ = ["QUANT_CLASSES", "QuantAdd", "QuantConv1d", "QuantConv2d", "QuantLayerMixin", "QuantLinear", "quantizable",
-           "quantize_layer"]
+__all__ = ["QUANT_CLASSES", "QuantAdd", "QuantConv1d", "QuantConv2d", "QuantLayerMixin", "QuantLinear", "dense_type",
+           "is_masked", "quantizable", "quantize_layer", "swap_class"]

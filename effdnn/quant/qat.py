@@ -29,6 +29,7 @@ import copy
 import time
 from typing import Any, Callable, Literal
 
+import torch
 from pydantic import Field
 from torch import nn
 
@@ -177,6 +178,8 @@ def convert_qat(model: nn.Module) -> nn.Module:
             wq = m.weight_quant = wq.unfold(m)
         if isinstance(wq, QATQuantizer):
             w_hat = wq(m.weight).detach()
+            if isinstance(getattr(m, "weight_mask", None), torch.Tensor):  # pruned: zero stays zero
+                w_hat = w_hat * m.weight_mask.to(w_hat.dtype)
             m.weight_quant = wq.to_static(w_hat)
             m.weight.data.copy_(w_hat)
             m.weight.requires_grad_(True)

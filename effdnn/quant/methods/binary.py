@@ -20,6 +20,7 @@ from ...transform import TransformContext
 from ...utils.layer_patterns import check_patterns, matches
 from ...utils.batches import forward as run_batch, iter_inputs, model_device
 from ...utils.batchnorm import recalibrate_batchnorm
+from ..modules import dense_type, swap_class
 from ..packed import pack_model
 from .binary_layers import (BINARY_CLASSES, BinaryConv2d, BinaryLayerMixin, BinaryLinear, ClipLatentWeights, SignActivation,
                             SignCode, WeightBinarizer, clip_latent, expand_scale, glorot_h, sign_pm1)
@@ -114,7 +115,7 @@ def binarize(model: nn.Module, config: BinaryMethodConfig, ctx: TransformContext
         stats = output_channel_stats(model, [n for n, _ in layers], ctx.calib_loader(config.bn_init_batches),
                                      config.bn_init_batches)
     for name, m in layers:
-        if type(m) not in BINARY_CLASSES or (isinstance(m, nn.Conv2d) and m.groups != 1 and binary_input):
+        if dense_type(m) not in BINARY_CLASSES or (isinstance(m, nn.Conv2d) and m.groups != 1 and binary_input):
             summary.append({"layer": name, "type": type(m).__name__, "weight": "fp32", "act": "fp32",
                             "why": "layer type not supported by binary methods"})
             continue
@@ -126,8 +127,7 @@ def binarize(model: nn.Module, config: BinaryMethodConfig, ctx: TransformContext
             if binary_input else None
         if aq is not None:
             aq.to(m.weight.device)
-        kind = type(m)
-        m.__class__ = BINARY_CLASSES[kind]
+        kind = swap_class(m, BINARY_CLASSES)  # a pruned layer stays masked: zero where pruned, not +-alpha
         m._attach(wq, aq, name)  # type: ignore[attr-defined]
         m.k_scaling = k_scaling  # type: ignore[assignment]
         summary.append({"layer": name, "type": kind.__name__, "weight": wq.fmt.name,  # type: ignore[attr-defined]
