@@ -150,6 +150,104 @@ def to_int8(model: nn.Module) -> fx.GraphModule:
         return _to_int8(model)
 
 
+class _Int8Builder:
+    """Rewrites the traced graph of a fake-quantized model into quantized modules and ops: each
+    quantized layer (with a following ReLU fused) becomes a torch int8 module, tensors are quantized
+    where an int8 consumer needs them and dequantized where a float consumer does."""
+
+    def __init__(self, model: nn.Module, graph: fx.Graph) -> None:
+        self.model, self.graph = model, graph
+        self.mods = dict(model.named_modules())
+        self.new = fx.Graph()
+        self.env: dict[fx.Node, fx.Node] = {}
+        self.quantized: set[fx.Node] = set()
+        self.out_mods: dict[str, Any] = {}
+        self.fused_relu: set[fx.Node] = set()
+
+    def arg(self, a: Any, want_q: bool | None, qparams: tuple[float, int] | None = None) -> Any:
+        """Map an old argument into the new graph, (de)quantizing tensors as the consumer wants."""
+        if not isinstance(a, fx.Node):
+            return a
+        v = self.env[a]
+        if want_q is True and v not in self.quantized:
+            v = self.new.call_function(torch.quantize_per_tensor, (v, qparams[0], qparams[1], torch.quint8))  # type: ignore[index]
+            self.quantized.add(v)
+        elif want_q is False and v in self.quantized:
+            v = self.new.call_method("dequantize", (v,))
+        return v
+
+    def quantized_layer(self, node: fx.Node, m: nn.Module) -> None:
+        """A QuantLayer / QuantAdd (and the ReLU after it) as one int8 module or op."""
+        if isinstance(m, QuantLayerMixin) and m.input_quant is None:
+            raise EffdnnError(f"to_int8: {node.target} has float inputs; an int8 engine needs quantized inputs")
+        chain = _identity_chain(node, self.mods)  # folded BatchNorms left as Identity
+        last = chain[-1] if chain else node
+        users = list(last.users)
+        relu = len(users) == 1 and _is_relu(users[0], self.mods)
+        self.fused_relu.update(chain)
+        outq = _consumer_qparams(users[0] if relu else last, self.mods)
+        if outq is None:
+            obs = m.out_observer
+            if obs is None or obs.min is None:
+                raise EffdnnError(f"to_int8: {node.target} has no calibrated output range")
+            outq = _range_qparams(0.0 if relu else float(obs.min.min()), float(obs.max.max()))
+        name = str(node.target).replace(".", "_")
+        if isinstance(m, QuantAdd):
+            qa, qb = _act_qparams(m.a_quant, f"{node.target}.a"), _act_qparams(m.b_quant, f"{node.target}.b")
+            fn = nnq.QFunctional()
+            fn.scale, fn.zero_point = outq
+            self.out_mods[name] = fn
+            a, b = self.arg(node.args[0], True, qa), self.arg(node.args[1], True, qb)
+            v = self.new.call_method("add_relu" if relu else "add", (self.new.get_attr(name), a, b))
+        else:
+            qin = _act_qparams(m.input_quant, f"{node.target}.input")
+            self.out_mods[name] = _int8_layer(m, str(node.target), relu, outq)
+            v = self.new.call_module(name, (self.arg(node.args[0], True, qin),))
+        self.quantized.add(v)
+        self.env[node] = v
+        if relu:
+            self.fused_relu.add(users[0])
+
+    def other(self, node: fx.Node) -> None:
+        """Any other node, copied; quantized tensors pass through shape-only ops, else are dequantized."""
+        keep_q = _transparent(node, self.mods)
+        want = None if keep_q else False
+        args = tuple(fx.node.map_arg(a, lambda a: self.arg(a, want)) for a in node.args)
+        kwargs = {k: fx.node.map_arg(v, lambda a: self.arg(a, want)) for k, v in node.kwargs.items()}
+        if node.op == "call_module":
+            name = str(node.target).replace(".", "_")
+            self.out_mods[name] = self.mods[node.target]  # type: ignore[index]
+            v = self.new.call_module(name, args, kwargs)
+        elif node.op == "get_attr":
+            v = self.new.get_attr(node.target)  # type: ignore[arg-type]
+        elif node.op == "placeholder":
+            v = self.new.placeholder(node.target)  # type: ignore[arg-type]
+        else:
+            v = self.new.create_node(node.op, node.target, args, kwargs)
+        if keep_q and any(isinstance(a, fx.Node) and self.env[a] in self.quantized for a in node.args):
+            self.quantized.add(v)
+        self.env[node] = v
+
+    def build(self) -> fx.GraphModule:
+        for node in self.graph.nodes:
+            m = self.mods.get(node.target) if node.op == "call_module" else None  # type: ignore[arg-type]
+            if node in self.fused_relu:
+                self.env[node] = self.env[node.args[0]]  # type: ignore[index]
+            elif isinstance(m, (QuantLayerMixin, QuantAdd)):
+                self.quantized_layer(node, m)
+            elif node.op == "output":
+                self.new.output(fx.node.map_arg(node.args[0], lambda a: self.arg(a, False)))
+            else:
+                self.other(node)
+        root = nn.Module()
+        for name, mod in self.out_mods.items():
+            setattr(root, name, mod)
+        for n in self.new.nodes:  # get_attr targets of the original model
+            if n.op == "get_attr" and not hasattr(root, str(n.target)):
+                setattr(root, str(n.target), getattr(self.model, str(n.target)))
+        return fx.GraphModule(root, self.new, class_name="Int8Model")
+
+
 def _to_int8(model: nn.Module) -> fx.GraphModule:
     _engine()
     model = model.cpu().eval()
@@ -158,85 +256,4 @@ def _to_int8(model: nn.Module) -> fx.GraphModule:
     except Exception as e:
         raise EffdnnError(f"to_int8: the model cannot be traced by torch.fx ({type(e).__name__}); "
                           "use the QDQ ONNX export instead") from None
-    mods = dict(model.named_modules())
-    new = fx.Graph()
-    env: dict[fx.Node, fx.Node] = {}
-    quantized: set[fx.Node] = set()
-    out_mods: dict[str, Any] = {}
-    fused_relu: set[fx.Node] = set()
-
-    def arg(a: Any, want_q: bool | None, qparams: tuple[float, int] | None = None) -> Any:
-        """Map an old argument into the new graph, (de)quantizing tensors as the consumer wants."""
-        if not isinstance(a, fx.Node):
-            return a
-        v = env[a]
-        if want_q is True and v not in quantized:
-            v = new.call_function(torch.quantize_per_tensor, (v, qparams[0], qparams[1], torch.quint8))  # type: ignore[index]
-            quantized.add(v)
-        elif want_q is False and v in quantized:
-            v = new.call_method("dequantize", (v,))
-        return v
-
-    for node in graph.nodes:
-        m = mods.get(node.target) if node.op == "call_module" else None
-        if node in fused_relu:
-            env[node] = env[node.args[0]]  # type: ignore[index]
-            continue
-        if isinstance(m, (QuantLayerMixin, QuantAdd)):
-            if isinstance(m, QuantLayerMixin) and m.input_quant is None:
-                raise EffdnnError(f"to_int8: {node.target} has float inputs; an int8 engine needs quantized inputs")
-            chain = _identity_chain(node, mods)  # folded BatchNorms left as Identity
-            last = chain[-1] if chain else node
-            users = list(last.users)
-            relu = len(users) == 1 and _is_relu(users[0], mods)
-            tail = users[0] if relu else last
-            fused_relu.update(chain)
-            outq = _consumer_qparams(tail, mods)
-            if outq is None:
-                obs = m.out_observer
-                if obs is None or obs.min is None:
-                    raise EffdnnError(f"to_int8: {node.target} has no calibrated output range")
-                outq = _range_qparams(0.0 if relu else float(obs.min.min()), float(obs.max.max()))
-            name = str(node.target).replace(".", "_")
-            if isinstance(m, QuantAdd):
-                qa, qb = _act_qparams(m.a_quant, f"{node.target}.a"), _act_qparams(m.b_quant, f"{node.target}.b")
-                fn = nnq.QFunctional()
-                fn.scale, fn.zero_point = outq
-                out_mods[name] = fn
-                attr = new.get_attr(name)
-                v = new.call_method("add_relu" if relu else "add", (attr, arg(node.args[0], True, qa), arg(node.args[1], True, qb)))
-            else:
-                qin = _act_qparams(m.input_quant, f"{node.target}.input")
-                out_mods[name] = _int8_layer(m, str(node.target), relu, outq)
-                v = new.call_module(name, (arg(node.args[0], True, qin),))
-            quantized.add(v)
-            env[node] = v
-            if relu:
-                fused_relu.add(users[0])
-            continue
-        if node.op == "output":
-            new.output(fx.node.map_arg(node.args[0], lambda a: arg(a, False)))
-            continue
-        keep_q = _transparent(node, mods)
-        args = tuple(fx.node.map_arg(a, lambda a: arg(a, None if keep_q else False)) for a in node.args)
-        kwargs = {k: fx.node.map_arg(v, lambda a: arg(a, None if keep_q else False)) for k, v in node.kwargs.items()}
-        if node.op == "call_module":
-            name = str(node.target).replace(".", "_")
-            out_mods[name] = mods[node.target]
-            v = new.call_module(name, args, kwargs)
-        elif node.op == "get_attr":
-            v = new.get_attr(node.target)  # type: ignore[arg-type]
-        elif node.op == "placeholder":
-            v = new.placeholder(node.target)  # type: ignore[arg-type]
-        else:
-            v = new.create_node(node.op, node.target, args, kwargs)
-        if keep_q and any(isinstance(a, fx.Node) and env[a] in quantized for a in node.args):
-            quantized.add(v)
-        env[node] = v
-    root = nn.Module()
-    for name, mod in out_mods.items():
-        setattr(root, name, mod)
-    for n in new.nodes:  # get_attr targets of the original model
-        if n.op == "get_attr" and not hasattr(root, str(n.target)):
-            setattr(root, str(n.target), getattr(model, str(n.target)))
-    return fx.GraphModule(root, new, class_name="Int8Model")
+    return _Int8Builder(model, graph).build()
