@@ -154,6 +154,7 @@ def _batched(x: torch.Tensor, d: int) -> tuple[torch.Tensor, bool]:
 class _LowpConvNd(LowpMixin):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, *S) -> (B, N, *O); unbatched (C, *S) too
         x, unbatched = _batched(x, len(self.kernel_size))  # type: ignore[attr-defined]
+        self.lowp_calls += 1
         y = _LowpConvFn.apply(x, self.weight, self.bias, conv_geometry(self),  # type: ignore[arg-type]
                               self.lowp_policy, self.lowp_stats)
         return y.squeeze(0) if unbatched else y
@@ -163,6 +164,7 @@ class _LowpConvTransposeNd(LowpMixin):
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         d = len(self.kernel_size)  # type: ignore[attr-defined]
         x, unbatched = _batched(x, d)
+        self.lowp_calls += 1
         op = self._output_padding(x, output_size, self.stride, self.padding, self.kernel_size,  # type: ignore[attr-defined]
                                   d, self.dilation)  # type: ignore[attr-defined]
         w = transposed_weight(self.weight, self.groups)  # type: ignore[attr-defined]

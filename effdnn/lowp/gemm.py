@@ -17,49 +17,23 @@ from __future__ import annotations
 
 from typing import Callable, Collection
 
-import torch
 from torch import nn
 
 from ..errors import EffdnnError
 from .conv import CONV_CLASSES, LowpConv1d, LowpConv2d, LowpConv3d, LowpConvTranspose1d, LowpConvTranspose2d, \
     LowpConvTranspose3d
-from .policy import GemmPolicy, LowpMixin, LowpStats, exact_sum, fresh, gemm, round_errors, round_to
+from .linear import LowpLinear
+from .policy import GemmPolicy, LowpMixin, LowpStats, gemm
+from .routed import LowpMultiheadAttention, route_functional_linears
 
 __all__ = ["GemmPolicy", "LowpConv1d", "LowpConv2d", "LowpConv3d", "LowpConvTranspose1d", "LowpConvTranspose2d",
-           "LowpConvTranspose3d", "LowpLinear", "LowpStats", "PolicyFn", "convert_layers", "gemm", "gemm_layers"]
-
-
-class _LowpLinearFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, policy: GemmPolicy, stats: LowpStats | None):  # x (M, K), weight (N, K)
-        xq, wq = round_to(x, policy.act), round_to(weight, policy.weight)
-        y = gemm(xq, wq.t(), policy)  # (M, N)
-        if bias is not None:
-            y = y + bias
-        ctx.save_for_backward(xq, wq)
-        ctx.policy, ctx.stats, ctx.has_bias = policy, stats, bias is not None
-        return fresh(round_to(y, policy.out))
-
-    @staticmethod
-    def backward(ctx, gy):  # gy (M, N)
-        xq, wq = ctx.saved_tensors
-        p: GemmPolicy = ctx.policy
-        g = round_errors(gy, p.grad, ctx.stats)
-        gx = round_to(gemm(g, wq, p), p.out) if ctx.needs_input_grad[0] else None  # (M, K)
-        gw = round_to(gemm(g.t().contiguous(), xq, p), p.out) if ctx.needs_input_grad[1] else None  # (N, K)
-        gb = round_to(exact_sum(g, 0), p.out) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return gx, gw, gb, None, None
-
-
-class LowpLinear(LowpMixin, nn.Linear):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) -> (..., N)
-        lead = x.shape[:-1]
-        y = _LowpLinearFn.apply(x.reshape(-1, x.shape[-1]), self.weight, self.bias, self.lowp_policy, self.lowp_stats)
-        return y.reshape(*lead, y.shape[-1])
+           "LowpConvTranspose3d", "LowpLinear", "LowpMultiheadAttention", "LowpStats", "PolicyFn", "convert_layers", "gemm", "gemm_layers"]
 
 
 PolicyFn = Callable[[str, nn.Module, int, int], GemmPolicy]
-CLASSES: dict[type[nn.Module], type[nn.Module]] = {nn.Linear: LowpLinear, **CONV_CLASSES}
+CLASSES: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Linear: LowpLinear, nn.modules.linear.NonDynamicallyQuantizableLinear: LowpLinear,  # (the latter: out_proj)
+    nn.MultiheadAttention: LowpMultiheadAttention, **CONV_CLASSES}
 
 # GEMM layers the emulation does not reach, and why
 _UNREACHABLE: list[tuple[type[nn.Module], str]] = [
@@ -103,8 +77,12 @@ def convert_layers(model: nn.Module, policy_for: PolicyFn, stats: LowpStats | No
     layers = gemm_layers(model, keep_float)
     if not layers:
         raise EffdnnError("precision: the model has no Linear or convolution layer to train in reduced precision")
+    modules = dict(model.named_modules())
     for i, (name, mod) in enumerate(layers):
         mod.__class__ = CLASSES[type(mod)]
         mod.lowp_policy = policy_for(name, mod, i, len(layers))  # type: ignore[assignment]
         mod.lowp_stats = stats  # type: ignore[assignment]
+        mod.lowp_calls = 0  # type: ignore[assignment]
+        if isinstance(mod, (LowpLinear, LowpMultiheadAttention)):  # its parent may call F.linear on it
+            route_functional_linears(mod if isinstance(mod, LowpMultiheadAttention) else modules[name.rpartition(".")[0]])
     return model

@@ -78,6 +78,7 @@ def exact_sum(t: torch.Tensor, dim: int) -> torch.Tensor:
 class LowpMixin:
     lowp_policy: GemmPolicy
     lowp_stats: LowpStats | None
+    lowp_calls: int = 0  # emulated GEMM calls (forward): a layer the model never ran through the emulation stays 0
 
     def effdnn_precision(self) -> LayerPrecision:
         p = self.lowp_policy
