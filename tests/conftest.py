@@ -1,3 +1,11 @@
+# torchvision 0.28 (the optional ``zoo`` extra) links the CUDA build of torch; with the CPU build its
+# import fails registering fake kernels for its detection ops. The shim skips those registrations when
+# a test imports torchvision (tests/torchvision_shim.py; benchmarks use it too). Installed first thing,
+# before anything can import torchvision.
+from tests.torchvision_shim import install as _install_torchvision_shim
+
+_install_torchvision_shim()
+
 import os
 
 import pytest
