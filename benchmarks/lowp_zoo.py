@@ -16,15 +16,17 @@ to ``--out`` + ``.jsonl``. Needs the ``zoo`` extra (torchvision); imports it thr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's effdnn and its tests/ helpers, run from anywhere
@@ -37,9 +39,27 @@ def _config(mode: str, accumulate: str) -> dict[str, Any]:
     return {"accumulate": accumulate} if mode in ("fp8", "hfp8") else {}
 
 
+@contextlib.contextmanager
+def _meta_parameters() -> Iterator[None]:
+    """Parameters registered on the meta device (no memory, no initialization: vit_h_14, regnet_y_128gf);
+    the builders' own computations (regnet's widths) still run on the CPU."""
+    real = nn.Module.register_parameter
+
+    def register(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
+        real(self, name, param)
+
+    nn.Module.register_parameter = register  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = real  # type: ignore[method-assign]
+
+
 def check_conversion(tv: Any, name: str, accumulate: str) -> tuple[int, int, dict[str, str]]:
-    """(parameters, GEMM layers, per-mode conversion result) with the model built on the meta device."""
-    with torch.device("meta"):
+    """(parameters, GEMM layers, per-mode conversion result) with the parameters on the meta device."""
+    with _meta_parameters():
         base = tv.models.get_model(name, num_classes=10)
     params, want = sum(p.numel() for p in base.parameters()), gemm_count(base)
     result = {}
