@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.abc
+import importlib.machinery
 import importlib.util
 import sys
 from types import ModuleType
@@ -32,11 +33,14 @@ def _fake_registrations_skipped() -> Iterator[None]:
 
 
 class _Finder(importlib.abc.MetaPathFinder):
+    """Finds torchvision as the path finder does, with a loader that runs its ``__init__`` with the fake
+    registrations skipped. Stays on ``sys.meta_path``: a bare ``find_spec`` (transformers' availability
+    check) does not use it up before the real import."""
+
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
         if name != "torchvision":
             return None
-        sys.meta_path.remove(self)  # once: find the real package
-        spec = importlib.util.find_spec(name)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is None or spec.loader is None:
             return spec
         real_exec = spec.loader.exec_module
@@ -50,8 +54,8 @@ class _Finder(importlib.abc.MetaPathFinder):
 
 
 def install() -> None:
-    """Make a later ``import torchvision`` skip the fake-kernel registrations (no-op if already imported)."""
-    if "torchvision" not in sys.modules and not any(isinstance(f, _Finder) for f in sys.meta_path):
+    """Make a later ``import torchvision`` skip the fake-kernel registrations."""
+    if not any(isinstance(f, _Finder) for f in sys.meta_path):
         sys.meta_path.insert(0, _Finder())
 
 
