@@ -23,11 +23,11 @@ def zoo() -> dict[str, torch.nn.Module]:
     return {name: tv.models.get_model(name, num_classes=10) for name in MODELS}
 
 
-def _step(model: torch.nn.Module, mode: str, **config) -> float:
+def _step(model: torch.nn.Module, mode: str) -> float:
     want = gemm_count(model)
     float_bits.set_compile(False)  # small tensors: the eager rounding kernels (no compile time)
     try:
-        loss = one_step(model, convert(model, mode, **config), size=32)
+        loss = one_step(model, convert(model, mode), size=32)
     finally:
         float_bits.set_compile(True)
     layers = converted(model)
@@ -39,16 +39,7 @@ def _step(model: torch.nn.Module, mode: str, **config) -> float:
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("name", MODELS)
 def test_zoo_model_trains_one_step_emulated(zoo, name, mode):
-    """fp8 / hfp8 here with float32 accumulation (their operand rounding on every layer); the chunked
-    FP16 accumulation is the same GEMM code for every layer kind: bit-exact in test_conv_emulation.py,
-    and once end to end below."""
-    config = {"accumulate": "fp32"} if mode in ("fp8", "hfp8") else {}
-    loss = _step(copy.deepcopy(zoo[name]), mode, **config)
-    assert torch.isfinite(torch.tensor(loss))
-
-
-def test_zoo_fp8_with_chunked_fp16_accumulation(zoo):
-    """The paper's setting (FP16 (1,6,9) chunked accumulation, CL = 64) on a model with depthwise and
-    grouped 1x1 convolutions and channel shuffles."""
-    loss = _step(copy.deepcopy(zoo["shufflenet_v2_x0_5"]), "fp8")
+    """Each mode with the precision block's defaults (fp8 / hfp8: FP16 (1,6,9) chunked accumulation,
+    CL = 64, FP16 edge layers, stochastic rounding of the FP16 weights; fp16: dynamic loss scaling)."""
+    loss = _step(copy.deepcopy(zoo[name]), mode)
     assert torch.isfinite(torch.tensor(loss))
