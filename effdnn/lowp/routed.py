@@ -5,7 +5,8 @@
 While such a parent runs its forward, ``torch.nn.functional.linear`` is routed (hooks around the forward,
 restored after, nesting counted): a call whose weight is one of the parent's emulated weights runs the
 emulation with that layer's policy; every other call is torch's. The attention score products
-(``Q K^T``, ``softmax(.) V``) stay float32: they are not layers with weights.
+(``Q K^T``, ``softmax(.) V``) stay float32: they are not layers with weights. The patch is process-wide
+while such a forward runs (not for models run concurrently from several threads).
 """
 from __future__ import annotations
 
@@ -71,6 +72,4 @@ class LowpMultiheadAttention(LowpMixin, nn.MultiheadAttention):
         finally:
             torch.backends.mha.set_fastpath_enabled(fast)
 
-    @property
-    def weight(self) -> torch.Tensor:  # the packed projection, for LowpMixin.effdnn_macs
-        return self.in_proj_weight if self.in_proj_weight is not None else self.q_proj_weight
+    effdnn_macs = None  # the cost model counts its ops as it does torch's (the projections' GEMMs inside)
