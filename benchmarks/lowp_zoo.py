@@ -8,7 +8,7 @@ every mode, on the meta device (all 80 must convert: every Linear / convolution 
 reached); for models under ``--max-params`` parameters, one training step per mode (batch 2, at the
 smallest input in 32..299 the model accepts; the step checks that every converted layer ran through the
 emulation and that the loss is finite); for the ``--timed`` models, the step time of each mode as a ratio
-to a float32 step of the same model (2 steps after a warm-up each). fp8 / hfp8 accumulate in FP16 (1,6,9)
+to a float32 step of the same model (median of 3 steps after 2 warm-up steps, batch 2). fp8 / hfp8 accumulate in FP16 (1,6,9)
 chunks of 64 (the paper's setting; ``--accumulate fp32``: float32 GEMMs on the 8-bit operands).
 Writes a Markdown table to ``--out`` (rewritten after every model) and stdout, and a JSON line per model
 to ``--out`` + ``.jsonl``. Needs the ``zoo`` extra (torchvision); imports it through tests/torchvision_shim.py.

@@ -56,15 +56,24 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y:
     return float(loss.detach())
 
 
-def one_step(model: nn.Module, callbacks: list[Callback], size: int, batch: int = 2, classes: int = 10,
-             seed: int = 0) -> float:
+def _batch(size: int, batch: int, classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    x, y = torch.randn(batch, 3, size, size, generator=gen), torch.randint(0, classes, (batch,), generator=gen)
+    return torch.randn(batch, 3, size, size, generator=gen), torch.randint(0, classes, (batch,), generator=gen)
+
+
+def _start(model: nn.Module, callbacks: list[Callback]) -> torch.optim.Optimizer:
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     for cb in callbacks:
         cb.on_fit_start(model, opt)
     model.train()
-    return train_step(model, opt, x, y, callbacks)
+    return opt
+
+
+def one_step(model: nn.Module, callbacks: list[Callback], size: int, batch: int = 2, classes: int = 10,
+             seed: int = 0) -> float:
+    """One training step (SGD) on a random batch; the loss."""
+    opt = _start(model, callbacks)
+    return train_step(model, opt, *_batch(size, batch, classes, seed), callbacks)
 
 
 def smallest_input(model: nn.Module, batch: int = 2) -> int:
@@ -79,10 +88,14 @@ def smallest_input(model: nn.Module, batch: int = 2) -> int:
     raise RuntimeError(f"no input size in {SIZES} fits")
 
 
-def step_seconds(model: nn.Module, callbacks: list[Callback], size: int, steps: int = 2) -> float:
-    """Seconds per training step after one warm-up step."""
-    one_step(model, callbacks, size)
-    t0 = time.perf_counter()
-    for i in range(steps):
-        one_step(model, callbacks, size, seed=i + 1)
-    return (time.perf_counter() - t0) / steps
+def step_seconds(model: nn.Module, callbacks: list[Callback], size: int, steps: int = 3, warmup: int = 2) -> float:
+    """Median seconds per training step after ``warmup`` steps (the rounding kernels' compiles)."""
+    opt = _start(model, callbacks)
+    times = []
+    for i in range(warmup + steps):
+        x, y = _batch(size, 2, 10, i)
+        t0 = time.perf_counter()
+        train_step(model, opt, x, y, callbacks)
+        times.append(time.perf_counter() - t0)
+    times = times[warmup:]
+    return sorted(times)[len(times) // 2]
