@@ -5,7 +5,8 @@ Every convolution is run as a plain convolution (stride, dilation, groups) over 
 real input padded (zeros, reflect, replicate or circular; 'same' pads the extra element at the end, as
 torch does) and, for a transposed convolution, with ``stride - 1`` zeros inserted between elements and
 the kernel flipped. A column index map (:func:`column_index`, one gather per forward) lists, for every
-output position and kernel tap, which input element (or the zero slot) it reads, so
+output position and kernel tap, which input element (or the zero slot) it reads (2-d convolutions with
+symmetric zero padding use ``F.unfold`` / ``F.fold`` instead: the same columns, no index map), so
 
 * forward: ``Y[g] = cols[g] @ W[g]^T`` per group, reduced over K = (C_in / groups) x kernel taps in the
   weight's order (channel, then taps row-major); structural zeros (padding, inserted zeros) are terms of
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -44,11 +44,26 @@ class ConvGeometry:
     insert: tuple[int, ...]
 
 
-@lru_cache(maxsize=512)
+_INDEX_CACHE: dict[tuple, tuple[torch.Tensor, tuple[int, ...]]] = {}
+_CACHE_NUMEL = 1 << 20  # index maps up to this size are kept (per layer shape); larger ones are rebuilt per call
+
+
 def column_index(geom: ConvGeometry, channels: int, spatial: tuple[int, ...],
                  device: torch.device) -> tuple[torch.Tensor, tuple[int, ...]]:
     """(G, L, K_g) indices into one sample's flattened input (``channels * prod(spatial)``: the zero
     slot) and the output's spatial size."""
+    key = (geom, channels, spatial, device)
+    hit = _INDEX_CACHE.get(key)
+    if hit is not None:
+        return hit
+    idx, out = _build_index(geom, channels, spatial, device)
+    if idx.numel() <= _CACHE_NUMEL and len(_INDEX_CACHE) < 512:
+        _INDEX_CACHE[key] = idx, out
+    return idx, out
+
+
+def _build_index(geom: ConvGeometry, channels: int, spatial: tuple[int, ...],
+                 device: torch.device) -> tuple[torch.Tensor, tuple[int, ...]]:
     n = channels * math.prod(spatial)
     t = torch.arange(n, dtype=torch.float64, device=device).reshape(1, channels, *spatial)
     if any(s > 1 for s in geom.insert):  # transposed convolution: zeros between the input elements
@@ -65,25 +80,59 @@ def column_index(geom: ConvGeometry, channels: int, spatial: tuple[int, ...],
     g = geom.groups
     t = t.reshape(g, channels // g, *out, *geom.kernel)  # (G, C_g, O..., k...)
     t = t.movedim(1, 1 + d).reshape(g, math.prod(out), -1)  # (G, L, C_g * prod(k))
-    return torch.where(t < 0, float(n), t).long(), out
+    return torch.where(t < 0, float(n), t).to(torch.int32 if n < 2**31 - 1 else torch.int64), out
+
+
+def _unfoldable(geom: ConvGeometry, x: torch.Tensor) -> bool:
+    """A 2-d convolution with symmetric zero padding: F.unfold / F.fold, no index map."""
+    return x.dim() == 4 and geom.mode == "zeros" and geom.insert == (1, 1) and all(lo == hi >= 0 for lo, hi in geom.pads)
+
+
+def gather_columns(xq: torch.Tensor, geom: ConvGeometry) -> tuple[torch.Tensor, tuple[int, ...], torch.Tensor | None]:
+    """(G, B*L, K_g) columns (K order: channel, then taps row-major), the output's spatial size, and the
+    index map (None where F.unfold did the gather)."""
+    b, c = xq.shape[:2]
+    g = geom.groups
+    if _unfoldable(geom, xq):
+        cols = F.unfold(xq, geom.kernel, geom.dilation, tuple(lo for lo, _ in geom.pads), geom.stride)  # (B, K, L)
+        out = tuple((n + 2 * lo - dl * (k - 1) - 1) // s + 1
+                    for n, (lo, _), dl, k, s in zip(xq.shape[2:], geom.pads, geom.dilation, geom.kernel, geom.stride))
+        cols = cols.reshape(b, g, -1, cols.shape[-1]).permute(1, 0, 3, 2)  # (G, B, L, K_g)
+        return cols.reshape(g, -1, cols.shape[-1]), out, None
+    idx, out = column_index(geom, c, tuple(xq.shape[2:]), xq.device)
+    xf = torch.cat([xq.reshape(b, -1), xq.new_zeros(b, 1)], 1)  # (B, n + 1): the zero slot last
+    return xf[:, idx].transpose(0, 1).reshape(g, -1, idx.shape[2]), out, idx
+
+
+def scatter_columns(gcols: torch.Tensor, idx: torch.Tensor | None, geom: ConvGeometry,
+                    in_shape: torch.Size) -> torch.Tensor:
+    """The adjoint of :func:`gather_columns`: (G, B*L, K_g) column gradients summed in float64 into the
+    input (window overlaps, padding reflections), rounded once to float32."""
+    g, _, kg = gcols.shape
+    b, n = in_shape[0], math.prod(in_shape[1:])
+    src = gcols.reshape(g, b, -1, kg).transpose(0, 1).double()  # (B, G, L, K_g)
+    if idx is None:
+        src = src.permute(0, 1, 3, 2).reshape(b, g * kg, -1)  # (B, K, L)
+        return F.fold(src, tuple(in_shape[2:]), geom.kernel, geom.dilation, tuple(lo for lo, _ in geom.pads),
+                      geom.stride).float()
+    acc = src.new_zeros(b, n + 1).index_add_(1, idx.reshape(-1), src.reshape(b, -1))
+    return acc[:, :n].float().reshape(in_shape)
 
 
 class _LowpConvFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, geom: ConvGeometry, policy: GemmPolicy, stats: LowpStats | None):
-        b, c = x.shape[:2]  # x (B, C, *S); weight (N, C_g, *k) of the plain convolution
-        idx, out = column_index(geom, c, tuple(x.shape[2:]), x.device)
-        g, l, kg = idx.shape
+        b = x.shape[0]  # x (B, C, *S); weight (N, C_g, *k) of the plain convolution
         xq, wq = round_to(x, policy.act), round_to(weight, policy.weight)
-        xf = torch.cat([xq.reshape(b, -1), xq.new_zeros(b, 1)], 1)  # (B, n + 1): the zero slot last
-        cols = xf[:, idx].transpose(0, 1).reshape(g, b * l, kg)  # (G, B*L, K_g)
+        cols, out, idx = gather_columns(xq, geom)  # (G, B*L, K_g)
+        g, _, kg = cols.shape
         w3 = wq.reshape(g, -1, kg)  # (G, N_g, K_g)
         y = gemm(cols, w3.transpose(1, 2), policy)  # (G, B*L, N_g)
-        y = y.reshape(g, b, l, -1).permute(1, 0, 3, 2).reshape(b, -1, *out)  # (B, N, *O)
+        y = y.reshape(g, b, -1, w3.shape[1]).permute(1, 0, 3, 2).reshape(b, -1, *out)  # (B, N, *O)
         if bias is not None:
             y = y + bias.reshape(-1, *[1] * len(out))
         ctx.save_for_backward(cols, w3)
-        ctx.policy, ctx.stats, ctx.has_bias, ctx.idx = policy, stats, bias is not None, idx
+        ctx.policy, ctx.stats, ctx.has_bias, ctx.idx, ctx.geom = policy, stats, bias is not None, idx, geom
         ctx.in_shape, ctx.w_shape = x.shape, weight.shape
         return fresh(round_to(y, policy.out))
 
@@ -97,21 +146,12 @@ class _LowpConvFn(torch.autograd.Function):
         e = e.permute(1, 0, 3, 2).reshape(g, -1, w3.shape[1])  # (G, B*L, N_g)
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            gx = round_to(_scatter_columns(gemm(e, w3, p), ctx.idx, ctx.in_shape), p.out)
+            gx = round_to(scatter_columns(gemm(e, w3, p), ctx.idx, ctx.geom, ctx.in_shape), p.out)
         if ctx.needs_input_grad[1]:
             gw = round_to(gemm(e.transpose(1, 2).contiguous(), cols, p), p.out).reshape(ctx.w_shape)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = round_to(exact_sum(e, 1).reshape(-1), p.out)
         return gx, gw, gb, None, None, None
-
-
-def _scatter_columns(gcols: torch.Tensor, idx: torch.Tensor, in_shape: torch.Size) -> torch.Tensor:
-    """The adjoint of the column gather: (G, B*L, K_g) column gradients summed (float64) into the input."""
-    g, _, kg = gcols.shape
-    b, n = in_shape[0], math.prod(in_shape[1:])
-    src = gcols.reshape(g, b, -1, kg).transpose(0, 1).reshape(b, -1).double()  # (B, G*L*K_g), idx's order
-    acc = src.new_zeros(b, n + 1).index_add_(1, idx.reshape(-1), src)
-    return acc[:, :n].float().reshape(in_shape)
 
 
 def _tuple(v: int | tuple[int, ...], d: int) -> tuple[int, ...]:
