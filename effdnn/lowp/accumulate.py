@@ -78,32 +78,41 @@ def lowp_sum(terms: torch.Tensor, acc_fmt: FloatFormat, chunk: int | None = None
 
 def lowp_matmul(a: torch.Tensor, b: torch.Tensor, acc_fmt: FloatFormat, prod_fmt: FloatFormat | None = None,
                 chunk: int | None = None) -> torch.Tensor:
-    """``a @ b`` for (M, K) @ (K, N) with products rounded to ``prod_fmt`` and sums in ``acc_fmt``.
+    """``a @ b`` for (M, K) @ (K, N), or batched (G, M, K) @ (G, K, N) (one product per group, as in a
+    grouped convolution), with products rounded to ``prod_fmt`` and sums in ``acc_fmt``.
 
     ``chunk`` = CL: chunk-based accumulation (Wang et al. 2018); ``None`` / 0: plain sequential sum.
-    Returns float32 (M, N) holding ``acc_fmt`` values."""
+    Returns float32 (M, N) / (G, M, N) holding ``acc_fmt`` values."""
     _check(acc_fmt)
-    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
-        raise EffdnnError(f"lowp_matmul: expected (M, K) @ (K, N), got {tuple(a.shape)} @ {tuple(b.shape)}")
-    a, b = a.float().contiguous(), b.float().contiguous()
-    (m, k), n = a.shape, b.shape[1]
+    batched = a.dim() == 3
+    if a.dim() not in (2, 3) or b.dim() != a.dim() or a.shape[-1] != b.shape[-2] or a.shape[:-2] != b.shape[:-2]:
+        raise EffdnnError(f"lowp_matmul: expected (M, K) @ (K, N) or (G, M, K) @ (G, K, N), "
+                          f"got {tuple(a.shape)} @ {tuple(b.shape)}")
+    a, b = a.float().reshape(-1, *a.shape[-2:]), b.float().reshape(-1, *b.shape[-2:])  # (G, M, K), (G, K, N)
+    out = _batched_matmul(a, b, acc_fmt, prod_fmt, chunk)
+    return out if batched else out[0]
+
+
+def _batched_matmul(a: torch.Tensor, b: torch.Tensor, acc_fmt: FloatFormat, prod_fmt: FloatFormat | None,
+                    chunk: int | None) -> torch.Tensor:
+    (g, m, k), n = a.shape, b.shape[2]
     if k == 0:
-        return a.new_zeros(m, n)
+        return a.new_zeros(g, m, n)
     cl = chunk_length(k, chunk)
     n_chunks = math.ceil(k / cl)
     pad = n_chunks * cl - k
     if pad:  # zero terms leave a sum unchanged
         a, b = F.pad(a, (0, pad)), F.pad(b, (0, 0, 0, pad))
-    a3 = a.reshape(m, n_chunks, cl).permute(2, 0, 1).unsqueeze(-1).contiguous()  # (CL, M, C, 1)
-    b3 = b.reshape(n_chunks, cl, n).transpose(0, 1).unsqueeze(1).contiguous()  # (CL, 1, C, N)
-    compiled = compile_enabled(m * n_chunks * n)
+    a3 = a.reshape(g, m, n_chunks, cl).permute(3, 0, 1, 2).unsqueeze(-1).contiguous()  # (CL, G, M, C, 1)
+    b3 = b.reshape(g, n_chunks, cl, n).permute(2, 0, 1, 3).unsqueeze(2).contiguous()  # (CL, G, 1, C, N)
+    compiled = compile_enabled(g * m * n_chunks * n)
     accp = _plan(acc_fmt)
     mac = _kernel("mac", compiled, _plan(prod_fmt), accp)
-    acc = a.new_zeros(m, n_chunks, n)  # (M, C, N): one running sum per chunk per output
+    acc = a.new_zeros(g, m, n_chunks, n)  # (G, M, C, N): one running sum per chunk per output
     for i in range(cl):  # sequential within every chunk, all chunks and outputs at once
         acc = mac(acc, a3[i].clone(), b3[i].clone())  # clones: offset-0 inputs, one compiled graph
-    sums = acc.permute(1, 0, 2).contiguous()  # (C, M, N)
-    out = sums[0].clone()  # (M, N)
+    sums = acc.permute(2, 0, 1, 3).contiguous()  # (C, G, M, N)
+    out = sums[0].clone()  # (G, M, N)
     add = _kernel("add", compiled, accp)
     for c in range(1, n_chunks):  # then the chunk sums, one at a time
         out = add(out, sums[c].clone())

@@ -71,6 +71,14 @@ def test_fp8_policies_keep_edges_fp16():
     assert model[2].effdnn_precision().weight_bits == 8 and model[2].effdnn_precision().acc_bits == 16
 
 
-def test_unsupported_conv_is_an_error():
-    with pytest.raises(EffdnnError, match="groups"):
-        convert_layers(nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)), lambda *_: GemmPolicy())
+def test_layers_the_emulation_cannot_reach_are_errors_naming_the_layer():
+    class MyLinear(nn.Linear):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    for layer, what in [(nn.LSTM(4, 4), "fused recurrent"), (nn.Bilinear(2, 2, 3), "bilinear"), (MyLinear(2, 2), "subclass")]:
+        with pytest.raises(EffdnnError, match=f"layer '1' .*{what}.*keep it in float"):
+            convert_layers(nn.Sequential(nn.Linear(4, 4), layer), lambda *_: GemmPolicy())
+    model = nn.Sequential(nn.Linear(4, 4), nn.LSTM(4, 4))
+    convert_layers(model, lambda *_: GemmPolicy(), keep_float=["1"])  # kept in float: the only skip
+    assert isinstance(model[0], LowpLinear) and type(model[1]) is nn.LSTM
