@@ -63,8 +63,9 @@ def test_pruned_then_quantized_storage_by_hand():
 def test_binary_weights_are_zero_where_pruned():
     model = _pruned_mlp()
     for method in ("bwn", "bc", "dorefa"):
-        q = effdnn.quantize(model, {"method": method, "keep_fp": []} if method != "dorefa" else {"method": method},
-                            calib_data=[(torch.randn(8, 1, 8, 8), torch.zeros(8, dtype=torch.long))])
+        spec = {"method": method, "keep_fp": []} if method != "dorefa" else {"method": method}
+        data = [(torch.randn(8, 1, 8, 8), torch.zeros(8, dtype=torch.long))]
+        q = effdnn.Experiment(model, {"quantize": spec}, data=data).model  # bc clips in the loop: an Experiment
         for m in q.modules():
             if getattr(m, "weight_quant", None) is not None and hasattr(m, "weight_mask"):
                 w = m._q_weight()
