@@ -184,20 +184,39 @@ static void pack_image(const float* x, const float* s, const float* t, const Con
 }
 
 // im2col on bits: the packed K-row (taps in (i, j) order, Cb bytes each) of output pixel (ho, wo).
+// Segments are copied in whole 8-byte moves; the overrun lands where the next segment goes, and past the
+// last one the row's tail is zeroed again (the image carries 8 bytes of slack for the over-read).
+static inline void copy_bytes(uint8_t* dst, const uint8_t* src, int64_t len) {
+  for (int64_t o = 0; o < len; o += 8) std::memcpy(dst + o, src + o, 8);
+}
+
 static inline void gather_row(const uint8_t* img, const ConvGeom& g, int64_t b, int64_t ho, int64_t wo, uint8_t* dst) {
   for (int64_t i = 0; i < g.KH; ++i) {
     const uint8_t* src = img + ((b * g.Hp + ho * g.sh + i * g.dh) * g.Wp + wo * g.sw) * g.Cb;
     if (g.dw == 1) {
-      std::memcpy(dst + i * g.KW * g.Cb, src, (size_t)(g.KW * g.Cb));
+      copy_bytes(dst + i * g.KW * g.Cb, src, g.KW * g.Cb);
     } else {
-      for (int64_t j = 0; j < g.KW; ++j) std::memcpy(dst + (i * g.KW + j) * g.Cb, src + j * g.dw * g.Cb, (size_t)g.Cb);
+      for (int64_t j = 0; j < g.KW; ++j) copy_bytes(dst + (i * g.KW + j) * g.Cb, src + j * g.dw * g.Cb, g.Cb);
     }
   }
+  const int64_t used = g.KH * g.KW * g.Cb;
+  std::memset(dst + used, 0, (size_t)(g.kw * 8 - used));
 }
 
 // Offsets V + 2 corr (n) of output pixel (ho, wo) and its K map value (sum of A over valid taps / KH KW).
 static inline void pixel_terms(const ConvGeom& g, const int32_t* wtap, const float* Ab, int64_t ho, int64_t wo,
                                int32_t* off, float* kval) {
+  const int64_t h0 = ho * g.sh - g.ph, w0 = wo * g.sw - g.pw;
+  if (h0 >= 0 && h0 + (g.KH - 1) * g.dh < g.H && w0 >= 0 && w0 + (g.KW - 1) * g.dw < g.W) {  // no padding
+    const int32_t full = (int32_t)(g.KH * g.KW * g.C);
+    for (int64_t n = 0; n < g.N; ++n) off[n] = full;
+    float ksum = 0.f;
+    if (Ab)
+      for (int64_t i = 0; i < g.KH; ++i)
+        for (int64_t j = 0; j < g.KW; ++j) ksum += Ab[(h0 + i * g.dh) * g.W + w0 + j * g.dw];
+    *kval = Ab ? ksum / (float)(g.KH * g.KW) : 1.f;
+    return;
+  }
   int64_t nvalid = 0;
   float ksum = 0.f;
   for (int64_t n = 0; n < g.N; ++n) off[n] = 0;
@@ -257,12 +276,12 @@ extern "C" void effdnn_xnor_conv2d(const float* x, const int64_t* shape, const f
   g.Ho = (g.H + 2 * g.ph - g.dh * (g.KH - 1) - 1) / g.sh + 1;
   g.Wo = (g.W + 2 * g.pw - g.dw * (g.KW - 1) - 1) / g.sw + 1;
   g.Hp = g.H + 2 * g.ph; g.Wp = g.W + 2 * g.pw; g.Cb = (g.C + 7) / 8;
-  std::vector<uint8_t> img((size_t)(g.B * g.Hp * g.Wp * g.Cb), 0);
+  std::vector<uint8_t> img((size_t)(g.B * g.Hp * g.Wp * g.Cb + 8), 0);
   std::vector<float> A(kscale ? (size_t)(g.B * g.H * g.W) : 0);
   pack_image(x, s, t, g, img.data(), kscale ? A.data() : nullptr, nt);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-    std::vector<u64> rows((size_t)((g.Wo + 1) * g.kw), 0);
+    std::vector<u64> rows((size_t)((g.Wo + 1) * g.kw + 1), 0);
     std::vector<int32_t> off((size_t)(g.Wo * g.N));
     std::vector<float> kv((size_t)g.Wo);
 #pragma omp for schedule(static)
