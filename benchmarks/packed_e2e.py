@@ -20,15 +20,14 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, round_robin  # noqa: E402
+import torch
+from common import machine, round_robin
 
-import torch  # noqa: E402
-
-import effdnn  # noqa: E402
-import effdnn.techniques  # noqa: F401, E402
-from effdnn.models import build_model  # noqa: E402
-from effdnn.quant import kernels  # noqa: E402
-from effdnn.quant.packed import pack_model  # noqa: E402
+import effdnn
+import effdnn.techniques
+from effdnn.models import build_model
+from effdnn.quant import kernels
+from effdnn.quant.packed import pack_model
 
 
 def models(vgg_width: float) -> dict[str, torch.nn.Module]:

@@ -20,12 +20,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's effdnn
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from effdnn.quant import kernels  # noqa: E402
-from effdnn.quant.bitpack import pack_words, xnor_popcount_matmul  # noqa: E402
-from effdnn.quant.kernels.ops import pack_rows, weight_panels, xnor_gemm  # noqa: E402
+from effdnn.quant import kernels
+from effdnn.quant.bitpack import pack_words, xnor_popcount_matmul
+from effdnn.quant.kernels.ops import pack_rows, weight_panels, xnor_gemm
 
 SHAPES = [(64, 2304, 256), (256, 4096, 1024), (1024, 1024, 1024), (4096, 576, 64)]
 

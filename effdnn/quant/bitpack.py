@@ -92,7 +92,7 @@ def xnor_matmul(x_words: np.ndarray, w_words: np.ndarray, k: int, mask_words: np
         raise ValueError(f"rows must hold ceil({k} / 64) = {kmask.shape[1]} words")
     w = w_words & kmask
     panels, n = weight_panels(w), w.shape[0]
-    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a).view(np.int64))  # noqa: E731
+    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a).view(np.int64))
     if mask_words is None:
         return xnor_gemm(as_t(x_words & kmask), panels, n, k, threads).numpy()
     m = mask_words & kmask

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import effdnn
-import effdnn.techniques  # noqa: F401
+import effdnn.techniques
 from effdnn.quant import kernels
 from effdnn.quant.bitpack import pack_words, xnor_matmul, xnor_popcount_matmul
 from effdnn.quant.packed import PackedBinaryLayer, pack_model
