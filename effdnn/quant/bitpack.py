@@ -6,7 +6,11 @@ dot product the rows are widened to whole 64-bit words (zero padding, masked off
 
 Rastegari et al. 2016 (XNOR-Net), section 3.2: for a, b in {-1, +1}^K with bit 1 = +1,
 ``a . b = 2 * popcount(XNOR(a, b)) - K``; with a validity mask m (positions a convolution pads with zero)
-``a . b = 2 * popcount(XNOR(a, b) & m) - popcount(m)``.
+``a . b = 2 * popcount(XNOR(a, b) & m) - popcount(m)``; equivalently a . b = K - 2 popcount(a xor b).
+
+``xnor_popcount_matmul`` (numpy) is the reference; ``xnor_matmul`` computes the same integers with the
+compiled kernels (``quant/kernels``: AVX-512 VPOPCNTDQ / AVX2 vpshufb / scalar popcount, OpenMP) and
+falls back to the reference when they are unavailable.
 """
 from __future__ import annotations
 
@@ -70,4 +74,36 @@ def xnor_popcount_matmul(x_words: np.ndarray, w_words: np.ndarray, k: int, mask_
     return 2 * out - valid
 
 
-__all__ = ["pack_bits", "pack_words", "packed_bytes", "to_words", "unpack_bits", "xnor_popcount_matmul"]
+def xnor_matmul(x_words: np.ndarray, w_words: np.ndarray, k: int, mask_words: np.ndarray | None = None,
+                threads: int | None = None) -> np.ndarray:
+    """``xnor_popcount_matmul`` (same arguments, same int32 result, bit-exact) on the compiled kernels.
+
+    The kernel computes G(a, w) = k - 2 popcount(a xor w). With a mask m (valid positions) and its
+    complement u = ~m within k: popcount((x xor w) & m) = popcount((x & m) xor w) - popcount(w & u), and
+    popcount(w & u) = (popcount(w) + popcount(u) - popcount(w xor u)) / 2: two kernel calls."""
+    from .kernels import lib
+
+    if lib() is None:
+        return xnor_popcount_matmul(x_words, w_words, k, mask_words)
+    from .kernels.ops import weight_panels, xnor_gemm
+
+    kmask = pack_words(np.ones((1, k), dtype=bool))
+    if x_words.shape[1] != kmask.shape[1] or w_words.shape[1] != kmask.shape[1]:
+        raise ValueError(f"rows must hold ceil({k} / 64) = {kmask.shape[1]} words")
+    w = w_words & kmask
+    panels, n = weight_panels(w), w.shape[0]
+    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a).view(np.int64))
+    if mask_words is None:
+        return xnor_gemm(as_t(x_words & kmask), panels, n, k, threads).numpy()
+    m = mask_words & kmask
+    u = ~m & kmask
+    g1 = xnor_gemm(as_t(x_words & m), panels, n, k, threads).numpy()  # k - 2 popcount(xm ^ w)
+    g2 = xnor_gemm(as_t(u), panels, n, k, threads).numpy()  # k - 2 popcount(u ^ w)
+    valid = np.bitwise_count(m).sum(-1, dtype=np.int32)[:, None]
+    pw = np.bitwise_count(w).sum(-1, dtype=np.int32)[None, :]
+    pu = np.bitwise_count(u).sum(-1, dtype=np.int32)[:, None]
+    # valid - 2 [popcount(xm ^ w) - popcount(w & u)]
+    return (valid - (k - g1) + (pw + pu - (k - g2) // 2)).astype(np.int32)
+
+
+__all__ = ["pack_bits", "pack_words", "packed_bytes", "to_words", "unpack_bits", "xnor_matmul", "xnor_popcount_matmul"]

@@ -7,12 +7,16 @@ bwn, xnor, twn, ttq) with a ``PackedBinaryLayer`` that stores only
 - the scales (fp32: one per layer or per output channel; W_p and W_n for TTQ), the fp32 bias, and for
   a binary input the BatchNorm before the sign;
 and computes
-- binary weights x binary inputs (BNN, XNOR-Net): XNOR + popcount on 64-bit words
-  (``bitpack.xnor_popcount_matmul``), positions a convolution pads with zero masked off, then
-  * scale (* K for XNOR-Net);
+- binary weights x binary inputs (BNN, XNOR-Net): XNOR + popcount on 64-bit words (Rastegari et al.
+  2016: a . b = K - 2 popcount(a xor b)), positions a convolution pads with zero contributing 0, then
+  * scale (* K for XNOR-Net). Fast path: the compiled kernels (``quant/kernels``: BN -> sign -> bit
+  im2col -> popcount -> scale, K map and bias in one pass, OpenMP on torch's thread count); fallback
+  and reference: ``bitpack.xnor_popcount_matmul`` (numpy), ``forward_reference``;
 - binary / ternary weights x real inputs (BC, BWN, TWN, TTQ): sign-add: the inputs the weight selects
-  are summed, y = pos_scale * sum_{c=+1} x - neg_scale * sum_{c=-1} x (on a CPU the sums are two
-  {0, 1}-matrix products).
+  are summed, y = pos_scale * sum_{c=+1} x - neg_scale * sum_{c=-1} x. Fast path: one fp32 convolution /
+  GEMM (oneDNN / MKL) against the {-1, 0, +1} codes, then * scale (one scale: exact integer sums for
+  integer inputs), or against the decoded weights for TTQ's two scales; the decoded codes are built on
+  first use and are not buffers (storage stays the packed planes). Reference: two {0, 1}-matrix products.
 Its outputs equal the fake-quantised model's up to float summation order (tests/quant). ``storage_bits``
 of a packed layer is the size of the buffers it actually holds; ``effdnn_precision`` reports it.
 """
@@ -26,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cost.precision import LayerPrecision
+from . import kernels
 from .bitpack import pack_bits, pack_words, to_words, unpack_bits, xnor_popcount_matmul
 from .methods.binary_layers import BinaryConv2d, BinaryLayerMixin, BinaryLinear
 
@@ -117,8 +122,82 @@ class PackedBinaryLayer(nn.Module):
         dt = cols.dtype
         return (cols @ pos.to(dt).T) * self._scale(self.pos_scale) - (cols @ neg.to(dt).T) * self._scale(self.neg_scale)
 
+    # -- fast path ----------------------------------------------------------------------------------
+    def _fast_state(self) -> dict:
+        """Kernel layouts derived from the packed planes, built on first use (plain attributes, not buffers)."""
+        st = self.__dict__.get("_fast")
+        if st is not None:
+            return st
+        neg = unpack_bits(self.sign_bits, self.k)  # (N, K)
+        n = self.out_features
+        if self.binary_input:
+            from .kernels.ops import conv_weight_layout, weight_panels
+            s = self.bn_weight.float() / torch.sqrt(self.bn_running_var.float() + self.eps)
+            st = {"s": s, "t": self.bn_bias.float() - self.bn_running_mean.float() * s,
+                  "scale": self.pos_scale.float().expand(n).contiguous()}
+            if self.conv:
+                kh, kw = self.kernel_size
+                st["panels"], st["wtap"] = conv_weight_layout((~neg).reshape(n, -1, kh, kw))
+            else:
+                st["panels"] = weight_panels(pack_words((~neg).numpy()))
+        else:
+            pos = ~neg
+            if self.ternary:
+                nz = unpack_bits(self.nonzero_bits, self.k)
+                pos, neg = pos & nz, neg & nz
+            if self.neg_scale is None:  # one scale: codes in {-1, 0, +1}, scaled after the sums
+                w, post = pos.float() - neg.float(), self.pos_scale.float().reshape(1, -1)
+            else:  # TTQ: W_p [c = +1] - W_n [c = -1]
+                w, post = pos.float() * self.pos_scale.float().reshape(-1, 1) - neg.float() * self.neg_scale.float().reshape(-1, 1), None
+            st = {"w": w.reshape(n, *self._weight_shape()) if self.conv else w, "post": post}
+        self.__dict__["_fast"] = st
+        return st
+
+    def _weight_shape(self) -> tuple[int, ...]:
+        kh, kw = self.kernel_size
+        return (self.k // (kh * kw), kh, kw)
+
+    def _binary_fast(self, x: torch.Tensor) -> torch.Tensor:
+        from .kernels import ops
+        st = self._fast_state()
+        if self.conv:
+            return ops.xnor_conv2d(x, st["s"], st["t"], st["panels"], st["wtap"], self.out_features, self.kernel_size,
+                                   self.stride, self.padding, self.dilation, st["scale"], self.bias, self.k_scaling)
+        words, beta = ops.pack_rows(x, st["s"], st["t"], absmean=self.k_scaling)
+        y = ops.xnor_gemm(words, st["panels"], self.out_features, self.k).float() * st["scale"]
+        y = y * beta[:, None] if self.k_scaling else y
+        return y if self.bias is None else y + self.bias
+
+    def _sign_add_fast(self, x: torch.Tensor) -> torch.Tensor:
+        st = self._fast_state()
+        w = st["w"].to(x.dtype)
+        bias = None if st["post"] is not None else self.bias
+        if self.conv:
+            y = F.conv2d(x, w, bias, self.stride, self.padding, self.dilation)
+            post = None if st["post"] is None else st["post"].to(x.dtype).reshape(1, -1, 1, 1)
+        else:
+            y = F.linear(x, w, bias)
+            post = None if st["post"] is None else st["post"].to(x.dtype)
+        if post is None:
+            return y
+        y = y * post
+        if self.bias is None:
+            return y
+        return y + (self.bias.view(1, -1, 1, 1) if self.conv else self.bias)
+
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The fast kernels when they apply (CPU; float32 for the binary kernels), else the reference."""
+        if x.device.type == "cpu":
+            if not self.binary_input:
+                return self._sign_add_fast(x)
+            if x.dtype == torch.float32 and kernels.lib() is not None:
+                return self._binary_fast(x)
+        return self.forward_reference(x)
+
+    @torch.no_grad()
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The pure path: unfold + numpy XNOR-popcount (binary inputs) or two {0, 1} products (sign-add)."""
         b = x.shape[0]
         if self.binary_input:
             a = F.batch_norm(x, self.bn_running_mean, self.bn_running_var, self.bn_weight, self.bn_bias, False, 0.0, self.eps)

@@ -1,0 +1,110 @@
+"""Fast CPU kernels for bit-packed binary layers, compiled at first use and cached.
+
+``binary_kernels.cpp`` (XNOR-popcount GEMM and convolution, XNOR-Net, Rastegari et al. 2016: for +-1
+vectors with bit 1 = +1, a . b = K - 2 popcount(a xor b)) is compiled once per machine with the system
+C++ compiler (``$CXX``, else g++ / c++): ``-O3 -march=native -fopenmp -shared``, into
+``$EFFDNN_CACHE/kernels`` (default ``~/.cache/effdnn/kernels``), keyed by the source, the flags, the
+compiler and the CPU; then loaded with ctypes (no torch headers, no ninja: the build takes ~2 s).
+popcount: AVX-512 VPOPCNTDQ when the CPU has it, else AVX2 nibble lookup (vpshufb), else scalar.
+
+When no compiler works (or ``EFFDNN_NO_KERNELS=1``), ``lib()`` returns None after one warning line, and
+the packed layers use the numpy reference path (``bitpack.xnor_popcount_matmul``).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("binary_kernels.cpp")
+FLAG_SETS = (["-O3", "-march=native", "-fopenmp"], ["-O3", "-march=native"], ["-O3", "-fopenmp"], ["-O3"])
+ISA_NAMES = {1: "scalar popcount", 2: "AVX2 vpshufb popcount", 3: "AVX-512 VPOPCNTDQ"}
+_state: dict = {}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EFFDNN_CACHE", Path.home() / ".cache" / "effdnn")) / "kernels"
+
+
+def _cpu_key() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        lines = [l for l in text.splitlines() if l.startswith(("model name", "flags", "Features"))][:2]
+        return "\n".join(lines)
+    except OSError:
+        return platform.processor() + platform.machine()
+
+
+def _compiler() -> str | None:
+    for c in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if c and shutil.which(c):
+            return c
+    return None
+
+
+def _build(cxx: str) -> Path:
+    src = SOURCE.read_bytes()
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False).stdout
+    errors = []
+    for flags in FLAG_SETS:
+        key = hashlib.sha256(src + repr(flags).encode() + version.encode() + _cpu_key().encode()).hexdigest()[:16]
+        out = cache_dir() / f"binary_kernels_{key}.so"
+        if out.exists():
+            return out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            tmp_so = Path(tmp) / out.name
+            r = subprocess.run([cxx, *flags, "-shared", "-fPIC", "-std=c++17", str(SOURCE), "-o", str(tmp_so)],
+                               capture_output=True, text=True, check=False)
+            if r.returncode == 0:
+                os.replace(tmp_so, out)  # atomic: concurrent builders all end with one whole file
+                return out
+            errors.append(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}")
+    raise RuntimeError("; ".join(errors))
+
+
+def _declare(so: ctypes.CDLL) -> ctypes.CDLL:
+    p, i64, i32, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_int
+    so.effdnn_kernel_isa.restype = c_int
+    so.effdnn_pack_rows.argtypes = [p, i64, i64, p, p, p, i64, p, c_int]
+    so.effdnn_xnor_gemm.argtypes = [p, i64, p, i64, i64, i32, p, c_int]
+    so.effdnn_xnor_conv2d.argtypes = [p, p, p, p, p, p, p, p, c_int, p, c_int]
+    for f in (so.effdnn_pack_rows, so.effdnn_xnor_gemm, so.effdnn_xnor_conv2d):
+        f.restype = None
+    return so
+
+
+def lib() -> ctypes.CDLL | None:
+    """The loaded kernel library, built on first call; None (after one warning line) when unavailable."""
+    if "lib" in _state:
+        return _state["lib"]
+    so, why = None, ""
+    if os.environ.get("EFFDNN_NO_KERNELS", "") not in ("", "0"):
+        why = "EFFDNN_NO_KERNELS is set"
+    elif (cxx := _compiler()) is None:
+        why = "no C++ compiler found ($CXX, g++, c++, clang++)"
+    else:
+        try:
+            so = _declare(ctypes.CDLL(str(_build(cxx))))
+        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+            why = f"build failed: {e}"
+    if so is None:
+        warnings.warn(f"effdnn: fast binary kernels unavailable ({why}); packed layers use the numpy reference path",
+                      RuntimeWarning, stacklevel=2)
+    _state["lib"] = so
+    return so
+
+
+def isa() -> str:
+    """Which popcount the loaded kernels use ("numpy reference" when none are loaded)."""
+    so = lib()
+    return "numpy reference" if so is None else ISA_NAMES.get(so.effdnn_kernel_isa(), "?")
+
+
+__all__ = ["cache_dir", "isa", "lib"]

@@ -1,0 +1,94 @@
+"""Python entry points of the compiled binary kernels (``lib()`` must not be None).
+
+Words are 64-bit, bit i of a row = element i (little-endian), bit 1 = +1, zero beyond K; they travel as
+torch int64 tensors (the same bits as numpy uint64). XNOR-Net (Rastegari et al. 2016) eq. for +-1
+vectors: a . b = K - 2 popcount(a xor b).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from . import lib
+
+NB = 8  # output channels per weight panel (binary_kernels.cpp)
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.detach().to(torch.float32).contiguous()
+
+
+def pack_rows(x: torch.Tensor, s: torch.Tensor | None = None, t: torch.Tensor | None = None, absmean: bool = False,
+              threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """float (M, K) -> int64 words (M, ceil(K / 64)) of [x * s + t >= 0], and mean |x * s + t| per row."""
+    x = _f32(x)
+    m, k = x.shape
+    kw = math.ceil(k / 64)
+    words = torch.empty(m, kw, dtype=torch.int64)
+    am = torch.empty(m, dtype=torch.float32) if absmean else None
+    s, t = _f32(s), _f32(t)
+    lib().effdnn_pack_rows(_ptr(x), m, k, _ptr(s), _ptr(t), _ptr(words), kw, _ptr(am),
+                           threads or torch.get_num_threads())
+    return words, am
+
+
+def weight_panels(w_words: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(N, Kw) words -> panels (ceil(N / 8), Kw, 8): panel[p, k, j] = word k of row 8 p + j (zero rows pad)."""
+    w = torch.as_tensor(np.ascontiguousarray(w_words).view(np.int64)) if isinstance(w_words, np.ndarray) else w_words
+    n, kw = w.shape
+    npan = math.ceil(n / NB)
+    padded = torch.zeros(npan * NB, kw, dtype=torch.int64)
+    padded[:n] = w
+    return padded.reshape(npan, NB, kw).transpose(1, 2).contiguous()
+
+
+def xnor_gemm(x_words: torch.Tensor, panels: torch.Tensor, n: int, k: int, threads: int | None = None) -> torch.Tensor:
+    """int32 (M, N) = k - 2 popcount(x[m] xor w[n]): the +-1 dot products over k bits."""
+    x_words = x_words.contiguous()
+    m, kw = x_words.shape
+    if panels.shape[1] != kw:
+        raise ValueError(f"input rows have {kw} words, weights {panels.shape[1]}")
+    out = torch.empty(m, n, dtype=torch.int32)
+    lib().effdnn_xnor_gemm(_ptr(x_words), m, _ptr(panels), n, kw, k, _ptr(out), threads or torch.get_num_threads())
+    return out
+
+
+def conv_weight_layout(plus: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """bool (N, C, KH, KW) (True = +1) -> (panels of the (i, j, c) rows, channels padded to whole bytes;
+    int32 (N, KH KW) popcount of each tap), the layout ``xnor_conv2d`` reads."""
+    n, c, kh, kw = plus.shape
+    cb = math.ceil(c / 8) * 8
+    rows = torch.zeros(n, kh, kw, cb, dtype=torch.bool)
+    rows[..., :c] = plus.permute(0, 2, 3, 1)
+    words = np.packbits(rows.reshape(n, -1).numpy(), axis=1, bitorder="little")
+    pad = np.zeros((n, math.ceil(words.shape[1] / 8) * 8), dtype=np.uint8)
+    pad[:, :words.shape[1]] = words
+    wtap = plus.reshape(n, c, kh * kw).sum(1).to(torch.int32).contiguous()
+    return weight_panels(pad.view(np.uint64)), wtap
+
+
+def xnor_conv2d(x: torch.Tensor, s: torch.Tensor, t: torch.Tensor, panels: torch.Tensor, wtap: torch.Tensor,
+                n: int, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+                dilation: tuple[int, int], scale: torch.Tensor, bias: torch.Tensor | None, k_scaling: bool,
+                threads: int | None = None) -> torch.Tensor:
+    """(B, C, H, W) float -> (B, N, Ho, Wo): sign(x s + t) (*) W_+-1 by XNOR-popcount, * scale[n]
+    (* XNOR-Net's K map of |x s + t|), + bias; zero padding contributes 0 (the popcount is corrected)."""
+    x = _f32(x)
+    b, c, h, w = x.shape
+    ho = (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+    wo = (w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+    shape = torch.tensor([b, c, h, w, n, panels.shape[1], *kernel, *stride, *padding, *dilation], dtype=torch.int64)
+    y = torch.empty(b, n, ho, wo, dtype=torch.float32)
+    s, t, scale, bias = _f32(s), _f32(t), _f32(scale), _f32(bias)
+    lib().effdnn_xnor_conv2d(_ptr(x), _ptr(shape), _ptr(s), _ptr(t), _ptr(panels), _ptr(wtap), _ptr(scale),
+                             _ptr(bias), int(k_scaling), _ptr(y), threads or torch.get_num_threads())
+    return y
+
+
+__all__ = ["conv_weight_layout", "pack_rows", "weight_panels", "xnor_conv2d", "xnor_gemm"]
