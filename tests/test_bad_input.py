@@ -328,7 +328,7 @@ CONTAINER_CASES = [
     a("container", "version", "version", _load(lambda b: _recrc(b[:4] + bytearray(struct.pack("<H", 9)) + b[6:]))),
     a("container", "section-count", "1000000 sections cannot fit", _load(lambda b: _recrc(b[:8] + bytearray(struct.pack("<I", 10**6)) + b[12:]))),
     a("container", "appended-bytes", "checksum mismatch", _load(lambda b: bytes(b) + b"extra")),
-    a("container", "other-model", "1.weight is (8, 64) torch.float32, the model wants (16, 64)", _load_into_other),
+    a("container", "other-model", "section '1.weight': shape (8, 64) torch.float32, the model wants (16, 64)", _load_into_other),
 ]
 
 ENERGY_CASES = [

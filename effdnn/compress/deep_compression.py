@@ -236,7 +236,7 @@ def encode_model(model: nn.Module, config: DeepCompressionConfig, path: str | Pa
         else:
             tensors[name] = t.detach().cpu()
     sizes = write_container(path, tensors, meta)
-    _, back = read_container(path)
+    _, back = read_container(path, expected=model)
     decoded = copy.deepcopy(model)
     load_into(decoded, back, str(path))
     # the file must hold exactly the weights it says: compare against the shared tensors written
@@ -295,7 +295,10 @@ def deep_compression(model: nn.Module, config: DeepCompressionConfig, ctx: Trans
 def load_compressed(path: str | Path, model: nn.Module) -> nn.Module:
     """Fill ``model`` (the architecture, e.g. a fresh model of the recipe) with the container's weights;
     its BatchNorms are folded first where the file was written with ``fold_bn``."""
-    meta, tensors = read_container(path)
-    if meta.get("fold_bn"):
-        fold_batchnorm(model)
+    def prepare(meta: dict[str, Any]) -> nn.Module:  # the shapes to check every section against, as it is read
+        if meta.get("fold_bn"):
+            fold_batchnorm(model)
+        return model
+
+    _, tensors = read_container(path, expected=prepare)
     return load_into(model, tensors, str(path))
