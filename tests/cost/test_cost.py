@@ -100,7 +100,7 @@ def test_energy_table_from_file_replaces_the_default(tmp_path):
     t = EnergyTable.from_file(f)
     assert t.mult("int", 8, 8) == 1.0 and t.float_mult == DEFAULT_TABLE.float_mult and t.source == "my table"
     f.write_text("int_mul: {8: 1.0}\n")
-    with pytest.raises(EffdnnError, match="unknown keys"):
+    with pytest.raises(EffdnnError, match="int_mul: unknown key"):
         EnergyTable.from_file(f)
     with pytest.raises(EffdnnError, match="positive widths"):
         EnergyTable(int_add={0: 1.0})
