@@ -7,6 +7,7 @@ from typing import Any, Iterable
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ..errors import EffdnnError
 from ..utils.batches import forward, iter_inputs, model_device
@@ -25,9 +26,10 @@ def calibrate(model: nn.Module, data: Iterable[Any], max_batches: int | None = N
     nhwc = any(isinstance(m, nn.Conv2d) for m in model.modules())
     if nhwc:
         model.to(memory_format=torch.channels_last)
-    seen = 0
+    seen, first = 0, None
     try:
         for x in iter_inputs(data, max_batches, device):
+            first = x if first is None else first
             if nhwc and isinstance(x, torch.Tensor) and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             try:
@@ -44,6 +46,7 @@ def calibrate(model: nn.Module, data: Iterable[Any], max_batches: int | None = N
             model.to(memory_format=torch.contiguous_format)
     if seen == 0:
         raise EffdnnError("calibration: the calibration set is empty (no batches)")
+    _functional_weights(model, first)
     observing = [q for q in model.modules() if isinstance(q, Quantizer) and q.mode == "observe"]
     for q in observing:
         if q.observer is not None and q.observer.count == 0:
@@ -52,6 +55,48 @@ def calibrate(model: nn.Module, data: Iterable[Any], max_batches: int | None = N
     for q in observing:
         q.finish_calibration()
     return seen
+
+
+class _ArgRecorder(TorchFunctionMode):
+    """Records the id of every tensor passed directly to a torch function."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: set[int] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        self.ids.update(id(a) for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor))
+        return func(*args, **kwargs)
+
+
+@torch.no_grad()
+def _functional_weights(model: nn.Module, x: Any) -> None:
+    """Layers whose forward never ran but whose weight a functional op consumed (torchvision's Swin:
+    ``F.linear(x, self.qkv.weight)``): their weight is quantized in place (so every use of it computes
+    with the quantized weight) and their input stays float, with one warning line naming them."""
+    unreached = [m for m in model.modules() if isinstance(getattr(m, "input_quant", None), Quantizer)
+                 and m.input_quant.mode == "observe" and m.input_quant.observer is not None
+                 and m.input_quant.observer.count == 0 and isinstance(getattr(m, "weight", None), torch.Tensor)]
+    if not unreached or x is None:
+        return
+    was_training = model.training
+    model.eval()
+    rec = _ArgRecorder()
+    try:
+        with rec:
+            forward(model, x)
+    finally:
+        model.train(was_training)
+    names = []
+    for m in unreached:
+        if id(m.weight) in rec.ids and callable(getattr(m, "quantize_weight_in_place", None)):
+            m.quantize_weight_in_place()
+            names.append(m.qname)
+    if names:
+        more = f" (and {len(names) - 1} more layers)" if len(names) > 1 else ""
+        print(f"effdnn: warning: calibration: {names[0]}{more}: weight used by a functional op outside the layer's "
+              "forward: weight quantized in place, input left in float", file=sys.stderr)
 
 
 def _describe(x: Any) -> str:

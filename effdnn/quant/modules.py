@@ -63,6 +63,17 @@ class QuantLayerMixin:
             cached = self._wq_cache = (key, self.weight_quant(w))
         return cached[1]
 
+    @torch.no_grad()
+    def quantize_weight_in_place(self) -> None:
+        """For a weight consumed outside this layer's forward (a functional op on ``layer.weight``):
+        store the quantized weight itself, so every use computes with it; the input stays float (it is
+        never seen). The weight quantizer is idempotent on it, so the layer's own forward agrees."""
+        if self.weight_quant is not None:
+            self.weight.copy_(self.weight_quant(self.weight))  # type: ignore[attr-defined]
+        self.input_quant = None
+        self.out_observer = None
+        self.functional_weight = True
+
     def _observe_out(self, y: torch.Tensor) -> torch.Tensor:
         if self.out_observer is not None and self.input_quant is not None and self.input_quant.mode == "observe":
             self.out_observer.update(y)

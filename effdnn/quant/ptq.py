@@ -74,7 +74,7 @@ def prepare(model: nn.Module, config: PTQConfig) -> list[dict[str, Any]]:
         quantize_layer(m, name, wq, aq)
         summary.append({"layer": name, "type": type(m).__name__,
                         "weight": getattr(wq.fmt, "label", wq.fmt.name) if wq else "fp32",
-                        "act": "calibrating" if aq else "fp32", "_q": aq})
+                        "act": "calibrating" if aq else "fp32", "_q": aq, "_m": m})
     for name, m in quantized_adds(model, config, first, last):
         spec = config.act
         quantize_layer(m, name, _quantizer(spec, "act", f"{name}.a"), _quantizer(spec, "act", f"{name}.b"))
@@ -94,8 +94,10 @@ def ptq(model: nn.Module, config: PTQConfig, ctx: TransformContext) -> nn.Module
     n = config.calib_batches or ctx.calib_batches
     seen = calibrate(model, ctx.calib_loader(n), n)
     for row in summary:
-        q = row.pop("_q", None)
-        if q is not None:
+        q, m = row.pop("_q", None), row.pop("_m", None)
+        if getattr(m, "functional_weight", False):  # weight used outside the layer's forward (calibrate)
+            row["act"] = "fp32 (weight used outside the layer's forward)"
+        elif q is not None:
             row["act"] = getattr(q.fmt, "label", q.fmt.name)
     ctx.extra.update({"calib_time_s": time.perf_counter() - t0, "calib_batches": seen, "ptq_layers": summary})
     return model

@@ -1,0 +1,183 @@
+"""PTQ int8 and its QDQ export on every torchvision classification model (random weights).
+
+Per model: BatchNorm statistics are set on the calibration batches (cumulative averages), then
+effdnn PTQ (int8 per-channel weights, max-calibrated int8 activations, BN folded) and torch.ao FX PTQ
+(x86 default qconfig) are calibrated on the same batches; the table gives each one's output cosine
+against FP32 on a held-out batch, the QDQ ONNX export's cosine (onnxruntime against effdnn's
+PyTorch model: graph as written, and with onnxruntime's int8 fusion), and effdnn's own noise floor
+(its model run channels-last against contiguous: float summation order alone).
+
+    python benchmarks/ptq_zoo.py [--models resnet18 swin_t ...] [--out ptq_zoo.jsonl] [--table-only]
+
+Each model runs at the smallest square input its forward accepts (tried in SIZES order); ViTs are
+built with ``image_size=32`` (their position embedding fixes the size). Rows are appended to the JSON
+lines file as they finish, so a long run can be stopped and resumed (done models are skipped).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+from torchvision_shim import install  # noqa: E402
+
+install()
+import torch  # noqa: E402
+
+import effdnn  # noqa: E402
+from effdnn.export.onnx import export_onnx  # noqa: E402
+
+SIZES = (32, 64, 75, 96, 128, 160, 224, 299)
+KWARGS = {"vit_b_16": {"image_size": 32}, "vit_b_32": {"image_size": 32}, "vit_l_16": {"image_size": 32},
+          "vit_l_32": {"image_size": 32}, "vit_h_14": {"image_size": 28}}
+BATCH, CALIB_BATCHES = 8, 4
+
+
+def cosine(a, b) -> float:
+    a, b = torch.as_tensor(a).double().flatten(), torch.as_tensor(b).double().flatten()
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+
+
+def build(name: str) -> tuple[torch.nn.Module, int]:
+    """The model with random weights and the smallest input size its forward accepts."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None, **KWARGS.get(name, {})).eval()
+    for size in ([KWARGS[name]["image_size"]] if name in KWARGS else SIZES):
+        try:
+            with torch.no_grad():
+                model(torch.randn(1 if "inception" not in name else 2, 3, size, size))
+            return model, size
+        except Exception:  # noqa: BLE001 - too small for this model: try the next size
+            continue
+    raise RuntimeError(f"{name}: no input size in {SIZES} works")
+
+
+def set_bn_stats(model: torch.nn.Module, calib: list[torch.Tensor]) -> None:
+    """BatchNorm running statistics = the cumulative average over the calibration batches."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for x in calib:
+            model(x)
+    model.eval()
+
+
+def torch_ao_cosine(model: torch.nn.Module, calib: list[torch.Tensor], x: torch.Tensor, ref: torch.Tensor) -> float | str:
+    import torch.ao.quantization as tq
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    torch.backends.quantized.engine = "x86"
+    try:
+        fx = prepare_fx(copy.deepcopy(model), tq.get_default_qconfig_mapping("x86"), example_inputs=(calib[0],))
+        with torch.inference_mode():
+            for c in calib:
+                fx(c)
+            q = convert_fx(fx)
+            return cosine(q(x), ref)
+    except Exception as e:  # noqa: BLE001 - torch.ao cannot trace / convert this model: say why
+        return f"fails: {type(e).__name__}: {' '.join(str(e).split())[:60]}"
+
+
+def ort_cosine(path: Path, x: torch.Tensor, ref: torch.Tensor, optimize: bool) -> float:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return cosine(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0], ref)
+
+
+def run_one(name: str) -> dict:
+    row: dict = {"model": name}
+    t0 = time.perf_counter()
+    model, size = build(name)
+    row["size"], row["params_m"] = size, sum(p.numel() for p in model.parameters()) / 1e6
+    g = torch.Generator().manual_seed(1)
+    calib = [torch.randn(BATCH, 3, size, size, generator=g) for _ in range(CALIB_BATCHES)]
+    x = torch.randn(BATCH, 3, size, size, generator=g)
+    set_bn_stats(model, calib)
+    with torch.no_grad():
+        ref = model(x)
+    spec = {"method": "ptq", "weight": {"granularity": "per_channel"}, "act": {"calibrator": "max"}}
+    q = effdnn.quantize(model, spec, calib_data=calib)
+    with torch.no_grad():
+        out = q(x)
+        row["effdnn_cos"] = cosine(out, ref)
+        q_cl = copy.deepcopy(q).to(memory_format=torch.channels_last)
+        row["self_noise_cos"] = cosine(q_cl(x.contiguous(memory_format=torch.channels_last)), out)
+    row["torch_ao_cos"] = torch_ao_cosine(model, calib, x, ref)
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            path = export_onnx(q, x, Path(d) / "q.onnx")
+            row["qdq_cos"] = ort_cosine(path, x, out, optimize=False)
+            row["qdq_fused_cos"] = ort_cosine(path, x, out, optimize=True)
+        except Exception as e:  # noqa: BLE001 - the export or onnxruntime refuses: the table says which
+            row["qdq_cos"] = row["qdq_fused_cos"] = f"fails: {' '.join(str(e).split())[:80]}"
+    row["seconds"] = time.perf_counter() - t0
+    return row
+
+
+def fmt(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def table(rows: list[dict]) -> str:
+    cols = ["model", "size", "params_m", "effdnn_cos", "torch_ao_cos", "qdq_cos", "qdq_fused_cos", "self_noise_cos", "seconds"]
+    head = ["model", "input", "params (M)", "effdnn PTQ cos", "torch.ao FX cos", "QDQ cos (ORT, as written)",
+            "QDQ cos (ORT fused)", "effdnn NHWC vs NCHW cos", "s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | error: {r['error']} |" + " |" * (len(head) - 2))
+            continue
+        cells = [fmt(r.get(c, "")) if c not in ("params_m", "seconds") else f"{r.get(c, 0):.1f}" for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    import torchvision
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", nargs="*", default=None)
+    ap.add_argument("--out", default="ptq_zoo.jsonl")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--table-only", action="store_true")
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    done = {json.loads(l)["model"]: json.loads(l) for l in out.read_text().splitlines()} if out.exists() else {}
+    names = args.models or torchvision.models.list_models(module=torchvision.models)
+    for name in [] if args.table_only else names:
+        if name in done:
+            continue
+        try:
+            row = run_one(name)
+        except Exception as e:  # noqa: BLE001 - one model's failure is a row of the table, not the end of the run
+            row = {"model": name, "error": f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"}
+            traceback.print_exc()
+        done[name] = row
+        with out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+    print(table([done[n] for n in names if n in done]))
+
+
+if __name__ == "__main__":
+    main()
