@@ -27,12 +27,13 @@ def check_batch_keys(model: nn.Module, x: Any, tag: str) -> None:
     if not isinstance(x, dict):
         return
     params = inspect.signature(model.forward).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    unknown = [k for k in x if k not in params]
-    if unknown:
+    named = [n for n, p in params.items() if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
+    unknown = [k for k in x if k not in named]
+    open_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    # a forward with **kwargs (Hugging Face) swallows any key: refuse when no key names an argument
+    if unknown and (not open_kwargs or len(unknown) == len(x)):
         raise EffdnnError(f"{tag}: calibration batch keys {unknown} are not arguments of "
-                          f"{type(model).__name__}.forward (it takes: {', '.join(params)})")
+                          f"{type(model).__name__}.forward (it takes: {', '.join(named[:8])})")
 
 
 class InputStats:
