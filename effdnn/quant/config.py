@@ -32,6 +32,9 @@ class TensorSpec(StrictModel):
     signed: bool | Literal["auto"] = "auto"  # auto: unsigned when the calibrated tensor is >= 0 (acts)
     calibrator: str = "max"
     percentile: float = Field(99.99, gt=0, le=100)
+    # activations only: scales computed from each tensor at run time (no calibration), one per token
+    # (row of the last axis) or one per tensor; int format, symmetric (``quant.dynamic``)
+    dynamic: Literal["per_token", "per_tensor"] | None = None
 
     @field_validator("format")
     @classmethod
@@ -49,6 +52,8 @@ class TensorSpec(StrictModel):
 
     @model_validator(mode="after")
     def _buildable(self) -> "TensorSpec":
+        if self.dynamic is not None and (self.format != "int" or (self.model_extra or {}).get("symmetric") is False):
+            raise ValueError(f"dynamic: {self.dynamic} scales are for symmetric int formats, not format {self.format!r}")
         try:
             self.build_format("weight")
         except EffdnnError as e:

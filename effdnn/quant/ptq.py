@@ -8,6 +8,8 @@ Recipe block (also the ``spec`` of ``effdnn.quantize(model, spec, calib_data)``)
     quantize: {method: ptq,
                weight: {format: int, bits: 8, granularity: per_channel},   # null: float weights
                act: {format: int, bits: 8, calibrator: kl},                 # null: float activations
+                                                        # {bits: 8, dynamic: per_token | per_tensor}: run-time scales
+               embedding: {bits: 8},        # int8 / int4 rows, per-row scales (quant.embedding); null: float
                keep_fp: [first, last],      # layers left in float: first / last / fnmatch patterns
                keep_8bit: [first],          # layers forced to int8 weights and activations
                overrides: {"layers.*.conv1": {weight: {bits: 6}}},          # per-layer changes
@@ -16,12 +18,16 @@ Recipe block (also the ``spec`` of ``effdnn.quantize(model, spec, calib_data)``)
 Every Conv1d / Conv2d (depthwise too) / Linear, inside any model (Hugging Face included), gets a
 weight and an input quantizer; every residual ``Add`` gets a quantizer on each operand. Layers left
 in float are listed in the report (``ptq_layers``), never skipped silently.
+
+Leaving ``act`` out is a documented default, not a silent one: static int8 per tensor, calibrated by
+``max`` (as before); the report's ``ptq_act`` states the scheme used and says when it was the default.
 """
 from __future__ import annotations
 
 import copy
+import itertools
 import time
-from typing import Any, Literal
+from typing import Any, Callable, Iterable, Literal
 
 from pydantic import Field
 from torch import nn
@@ -31,6 +37,8 @@ from ..errors import EffdnnError
 from ..registry import QUANTIZE
 from .calibrate import calibrate
 from .config import TensorSpec
+from .dynamic import DynamicQuantizer
+from .embedding import EmbeddingSpec, quantize_embeddings
 from .fake_quant import Quantizer
 from .fold_bn import fold_batchnorm
 from .modules import quantize_layer
@@ -44,11 +52,16 @@ class PTQConfig(LayerPlan):
     # MSE clip real pixel values there (digits: KL cut the input at 0.81 of 1.85, -4 points), so it is
     # calibrated by ``max`` unless set to null (then it uses act.calibrator like every other tensor)
     first_act_calibrator: str | None = "max"
+    embedding: EmbeddingSpec | None = None
 
 
 def _quantizer(spec: TensorSpec | None, role: str, name: str) -> Quantizer | None:
     if spec is None:
         return None
+    if spec.dynamic is not None:
+        if role != "act":
+            raise EffdnnError(f"ptq: {name}: dynamic scales are for activations, not weights")
+        return DynamicQuantizer(spec.bits, spec.dynamic)
     fmt = spec.build_format(role)
     observer = spec.build_observer(role, name) if hasattr(fmt, "params_from_range") else None
     q = Quantizer(fmt, observer, role=role, signed=spec.signed if role == "act" else True)  # type: ignore[arg-type]
@@ -85,13 +98,27 @@ def prepare(model: nn.Module, config: PTQConfig) -> list[dict[str, Any]]:
 @QUANTIZE.register("ptq", PTQConfig, "post-training quantization: BN folding, max / percentile / MSE / KL calibration")
 def ptq(model: nn.Module, config: PTQConfig, ctx: TransformContext) -> nn.Module:
     """Post-training quantization with calibration on a few batches (Krishnamoorthi 2018)."""
+    return ptq_pipeline(model, config, ctx)
+
+
+# a step before the layers are swapped (float model, its calibration batches) -> a step after (the
+# prepared model, the summary rows): how SmoothQuant and GPTQ extend PTQ
+PreStep = Callable[[nn.Module, Callable[[], Iterable[Any]]], Callable[[nn.Module, list[dict[str, Any]]], None] | None]
+
+
+def ptq_pipeline(model: nn.Module, config: PTQConfig, ctx: TransformContext, pre: PreStep | None = None) -> nn.Module:
+    """PTQ on a copy of ``model``: fold BN, ``pre`` (float model), swap layers, ``pre``'s after-step,
+    calibrate the activations, report."""
     model = copy.deepcopy(model)
     t0 = time.perf_counter()
     if config.fold_bn:
         model.eval()
         fold_batchnorm(model)
-    summary = prepare(model, config)
     n = config.calib_batches or ctx.calib_batches
+    after = pre(model, lambda: itertools.islice(ctx.calib_loader(n), n)) if pre is not None else None
+    summary = prepare(model, config)
+    if after is not None:
+        after(model, summary)
     seen = calibrate(model, ctx.calib_loader(n), n)
     for row in summary:
         q, m = row.pop("_q", None), row.pop("_m", None)
@@ -99,5 +126,19 @@ def ptq(model: nn.Module, config: PTQConfig, ctx: TransformContext) -> nn.Module
             row["act"] = "fp32 (weight used outside the layer's forward)"
         elif q is not None:
             row["act"] = getattr(q.fmt, "label", q.fmt.name)
-    ctx.extra.update({"calib_time_s": time.perf_counter() - t0, "calib_batches": seen, "ptq_layers": summary})
+    ctx.extra.update({"calib_time_s": time.perf_counter() - t0, "calib_batches": seen, "ptq_layers": summary,
+                      "ptq_act": act_scheme(config)})
+    if config.embedding is not None:
+        ctx.extra["embeddings"] = quantize_embeddings(model, config.embedding)
+    ctx.extra["calib_time_s"] = time.perf_counter() - t0
     return model
+
+
+def act_scheme(config: PTQConfig) -> str:
+    """The activation scheme in words, stating when it is the default (``act`` not given)."""
+    a = config.act
+    if a is None:
+        return "float activations (act: null)"
+    how = f"dynamic {a.dynamic}" if a.dynamic else f"static {a.granularity}, calibrator {a.calibrator}"
+    default = " (the default: act not given)" if "act" not in config.model_fields_set else ""
+    return f"{a.format}{a.bits} {how}{default}"
