@@ -81,15 +81,42 @@ def quantize_linear(w: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: in
     return np.clip(q, lo, hi).astype(zero.dtype)
 
 
+def _constant_input(g: Graph, name: str) -> np.ndarray | None:
+    """The value of ``name`` when it is an initializer, or a Clip of one by constant bounds (weights
+    of fewer than 8 bits export as Clip -> QuantizeLinear)."""
+    if name in g.inits:
+        return g.value(name)
+    clip = next((n for n in g.g.node if n.op_type == "Clip" and n.output[0] == name), None)
+    if clip is None or clip.input[0] not in g.inits:
+        return None
+    bounds = [g.value(i) if i else None for i in list(clip.input[1:3]) + [""] * (3 - len(clip.input))]
+    if any(i and b is None for i, b in zip(list(clip.input[1:3]), bounds)):
+        return None
+    lo, hi = bounds[0], bounds[1]
+    return np.clip(g.value(clip.input[0]), lo if lo is not None else -np.inf, hi if hi is not None else np.inf)
+
+
+def _drop_dead_nodes(model: Any) -> None:
+    """Remove nodes none of whose outputs is read (a Clip left behind by the folding), repeatedly."""
+    outputs = {o.name for o in model.graph.output}
+    while True:
+        used = {i for n in model.graph.node for i in n.input} | outputs
+        dead = [n for n in model.graph.node if n.op_type in ("Clip", "Constant") and not any(o in used for o in n.output)]
+        if not dead:
+            return
+        for n in dead:
+            model.graph.node.remove(n)
+
+
 def fold_weight_quantizers(model: Any) -> int:
-    """Replace ``float initializer -> QuantizeLinear`` by an integer initializer (see the module doc);
-    returns how many weights were folded."""
+    """Replace ``float initializer [-> Clip] -> QuantizeLinear`` by an integer initializer (see the module
+    doc); returns how many weights were folded."""
     g = Graph(model.graph)
     drop, folded = [], 0
     for q in list(model.graph.node):
-        if q.op_type != "QuantizeLinear" or q.input[0] not in g.inits or len(q.input) < 3:
+        if q.op_type != "QuantizeLinear" or len(q.input) < 3:
             continue
-        w, s, z = g.value(q.input[0]), g.value(q.input[1]), g.value(q.input[2])
+        w, s, z = _constant_input(g, q.input[0]), g.value(q.input[1]), g.value(q.input[2])
         if w is None or s is None or z is None or w.dtype != np.float32 or z.dtype not in INT_TYPES:
             continue
         name = g.add_init(quantize_linear(w, s, z, _axis(q)), q.input[0] + "_quantized")
@@ -101,6 +128,7 @@ def fold_weight_quantizers(model: Any) -> int:
         folded += 1
     for q in drop:
         model.graph.node.remove(q)
+    _drop_dead_nodes(model)
     _fold_transposes(model)
     Graph(model.graph).drop_unused_inits()
     return folded
@@ -161,3 +189,71 @@ def quantize_embedding_tables(model: Any, min_rows: int = 2) -> int:
         done += 1
     Graph(model.graph).drop_unused_inits()
     return done
+
+
+def _dup_dq_per_consumer(model: Any, g: Graph) -> None:
+    """A DequantizeLinear read by several nodes becomes one per reader."""
+    import copy
+
+    for dq in list(model.graph.node):
+        users = g.consumers.get(dq.output[0], []) if dq.op_type == "DequantizeLinear" else []
+        if len(users) < 2 or dq.output[0] in g.outputs:
+            continue
+        at = list(model.graph.node).index(dq)
+        for j, user in enumerate(users[1:], 1):
+            new = copy.deepcopy(dq)
+            new.name, new.output[0] = f"{dq.name}_reader{j}", f"{dq.output[0]}_reader{j}"
+            model.graph.node.insert(at + 1, new)
+            for k, i in enumerate(user.input):
+                if i == dq.output[0]:
+                    user.input[k] = new.output[0]
+
+
+def _split_q_per_dq(model: Any, g: Graph) -> None:
+    """A QuantizeLinear read by several DequantizeLinear nodes becomes one per reader."""
+    import copy
+
+    for q in list(model.graph.node):
+        dqs = [n for n in g.consumers.get(q.output[0], []) if n.op_type == "DequantizeLinear"] if q.op_type == "QuantizeLinear" else []
+        at = list(model.graph.node).index(q) if len(dqs) > 1 else 0
+        for j, dq in enumerate(dqs[1:], 1):
+            new = copy.deepcopy(q)
+            new.name, new.output[0] = f"{q.name}_reader{j}", f"{q.output[0]}_reader{j}"
+            model.graph.node.insert(at + 1, new)
+            dq.input[0] = new.output[0]
+
+
+def unshare_activation_quantizers(model: Any) -> int:
+    """Give every integer layer its own activation QuantizeLinear, one onnxruntime will not merge.
+
+    Layers that read one tensor (attention's query / key / value) calibrate the same scale; the
+    exporter and onnxruntime's common-subexpression pass then merge their Q -> DQ pairs into one
+    QuantizeLinear read by several layers, which onnxruntime's QDQ selectors leave unfused (float
+    MatMuls). Each reader gets its own QuantizeLinear, and the i-th of those with the same input, scale
+    and zero point takes the scale i float32 ulps up (a relative change of ~1e-7) so they stay apart;
+    returns how many scales were moved."""
+    g = Graph(model.graph)
+    _dup_dq_per_consumer(model, g)
+    _split_q_per_dq(model, Graph(model.graph))
+    g = Graph(model.graph)
+    groups: dict[tuple, list[Any]] = defaultdict(list)
+    for q in model.graph.node:
+        if q.op_type != "QuantizeLinear" or q.input[0] in g.inits or len(q.input) < 3:
+            continue
+        s, z = g.value(q.input[1]), g.value(q.input[2])
+        if s is not None and z is not None and s.size == 1:
+            groups[(q.input[0], s.tobytes(), z.tobytes())].append(q)
+    moved = 0
+    for qs in groups.values():
+        scale = g.value(qs[0].input[1]).astype(np.float32)
+        for j, q in enumerate(qs[1:], 1):
+            s = scale
+            for _ in range(j):
+                s = np.nextafter(s, np.float32(np.inf))
+            name = g.add_init(np.asarray(s, dtype=np.float32), f"{q.output[0]}_scale")
+            q.input[1] = name
+            for dq in g.consumers.get(q.output[0], []):
+                if dq.op_type == "DequantizeLinear":
+                    dq.input[1] = name
+            moved += 1
+    return moved

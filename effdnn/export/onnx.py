@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import EffdnnError
 from ..utils.paths import check_output_file
 from .inputs import ExportWrapper, export_inputs, output_names
-from .int8_graph import fold_weight_quantizers, quantize_embedding_tables
+from .int8_graph import fold_weight_quantizers, quantize_embedding_tables, unshare_activation_quantizers
 
 OPSET = 17
 
@@ -36,7 +36,7 @@ def _rewrite(path: Path, int8_weights: bool, embeddings: str) -> None:
     if not int8_weights and embeddings != "int8":
         return
     model = onnx.load(str(path))
-    changed = fold_weight_quantizers(model) if int8_weights else 0
+    changed = fold_weight_quantizers(model) + unshare_activation_quantizers(model) if int8_weights else 0
     changed += quantize_embedding_tables(model) if embeddings == "int8" else 0
     if changed:
         onnx.save(model, str(path))
