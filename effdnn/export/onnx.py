@@ -1,55 +1,121 @@
-"""ONNX export with a dynamic batch axis, checked by loading it back in onnxruntime."""
+"""ONNX export with dynamic batch (and sequence) axes, checked by loading it back in onnxruntime.
+
+Inputs: a tensor, a tuple of positional tensors, or a dict of keyword tensors (Hugging Face models);
+every input's batch axis is dynamic, and the sequence axis of token-like inputs (``inputs.py``).
+Quantized models: fake-quantizers export as QuantizeLinear / DequantizeLinear through their own
+``symbolic`` forward; the weights' QuantizeLinear nodes are then evaluated once and stored as int8
+initializers (``int8_graph.py``), so the file holds int8 weights and onnxruntime fuses the integer
+kernels. ``embeddings="int8"`` also stores embedding tables as int8 rows with per-row scales.
+"""
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..errors import EffdnnError
-from ..utils.batches import batch_input
 from ..utils.paths import check_output_file
+from .inputs import ExportWrapper, export_inputs, output_names
+from .int8_graph import fold_weight_quantizers, quantize_embedding_tables, unshare_activation_quantizers
 
 OPSET = 17
 
 
-def export_onnx(model: nn.Module, example_input: Any, path: str | Path, opset: int = OPSET) -> Path:
-    """Write ``model`` as ONNX to ``path`` (input ``input``, output ``output``, batch axis dynamic).
+def _first_line(e: Exception) -> str:
+    return str(e).splitlines()[0] if str(e) else ""
 
-    Modules that know how to export themselves (fake-quantizers become QuantizeLinear /
-    DequantizeLinear pairs) do so through their own ``symbolic`` functions.
+
+def _rewrite(path: Path, int8_weights: bool, embeddings: str) -> None:
+    """The graph passes on the written file: integer weight initializers, int8 embedding tables."""
+    import onnx
+
+    if not int8_weights and embeddings != "int8":
+        return
+    model = onnx.load(str(path))
+    changed = fold_weight_quantizers(model) + unshare_activation_quantizers(model) if int8_weights else 0
+    changed += quantize_embedding_tables(model) if embeddings == "int8" else 0
+    if changed:
+        onnx.save(model, str(path))
+
+
+def export_onnx(model: nn.Module, example_input: Any, path: str | Path, opset: int = OPSET, int8_weights: bool = True,
+                embeddings: Literal["float", "int8"] = "float") -> Path:
+    """Write ``model`` as ONNX to ``path``; returns the path.
+
+    ``example_input``: a tensor (graph input ``input``, output ``output``), a tuple of positional tensors,
+    or a dict of keyword tensors (inputs named by the keys, outputs by the output's keys); batch and
+    sequence axes are dynamic. ``int8_weights``: fake-quantized weights stored as integer initializers
+    + DequantizeLinear (else float + QuantizeLinear + DequantizeLinear). ``embeddings="int8"``: Gather
+    tables as int8 rows with per-row scales.
     """
     if not isinstance(model, nn.Module):
         raise EffdnnError(f"export_onnx: model must be a torch.nn.Module, got {type(model).__name__}")
+    if embeddings not in ("float", "int8"):
+        raise EffdnnError(f"export_onnx: embeddings must be 'float' or 'int8', got {embeddings!r}")
     path = check_output_file(path, "export_onnx: path")
-    x = batch_input(example_input) if isinstance(example_input, (tuple, list)) else example_input
+    inputs = export_inputs(model, example_input)
     was_training = model.training
     model.eval()
     tmp = path.with_suffix(path.suffix + ".tmp")
     try:
+        try:
+            outputs = output_names(model, inputs)
+        except EffdnnError:
+            raise
+        except Exception as e:
+            raise EffdnnError(f"export_onnx: the model's forward fails on example_input: {type(e).__name__}: {_first_line(e)}") from None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (x,), str(tmp), dynamo=False, opset_version=opset, input_names=["input"],
-                              output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+            torch.onnx.export(ExportWrapper(model, inputs), inputs.args, str(tmp), dynamo=False, opset_version=opset,
+                              input_names=inputs.names, output_names=outputs,
+                              dynamic_axes={**inputs.dynamic_axes, **{o: {0: "batch"} for o in outputs}})
+        _rewrite(tmp, int8_weights, embeddings)
         tmp.replace(path)
+    except EffdnnError:
+        raise
     except Exception as e:
-        raise EffdnnError(f"export_onnx: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise EffdnnError(f"export_onnx: {type(e).__name__}: {_first_line(e)}") from None
     finally:
         tmp.unlink(missing_ok=True)
         model.train(was_training)
     return path
 
 
-def run_onnx(path: str | Path, x: torch.Tensor | np.ndarray, threads: int | None = None) -> np.ndarray:
-    """Run an exported model in onnxruntime on the CPU."""
+def _feed(sess: Any, x: Any) -> dict[str, np.ndarray]:
+    """onnxruntime's input dict for a tensor / array, a tuple of them or a dict (by name)."""
+    names = [i.name for i in sess.get_inputs()]
+    types = {i.name: i.type for i in sess.get_inputs()}
+
+    def arr(name: str, v: Any) -> np.ndarray:
+        a = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+        return a.astype(np.int64) if types[name] == "tensor(int64)" else a.astype(np.float32) if types[name] == "tensor(float)" else a
+
+    if isinstance(x, dict):
+        return {k: arr(k, v) for k, v in x.items() if k in types}
+    items = list(x) if isinstance(x, (tuple, list)) else [x]
+    return {n: arr(n, v) for n, v in zip(names, items)}
+
+
+def onnx_session(path: str | Path, threads: int | None = None, optimize: bool = True) -> Any:
+    """An onnxruntime CPU session (``threads`` intra-op threads; ``optimize=False``: the graph as written)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
-    return sess.run(None, {sess.get_inputs()[0].name: arr.astype(np.float32)})[0]
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(path: str | Path | Any, x: Any, threads: int | None = None, all_outputs: bool = False) -> Any:
+    """Run an exported model in onnxruntime on the CPU: its first output (all of them with ``all_outputs``).
+
+    ``path`` may be a session (``onnx_session``); ``x`` a tensor / array, a tuple or a dict of them."""
+    sess = path if hasattr(path, "get_inputs") else onnx_session(path, threads)
+    out = sess.run(None, _feed(sess, x))
+    return out if all_outputs else out[0]

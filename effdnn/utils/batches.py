@@ -47,3 +47,23 @@ def model_device(model: nn.Module) -> torch.device:
     for b in model.buffers():
         return b.device
     return torch.device("cpu")
+
+
+def check_keys(model: nn.Module, batch: Any, what: str) -> None:
+    """A dict batch's keys must be arguments of ``model.forward``; else one line naming the first stray key.
+
+    A ``forward(**kwargs)`` (Hugging Face's) takes any flag, but no tensor it does not name."""
+    import inspect
+
+    if not isinstance(batch, dict):
+        return
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return
+    open_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())  # Hugging Face: flags go to **kwargs
+    accepted = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    stray = [k for k, v in batch.items() if k not in accepted and not (open_kwargs and not isinstance(v, torch.Tensor))]
+    if stray:
+        raise EffdnnError(f"{what}: key {stray[0]!r} is not an argument of {type(model).__name__}.forward "
+                          f"(it takes {', '.join(accepted[:8])}{', ...' if len(accepted) > 8 else ''})")

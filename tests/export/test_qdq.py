@@ -19,18 +19,18 @@ def digits_lenet():
     return trained_digits_lenet()
 
 
-@pytest.mark.parametrize("spec, qdq_pairs", [
-    ({"act": {"calibrator": "kl"}}, 10),  # 5 layers x (input, weight)
-    ({"weight": {"bits": 4, "granularity": "per_channel"}, "act": {"bits": 6, "calibrator": "mse"}}, 10),
-    ({"weight": {"format": "kmeans", "bits": 4}, "act": {"bits": 8}}, 5),  # codebook weights: constants
+@pytest.mark.parametrize("spec, qs, dqs", [
+    ({"act": {"calibrator": "kl"}}, 5, 10),  # 5 layers x (input Q/DQ, int8 weight initializer -> DQ)
+    ({"weight": {"bits": 4, "granularity": "per_channel"}, "act": {"bits": 6, "calibrator": "mse"}}, 5, 10),
+    ({"weight": {"format": "kmeans", "bits": 4}, "act": {"bits": 8}}, 5, 5),  # codebook weights: constants
 ])
-def test_qdq_onnx_agrees_with_pytorch(tmp_path, digits_lenet, spec, qdq_pairs) -> None:
+def test_qdq_onnx_agrees_with_pytorch(tmp_path, digits_lenet, spec, qs, dqs) -> None:
     m, data = digits_lenet
     calib = torch.utils.data.DataLoader(data.train, batch_size=64)
     q = effdnn.quantize(m, {"method": "ptq", **spec}, calib)
     path = effdnn.export_onnx(q, next(iter(calib))[0][:2], tmp_path / "q.onnx")
     ops = op_counts(path)
-    assert ops.get("QuantizeLinear") == qdq_pairs and ops.get("DequantizeLinear") == qdq_pairs
+    assert ops.get("QuantizeLinear") == qs and ops.get("DequantizeLinear") == dqs
     test = torch.utils.data.DataLoader(data.test, batch_size=128)
     if int8_fusion_saturates():  # fused u8 x s8 kernels saturate here: the graph itself must be exact
         agree, worst = prediction_agreement(q, path, test, optimize=False)
@@ -83,9 +83,10 @@ def test_qat_model_converted_by_its_finalizer_exports_as_qdq(tmp_path, digits_le
     x = torch.stack([data.test[i][0] for i in range(2)])
     path = effdnn.export_onnx(q, x, tmp_path / "qat.onnx")
     ops = op_counts(path)
-    # 5 layers x (input, weight); PACT's 8-bit DoReFa first / last weights (odd codes up to 255) are constants
-    pairs = 8 if spec["method"] == "pact" else 10
-    assert ops.get("QuantizeLinear") == pairs and ops.get("DequantizeLinear") == pairs
+    # 5 layers x (input Q / DQ, int8 weight initializer -> DQ); PACT's 8-bit DoReFa first / last weights
+    # (odd codes up to 255) are float constants
+    dqs = 8 if spec["method"] == "pact" else 10
+    assert ops.get("QuantizeLinear") == 5 and ops.get("DequantizeLinear") == dqs
     test = torch.utils.data.DataLoader(data.test, batch_size=128)
     if not int8_fusion_saturates():
         agree, _ = prediction_agreement(q, path, test)  # fused by onnxruntime into QLinearConv / QLinearMatMul
