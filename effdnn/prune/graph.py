@@ -59,6 +59,17 @@ class DepGraph:
     used: set[str] = field(default_factory=set)  # slot names whose tensors met an op
 
 
+def tensors_in(obj: Any) -> list[torch.Tensor]:
+    """The tensors inside nested tuples / lists / dicts (a cheap tree_flatten for op arguments)."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (tuple, list)):
+        return [t for o in obj for t in tensors_in(o)]
+    if isinstance(obj, dict):
+        return [t for o in obj.values() for t in tensors_in(o)]
+    return []
+
+
 def compact(lab: torch.Tensor) -> torch.Tensor:
     """``lab`` with every dim along which it is constant narrowed to size 1."""
     for d in range(lab.dim()):
@@ -109,10 +120,11 @@ class Recorder(TorchDispatchMode):
     def union(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """Join labels ``a`` and ``b`` element-wise (broadcast); -1 entries are ignored."""
         a, b = torch.broadcast_tensors(a, b)
-        pairs = torch.stack([a.reshape(-1), b.reshape(-1)])
-        pairs = pairs[:, (pairs[0] >= 0) & (pairs[1] >= 0) & (pairs[0] != pairs[1])]
-        if pairs.numel():
-            self.graph.edges.append(torch.unique(pairs, dim=1).numpy())
+        a, b = a.reshape(-1), b.reshape(-1)
+        ok = (a >= 0) & (b >= 0) & (a != b)
+        if bool(ok.any()):
+            code = torch.unique(a[ok] * self.graph.num_nodes + b[ok])  # distinct pairs, one sort
+            self.graph.edges.append(torch.stack([code // self.graph.num_nodes, code % self.graph.num_nodes]).numpy())
 
     def union_all(self, lab: torch.Tensor) -> None:
         """Join every label of ``lab`` into one unit."""
@@ -128,7 +140,7 @@ class Recorder(TorchDispatchMode):
             self.graph.blocked.append((flat.numpy(), why))
 
     def block_inputs(self, args: Any, why: str) -> None:
-        for t in tree_flatten(args)[0]:
+        for t in tensors_in(args):
             for f in self.get(t):
                 self.block(f, why)
 

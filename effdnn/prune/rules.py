@@ -18,9 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.utils._pytree import tree_flatten
-
-from .graph import Recorder, compact, var_dims
+from .graph import Recorder, compact, tensors_in, var_dims
 
 aten = torch.ops.aten
 
@@ -33,6 +31,7 @@ REARRANGE = {"view", "_unsafe_view", "reshape", "_reshape_alias", "permute", "tr
              "channel_shuffle", "native_channel_shuffle", "movedim", "constant_pad_nd", "view_copy", "permute_copy",
              "t_copy", "transpose_copy", "unsqueeze_copy", "squeeze_copy", "slice_copy", "select_copy",
              "split_copy", "unbind_copy", "expand_copy", "unfold", "diagonal", "tile", "repeat_interleave"}
+SPLITS = {"split", "chunk", "unbind", "split_copy", "unbind_copy", "split_with_sizes"}
 RESHAPES = {"view", "_unsafe_view", "reshape", "_reshape_alias", "unflatten", "view_copy"}
 REDUCE = {"mean", "sum", "amax", "amin", "max", "min", "var", "std", "var_mean", "std_mean", "logsumexp", "prod",
           "linalg_vector_norm", "norm", "any", "all"}
@@ -64,7 +63,7 @@ def _outs(out: Any) -> list:
 def apply_rule(rec: Recorder, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     """Update labels / unions for one executed aten op."""
     name = _name(func)
-    tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+    tensors = tensors_in((args, kwargs))
     if not any(rec.get(t) for t in tensors):
         return  # nothing labelled flows in (params only matter in the rules below)
     if name in IDENTITY or name == "copy":
@@ -119,6 +118,8 @@ def _rearrange(rec: Recorder, func: Any, name: str, args: tuple, kwargs: dict, o
             kwargs = {}
         results.append(_outs(func(*a, **kwargs)))
     outs = _outs(out)
+    if name in SPLITS and len(outs) > 1:
+        _join_pieces(rec, name, args, kwargs, outs, results)
     for i, o in enumerate(outs):
         fields = [compact(r[i]) for r in results if i < len(r)]
         if name in RESHAPES:
@@ -130,6 +131,23 @@ def _rearrange(rec: Recorder, func: Any, name: str, args: tuple, kwargs: dict, o
                         g = g.narrow(d, 0, 1)
                     rec.union(f, g)
         rec.set(o, fields)
+
+
+def _join_pieces(rec: Recorder, name: str, args: tuple, kwargs: dict, outs: list, results: list) -> None:
+    """split / chunk / unbind along a labelled dim: the pieces' sizes come from the tensor's size, so
+    piece i's position j must go with every other piece's position j (equal pieces), else stay."""
+    dim = args[1] if name == "unbind" and len(args) > 1 else args[2] if len(args) > 2 else kwargs.get("dim", 0)
+    dim = dim % args[0].dim()
+    for r in results:
+        pieces = [p for p in r]
+        if name == "unbind":
+            for p in pieces[1:]:
+                rec.union(pieces[0], p)
+        elif len({p.shape[dim] for p in pieces}) == 1:
+            for p in pieces[1:]:
+                rec.union(pieces[0], p)
+        else:
+            rec.block(torch.cat([p.reshape(-1) for p in pieces]), f"{name} into unequal pieces")
 
 
 def _main(rec: Recorder, t: torch.Tensor) -> torch.Tensor:
@@ -242,8 +260,8 @@ def _group_norm(rec: Recorder, args: tuple, out: Any) -> None:
         if v is not None and chan is not None:
             rec.union(chan, v)
     if chan is not None and 1 < groups < chan.numel():
-        for row in chan.reshape(groups, -1):
-            rec.union_all(row)
+        rows = chan.reshape(groups, -1)
+        rec.union(rows, rows[:, :1])
     rec.set(_outs(out)[0], [] if chan is None else [chan.reshape([1, -1] + [1] * (x.dim() - 2))])
 
 
@@ -268,8 +286,7 @@ def _conv(rec: Recorder, args: tuple, out: torch.Tensor) -> None:
         if wout is not None:
             rows = [wout.reshape(groups, -1)] + ([xin.reshape(groups, -1)] if xin is not None else [])
             joined = torch.cat(rows, 1)
-            for row in joined:
-                rec.union_all(row)
+            rec.union(joined, joined[:, :1])
     bias = _vec(rec, b, 0, "convolution bias")
     if bias is not None and wout is not None:
         rec.union(bias, wout)

@@ -170,13 +170,14 @@ def _run(model: nn.Module, x: Any) -> Any:
         return model(**x) if isinstance(x, dict) else model(*x) if isinstance(x, (tuple, list)) else model(x)
 
 
-def prune_channels(model: nn.Module, example_input: torch.Tensor, config: "StructuredConfig", data: Any = None) -> dict[str, Any]:
+def prune_channels(model: nn.Module, example_input: torch.Tensor, config: "StructuredConfig", data: Any = None,
+                   measure: bool = True) -> dict[str, Any]:
     """Remove channels in place; returns what was done (groups, channels before / after, groups kept whole,
-    requested and achieved channel and MAC reductions)."""
+    requested and achieved channel reductions, and with ``measure`` the MACs before / after)."""
     was = model.training
     model.eval()
     want = _out_shapes(_run(model, example_input))
-    macs_before = _macs(model, example_input)
+    macs_before = _macs(model, example_input) if measure else float("nan")
     coup = analyse(model, example_input)
     selected = set(select_layers(model, config.layers, config.exclude, "prune"))
     todo = [g for g in coup.groups if g.units and all(p in selected for p in g.producers)]
@@ -205,7 +206,7 @@ def prune_channels(model: nn.Module, example_input: torch.Tensor, config: "Struc
         model.train(was)
     if got != want:
         raise EffdnnError(f"structured pruning: the pruned model's output shape {got} differs from {want}")
-    return _summary(model, example_input, coup, done, whole, config, macs_before)
+    return _summary(model, example_input if measure else None, done, whole, config, macs_before)
 
 
 def _say_whole(whole: list[dict], strict: bool) -> None:
@@ -220,11 +221,11 @@ def _say_whole(whole: list[dict], strict: bool) -> None:
         warnings.warn(msg, stacklevel=3)
 
 
-def _summary(model: nn.Module, x: Any, coup: Coupling, done: list[dict], whole: list[dict],
+def _summary(model: nn.Module, x: Any, done: list[dict], whole: list[dict],
              config: "StructuredConfig", macs_before: float) -> dict[str, Any]:
     total = sum(g["channels"] for g in done) + sum(w["channels"] for w in whole)
     kept = sum(g["kept"] for g in done) + sum(w["channels"] for w in whole)
-    macs_after = _macs(model, x)
+    macs_after = _macs(model, x) if x is not None else float("nan")
     return {"groups": done, "kept_whole": whole, "requested_channel_reduction": config.sparsity,
             "achieved_channel_reduction": 1 - kept / max(total, 1), "macs_before": macs_before,
             "macs_after": macs_after, "mac_reduction": macs_before / macs_after if macs_after else float("nan")}
