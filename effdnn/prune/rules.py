@@ -31,6 +31,9 @@ REARRANGE = {"view", "_unsafe_view", "reshape", "_reshape_alias", "permute", "tr
              "channel_shuffle", "native_channel_shuffle", "movedim", "constant_pad_nd", "view_copy", "permute_copy",
              "t_copy", "transpose_copy", "unsqueeze_copy", "squeeze_copy", "slice_copy", "select_copy",
              "split_copy", "unbind_copy", "expand_copy", "unfold", "diagonal", "tile", "repeat_interleave"}
+POINTWISE = {"hardswish", "hardsigmoid", "where", "add", "sub", "rsub", "mul", "div", "true_divide", "gt", "lt", "ge",
+             "le", "eq", "ne", "log_sigmoid_forward", "remainder", "fmod", "pow", "masked_fill", "clamp", "clip",
+             "relu6", "relu", "gelu", "silu", "mish", "sigmoid", "tanh", "logical_and", "logical_or", "bitwise_and"}
 SPLITS = {"split", "chunk", "unbind", "split_copy", "unbind_copy", "split_with_sizes"}
 RESHAPES = {"view", "_unsafe_view", "reshape", "_reshape_alias", "unflatten", "view_copy"}
 REDUCE = {"mean", "sum", "amax", "amin", "max", "min", "var", "std", "var_mean", "std_mean", "logsumexp", "prod",
@@ -94,7 +97,7 @@ def apply_rule(rec: Recorder, func: Any, args: tuple, kwargs: dict, out: Any) ->
         _reduce(rec, args, kwargs, out)
     elif name in NO_LABELS:
         return
-    elif torch.Tag.pointwise in getattr(func, "tags", ()):
+    elif name in POINTWISE or torch.Tag.pointwise in getattr(func, "tags", ()):
         _pointwise(rec, tensors, _outs(out)[0])
     else:
         rec.block_inputs((args, kwargs), f"op {name} (no dependency rule)")
