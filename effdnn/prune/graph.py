@@ -194,6 +194,9 @@ def trace_graph(model: nn.Module, example_input: Any) -> tuple[DepGraph, Any]:
             graph.num_nodes += s.size
             rec.fields[id(t)] = [Recorder._slot_field(s, t.dim())]
             rec.block(rec.fields[id(t)][0], "model input")
+    from .rules import tie_qkv
+
+    tie_qkv(rec, model)
     was = model.training
     model.eval()
     fast = torch.backends.mha.get_fastpath_enabled()

@@ -75,6 +75,8 @@ def apply_rule(rec: Recorder, func: Any, args: tuple, kwargs: dict, out: Any) ->
         rec.set(_outs(out)[0], fields)
     elif name in ("cat", "stack"):
         _cat(rec, name, args, kwargs, out)
+    elif name == "as_strided" and args[0].is_contiguous() and args[0].storage_offset() == 0:
+        _rearrange(rec, func, "view", args, kwargs, out)  # strides over a contiguous tensor: same on labels
     elif name in REARRANGE:
         _rearrange(rec, func, name, args, kwargs, out)
     elif name in BATCH_NORMS:
@@ -95,6 +97,8 @@ def apply_rule(rec: Recorder, func: Any, args: tuple, kwargs: dict, out: Any) ->
         _spatial(rec, SPATIAL[name], args[0], out)
     elif name in REDUCE:
         _reduce(rec, args, kwargs, out)
+    elif name in ("new_zeros", "new_ones", "new_empty", "new_full"):
+        rec.set(out, rec.get(args[0]) if out.shape == args[0].shape else [])
     elif name in NO_LABELS:
         return
     elif name in POINTWISE or torch.Tag.pointwise in getattr(func, "tags", ()):
@@ -112,13 +116,18 @@ def _rearrange(rec: Recorder, func: Any, name: str, args: tuple, kwargs: dict, o
     across all but its last such dim (channel shuffle, heads: positions stay consistent after pruning)."""
     src = args[0]
     results = []
+    if name == "constant_pad_nd":  # pad only the dims a field changes along (-1: no channel there)
+        pads = list(args[1])
+        for f in rec.get(src):
+            p = [0 if f.shape[f.dim() - 1 - i // 2] == 1 else v for i, v in enumerate(pads)]
+            results.append([torch.constant_pad_nd(f, p, -1)])
+        for i, o in enumerate(_outs(out)):
+            rec.set(o, [compact(r[i]) for r in results])
+        return
     for f in _full(rec, src):
         lab = f.contiguous() if name in RESHAPES else f
         a = list(args)
         a[0] = lab
-        if name == "constant_pad_nd":
-            a = a[:2] + [-1]
-            kwargs = {}
         results.append(_outs(func(*a, **kwargs)))
     outs = _outs(out)
     if name in SPLITS and len(outs) > 1:
@@ -197,12 +206,18 @@ def _pointwise(rec: Recorder, tensors: list, out: torch.Tensor) -> None:
                 rec.union(by_dims[dims], f)
             else:
                 by_dims[dims] = f
+    kept = []
     for dims, f in by_dims.items():
+        fixed = False
         for t, have in operands:
             shape = [1] * (out.dim() - t.dim()) + list(t.shape)
             if dims not in have and any(shape[d] > 1 for d in dims):
-                rec.block(f, "element-wise op with an unlabelled operand of the same size")
-    rec.set(out, list(by_dims.values()))
+                fixed = True
+        if fixed:  # the other operand's size is fixed: these labels stay, and the result is fixed too
+            rec.block(f, "element-wise op with an unlabelled operand of the same size")
+        else:
+            kept.append(f)
+    rec.set(out, kept)
 
 
 def _reduce(rec: Recorder, args: tuple, kwargs: dict, out: Any) -> None:
@@ -364,3 +379,19 @@ def _embedding(rec: Recorder, args: tuple, out: torch.Tensor) -> None:
     w = args[0]
     feat = _vec(rec, w, 1, "embedding table labelled off its feature dim")
     rec.set(out, [] if feat is None else [feat.reshape([1] * (out.dim() - 1) + [-1])])
+
+
+def tie_qkv(rec: Recorder, model: torch.nn.Module) -> None:
+    """Attention code derives head_dim from the input width (nn.MultiheadAttention, torchvision's Swin
+    and MaxViT): the q / k / v projections must stay as wide as their input, so q, k and v column j
+    goes with input channel j (then heads keep their count and lose head_dim columns together)."""
+    for mod in model.modules():
+        w = None
+        if isinstance(mod, torch.nn.MultiheadAttention) and mod._qkv_same_embed_dim:
+            w = mod.in_proj_weight
+        elif isinstance(mod, torch.nn.Linear) and mod.out_features == 3 * mod.in_features:
+            w = mod.weight
+        fields = {var_dims(f): f.reshape(-1) for f in rec.fields.get(id(w), [])} if w is not None else {}
+        rows, cols = fields.get((0,)), fields.get((1,))
+        if rows is not None and cols is not None:
+            rec.union(rows.reshape(3, -1), cols.reshape(1, -1))

@@ -236,6 +236,9 @@ def _fix_models(model: nn.Module) -> None:
     for mod in model.modules():
         if type(mod).__name__ == "VisionTransformer" and hasattr(mod, "conv_proj"):
             mod.hidden_dim = mod.conv_proj.out_channels
+        qkv = getattr(mod, "to_qkv", None)
+        if isinstance(qkv, nn.Linear) and hasattr(mod, "n_heads") and hasattr(mod, "head_dim"):
+            mod.head_dim = qkv.out_features // 3 // mod.n_heads
         q = getattr(mod, "query", None)
         if isinstance(q, nn.Linear) and hasattr(mod, "num_attention_heads") and hasattr(mod, "attention_head_size"):
             mod.attention_head_size = q.out_features // mod.num_attention_heads
