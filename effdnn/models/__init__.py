@@ -1,4 +1,4 @@
-"""Model zoo by name (``mlp``, ``lenet5``, ``resnet``, ``vgg-small``) or a user's ``"file.py:fn"``.
+"""Model zoo by name (``mlp``, ``lenet5``, ``resnet``, ``vgg-small``, ``mobilenetv2``) or a user's ``"file.py:fn"``.
 
 Every builder takes ``(in_channels, num_classes, input_size, **kwargs)``; a user function gets the
 same three as keyword arguments plus the recipe's ``kwargs``."""
@@ -14,6 +14,7 @@ from ..utils.user_code import call_user, is_user_ref, load_user_function
 from .layers import Add
 from .lenet5 import LeNet5, lenet5
 from .mlp import mlp
+from .mobilenetv2 import MobileNetV2, mobilenetv2
 from .resnet import ResNetCifar, resnet
 from .vgg import vgg_small
 
@@ -24,6 +25,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet20": lambda *a, **kw: resnet(*a, **{"depth": 20, **kw}),
     "resnet32": lambda *a, **kw: resnet(*a, **{"depth": 32, **kw}),
     "vgg-small": vgg_small,
+    "mobilenetv2": mobilenetv2,
 }
 
 
@@ -50,4 +52,4 @@ def build_model(
         raise EffdnnError(f"model.kwargs: bad option for {name!r}: {e}") from None
 
 
-__all__ = ["Add", "LeNet5", "MODELS", "ResNetCifar", "build_model", "lenet5", "mlp", "resnet", "vgg_small"]
+__all__ = ["Add", "LeNet5", "MODELS", "MobileNetV2", "ResNetCifar", "build_model", "lenet5", "mlp", "mobilenetv2", "resnet", "vgg_small"]

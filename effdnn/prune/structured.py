@@ -1,61 +1,52 @@
 """Structured pruning: remove whole channels and return a smaller dense model.
 
     prune: {method: channel, saliency: l1 | group_l1 | bn_gamma | taylor | magnitude | obd, sparsity: 0.5, round_to: 1,
-            layer_sparsity: {"features.0": 0.5}, bn_recalibration: 16}
+            layer_sparsity: {"features.0": 0.5}, bn_recalibration: 16, strict: false}
 
-The model is traced once (torch.fx) to find *channel groups*: tensors whose channel dimension must be
-cut together. A convolution / linear layer starts a group (its output channels); BatchNorm and
-element-wise ops (ReLU, pooling, dropout, FATReLU) carry it on; an addition (a residual join such as
-ResNet's ``Add``) merges the groups of its operands, so a block's output, its shortcut and the next
-blocks lose the same channels; a flatten maps each channel to its H*W columns of the next linear layer.
-A group that reaches the model output, the model input, or an op this analysis does not know is
-kept whole (and listed in the report with the reason). Each prunable group loses the ``sparsity``
-fraction (or its ``layer_sparsity`` entry's) of its channels with the lowest saliency (summed over
-the group's producers; ``group_l1`` scores the whole group: producers, BatchNorms and consumers);
-surgery.py then slices producers, BatchNorms and consumers. ``bn_recalibration: n`` then re-estimates
-every BatchNorm's running statistics on n calibration batches (EagleEye's adaptive BN, Li et al.
-2020): the statistics stored were measured on the unpruned network, whose next layers summed more
-channels.
+One forward pass, traced at the aten level (graph.py, rules.py), says which parameter dimensions must
+shrink together; groups.py turns that into *units* (what is removed at once: a channel with every
+weight that touches it, through norms, residual adds, SE gates, concatenations and splits, channel
+shuffles, reshapes and permutes, depthwise and grouped convolutions, LayerNorm, embeddings, attention
+head_dim columns, class tokens / position embeddings / layer scales) and *groups* (units that share
+their producer layers: one ratio applies to them). Units reaching the model input or output, or an op
+no rule knows, stay, and a group left whole says so in one warning line (``strict: true``: an error).
+Each group loses the ``sparsity`` fraction (or its ``layer_sparsity`` entry's) of its units with the
+lowest saliency (summed over the unit's output channels of its producers; ``group_l1`` scores every
+weight the unit holds); surgery.py slices every parameter and fixes the modules' size attributes;
+the pruned model is run once to check it keeps its output shape. ``bn_recalibration: n`` then
+re-estimates every BatchNorm's running statistics on n calibration batches (EagleEye's adaptive BN,
+Li et al. 2020). The report gives the requested and achieved channel and MAC reductions.
 """
 from __future__ import annotations
 
 import itertools
-import operator
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field, field_validator
-from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
+from torch import nn
 
 from ..errors import EffdnnError
 from ..transform import TransformContext
 from ..registry import PRUNE, StrictModel
 from ..utils.batches import batch_input, model_device
-from ..utils.batchnorm import BATCH_NORMS, recalibrate_batchnorm
+from ..utils.batchnorm import recalibrate_batchnorm
+from .graph import trace_graph
+from .groups import Coupling, Group, couple
 from .masks import channel_keep
-from .saliency import channel_saliency, group_l1
+from .saliency import channel_saliency
 from .select import check_ratio_patterns, layer_ratio, select_layers
-from .surgery import keep_inputs, keep_norm, keep_outputs
+from .surgery import remove_units
 
-_PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardtanh,
-                 nn.Hardswish, nn.Identity, nn.Dropout, nn.Dropout2d, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d,
-                 nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-_PASS_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.leaky_relu, F.gelu, F.silu, torch.sigmoid, torch.tanh, F.dropout,
-                   F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.hardtanh}
-_PASS_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone"}
-_ADDS = {operator.add, operator.iadd, torch.add, operator.sub, torch.sub, operator.mul, torch.mul}
-
-
-def is_channelwise(mod: nn.Module) -> bool:
-    """Modules that act on each channel alone with no per-channel tensor (structured pruning passes them)."""
-    return isinstance(mod, _PASS_MODULES) or bool(getattr(mod, "effdnn_channelwise", False))
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 
 @dataclass
 class ChannelGroup:
+    """A group as the report and tests see it: producers, norms, consumers (module names)."""
     size: int
     producers: list[str] = field(default_factory=list)
     norms: list[tuple[str, str]] = field(default_factory=list)  # (norm module, the producer it follows or "")
@@ -63,146 +54,32 @@ class ChannelGroup:
     blocked: list[str] = field(default_factory=list)
 
 
-class _Tracer(fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return is_channelwise(m) or super().is_leaf_module(m, qualname)
+def analyse(model: nn.Module, example_input: Any) -> Coupling:
+    """Trace ``model`` once and couple its dimensions (graph.py + groups.py)."""
+    graph, _ = trace_graph(model, example_input)
+    return couple(graph)
 
 
-class _Groups:
-    """Union-find over channel groups."""
-
-    def __init__(self) -> None:
-        self.parent: list[int] = []
-        self.groups: list[ChannelGroup] = []
-
-    def new(self, size: int, blocked: str | None = None) -> int:
-        self.parent.append(len(self.parent))
-        self.groups.append(ChannelGroup(size, blocked=[blocked] if blocked else []))
-        return len(self.parent) - 1
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def get(self, i: int) -> ChannelGroup:
-        return self.groups[self.find(i)]
-
-    def union(self, a: int, b: int, why: str) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return
-        ga, gb = self.groups[ra], self.groups[rb]
-        if ga.size != gb.size:
-            ga.blocked.append(f"{why}: joins {ga.size} and {gb.size} channels")
-        ga.producers += gb.producers
-        ga.norms += gb.norms
-        ga.consumers += gb.consumers
-        ga.blocked += gb.blocked
-        self.parent[rb] = ra
-
-    def roots(self) -> list[ChannelGroup]:
-        return [self.groups[i] for i in sorted({self.find(i) for i in range(len(self.parent))})]
-
-
-def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[ChannelGroup]:
-    """The channel groups of ``model`` (traced with torch.fx on ``example_input``)."""
-    try:
-        graph = _Tracer().trace(model)
-    except Exception as e:
-        raise EffdnnError(f"structured pruning: cannot trace the model with torch.fx ({type(e).__name__}: {e})") from None
-    gm = fx.GraphModule(model, graph)
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            ShapeProp(gm).propagate(example_input)
-    finally:
-        model.train(was)
+def _members(coup: Coupling, g: Group, model: nn.Module) -> ChannelGroup:
+    units = np.asarray(g.all_units)
     mods = dict(model.named_modules())
-    uf = _Groups()
-    info: dict[fx.Node, tuple[int, int] | None] = {}  # node -> (group, columns per channel) for dim 1
+    out = ChannelGroup(g.size, list(g.producers), blocked=[g.blocked] if g.blocked else [])
+    for mname, slots in coup.slot_nodes.items():
+        for s, comps in slots:
+            hit = np.isin(comps, units)
+            if not hit.any() or s.param != "weight":
+                continue
+            if isinstance(mods[mname], _NORMS) and s.dim == 0:
+                out.norms.append((mname, ""))
+            elif s.dim == 1 and mname not in g.producers or (s.dim == 1 and mname in g.producers and not s.producer):
+                out.consumers.append((mname, max(1, int(hit.sum()) // max(1, len(units)))))
+    return out
 
-    def shape(n: Any) -> tuple[int, ...] | None:
-        meta = n.meta.get("tensor_meta") if isinstance(n, fx.Node) else None
-        return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
-    def block_inputs(node: fx.Node, why: str) -> None:
-        for a in node.all_input_nodes:
-            if info.get(a) is not None:
-                uf.get(info[a][0]).blocked.append(why)
-
-    def fresh(node: fx.Node, why: str) -> None:
-        s = shape(node)
-        info[node] = (uf.new(s[1], why), 1) if s is not None and len(s) >= 2 else None
-
-    for node in gm.graph.nodes:
-        first = info.get(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
-        if node.op == "placeholder":
-            fresh(node, "model input")
-        elif node.op == "get_attr":
-            fresh(node, f"tensor attribute {node.target}")
-        elif node.op == "output":
-            block_inputs(node, "model output")
-        elif node.op == "call_module":
-            mod = mods[node.target]
-            name = str(node.target)
-            if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and mod.groups == 1 and first is not None and first[1] == 1:
-                uf.get(first[0]).consumers.append((name, 1))
-                info[node] = (uf.new(mod.out_channels), 1)
-                uf.get(info[node][0]).producers.append(name)
-            elif isinstance(mod, nn.Linear) and first is not None and len(shape(node.args[0]) or ()) == 2:
-                uf.get(first[0]).consumers.append((name, first[1]))
-                info[node] = (uf.new(mod.out_features), 1)
-                uf.get(info[node][0]).producers.append(name)
-            elif isinstance(mod, BATCH_NORMS) and first is not None and first[1] == 1:
-                prev = node.args[0]
-                after = str(prev.target) if prev.op == "call_module" and str(prev.target) in uf.get(first[0]).producers else ""
-                uf.get(first[0]).norms.append((name, after))
-                info[node] = first
-            elif is_channelwise(mod) and first is not None:
-                info[node] = first
-            elif isinstance(mod, nn.Flatten) and first is not None and mod.start_dim == 1:
-                s = shape(node.args[0])
-                spatial = 1
-                for d in (s or ())[2:]:
-                    spatial *= d
-                info[node] = (first[0], first[1] * spatial)
-            else:
-                block_inputs(node, f"{type(mod).__name__} {name}")
-                fresh(node, f"output of {type(mod).__name__} {name}")
-        elif node.op in ("call_function", "call_method"):
-            fn = node.target
-            if (node.op == "call_function" and fn in _PASS_FUNCTIONS) or (node.op == "call_method" and fn in _PASS_METHODS):
-                info[node] = first
-            elif node.op == "call_function" and fn in _ADDS:
-                tens = [a for a in node.args if isinstance(a, fx.Node)]
-                shapes = {shape(a) for a in tens}
-                if len(shapes) == 1 and all(info.get(a) is not None and info[a][1] == 1 for a in tens):
-                    for a in tens[1:]:
-                        uf.union(info[tens[0]][0], info[a][0], f"{fn.__name__} at {node.name}")
-                    info[node] = info[tens[0]]
-                else:
-                    block_inputs(node, f"broadcasting {getattr(fn, '__name__', fn)} at {node.name}")
-                    fresh(node, f"output of {node.name}")
-            elif (node.op == "call_function" and fn is torch.flatten) or (node.op == "call_method" and fn == "flatten"):
-                start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-                s = shape(node.args[0])
-                if first is not None and start == 1 and s is not None:
-                    spatial = 1
-                    for d in s[2:]:
-                        spatial *= d
-                    info[node] = (first[0], first[1] * spatial)
-                else:
-                    block_inputs(node, f"flatten at {node.name}")
-                    fresh(node, f"output of {node.name}")
-            elif node.op == "call_method" and fn in ("size", "dim"):
-                info[node] = None
-            else:
-                block_inputs(node, f"{getattr(fn, '__name__', fn)} at {node.name}")
-                fresh(node, f"output of {node.name}")
-    return [g for g in uf.roots() if g.producers]
+def channel_groups(model: nn.Module, example_input: Any) -> list[ChannelGroup]:
+    """The channel groups of ``model`` (one traced forward pass on ``example_input``)."""
+    coup = analyse(model, example_input)
+    return [_members(coup, g, model) for g in coup.groups]
 
 
 class StructuredConfig(StrictModel):
@@ -220,6 +97,7 @@ class StructuredConfig(StrictModel):
     batches: int = Field(8, ge=1)
     hessian: Literal["fisher", "hutchinson"] = "fisher"
     samples: int = Field(8, ge=1)
+    strict: bool = Field(False, description="a group kept whole (an op no rule follows, ...) is an error, not a warning")
     bn_recalibration: int = Field(0, ge=0, description="after the surgery, re-estimate every BatchNorm's running "
                                   "statistics on this many calibration batches (EagleEye's adaptive BN); 0: off")
 
@@ -232,43 +110,139 @@ class StructuredConfig(StrictModel):
         return v
 
 
-def prune_channels(model: nn.Module, example_input: torch.Tensor, config: StructuredConfig, data: Any = None) -> dict[str, Any]:
-    """Remove channels in place; returns what was done (groups, channels before / after, skipped groups)."""
-    groups = channel_groups(model, example_input)
-    selected = set(select_layers(model, config.layers, config.exclude, "prune"))
+def _norm_after(coup: Coupling, model: nn.Module, producers: dict[str, nn.Module]) -> dict[str, nn.Module | None]:
+    """The BatchNorm whose channels are a producer's outputs, index by index (for ``bn_gamma``)."""
     mods = dict(model.named_modules())
-    todo = [g for g in groups if not g.blocked and all(p in selected for p in g.producers)]
-    skipped = [{"producers": g.producers, "channels": g.size, "why": g.blocked[0] if g.blocked else "not selected"}
-               for g in groups if g not in todo]
+    out_comps = {m: c for m in producers for s, c in coup.slot_nodes[m] if s.producer}
+    norms = {m: c for m, slots in coup.slot_nodes.items() if isinstance(mods.get(m), nn.modules.batchnorm._BatchNorm)
+             for s, c in slots if s.param == "weight"}
+    return {p: next((mods[n] for n, c in norms.items() if np.array_equal(c, oc)), None) for p, oc in out_comps.items()}
+
+
+def _group_l1_scores(coup: Coupling, model: nn.Module) -> np.ndarray:
+    """Per unit: the L1 norm of every weight slice it holds (conv / linear / norm weights), each term
+    over its mean in that slice's layer (layers of different scale weigh alike): DepGraph's group norm."""
+    mods = dict(model.named_modules())
+    score = np.zeros(int(coup.comp.max()) + 1)
+    for mname, slots in coup.slot_nodes.items():
+        for s, comps in slots:
+            if s.param != "weight" or s.dim > 1 or not isinstance(mods.get(mname), _NORMS + (nn.Linear, nn.modules.conv._ConvNd)):
+                continue
+            w = getattr(mods[mname], "weight").detach().abs().float()
+            term = w.sum([d for d in range(w.dim()) if d != s.dim]).cpu().numpy() if w.dim() > 1 else w.cpu().numpy()
+            np.add.at(score, comps, term / max(float(term.mean()), 1e-12))
+    return score
+
+
+def _unit_scores(coup: Coupling, model: nn.Module, todo: list[Group], config: "StructuredConfig", data: Any) -> np.ndarray:
+    if config.saliency == "group_l1":
+        return _group_l1_scores(coup, model)
+    mods = dict(model.named_modules())
     producers = {p: mods[p] for g in todo for p in g.producers}
-    norms_after = {p: None for p in producers}
-    for g in todo:
-        for norm, after in g.norms:
-            if after:
-                norms_after[after] = mods[norm]
-    per_group = config.saliency == "group_l1"
-    scores = {} if per_group or not producers else channel_saliency(
-        config.saliency, model, producers, norms_after, data, batches=config.batches, hessian=config.hessian,
-        samples=config.samples)
-    check_ratio_patterns(config.layer_sparsity, producers)
+    score = np.zeros(int(coup.comp.max()) + 1)
+    if not producers:
+        return score
+    scores = channel_saliency(config.saliency, model, producers, _norm_after(coup, model, producers), data,
+                              batches=config.batches, hessian=config.hessian, samples=config.samples)
+    for p in producers:
+        comps = next(c for s, c in coup.slot_nodes[p] if s.producer)
+        np.add.at(score, comps, scores[p].float().cpu().numpy())
+    return score
+
+
+def _macs(model: nn.Module, x: Any) -> float:
+    from ..cost import cost
+
+    try:
+        return float(cost(model, x).macs)
+    except Exception:  # the report's MACs are informative; a model the cost tracer cannot follow still prunes
+        return float("nan")
+
+
+def _out_shapes(out: Any) -> list:
+    from torch.utils._pytree import tree_flatten
+
+    return [tuple(t.shape) for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+
+
+def _run(model: nn.Module, x: Any) -> Any:
+    with torch.no_grad():
+        return model(**x) if isinstance(x, dict) else model(*x) if isinstance(x, (tuple, list)) else model(x)
+
+
+def prune_channels(model: nn.Module, example_input: torch.Tensor, config: "StructuredConfig", data: Any = None,
+                   measure: bool = True) -> dict[str, Any]:
+    """Remove channels in place; returns what was done (groups, channels before / after, groups kept whole,
+    requested and achieved channel reductions, and with ``measure`` the MACs before / after)."""
+    was = model.training
+    model.eval()
+    want = _out_shapes(_run(model, example_input))
+    macs_before = _macs(model, example_input) if measure else float("nan")
+    coup = analyse(model, example_input)
+    selected = set(select_layers(model, config.layers, config.exclude, "prune"))
+    todo = [g for g in coup.groups if g.units and all(p in selected for p in g.producers)]
+    check_ratio_patterns(config.layer_sparsity, [p for g in todo for p in g.producers])
+    score = _unit_scores(coup, model, todo, config, data)
+    removed = np.zeros(len(score), dtype=bool)
     done = []
     for g in todo:
-        if per_group:
-            score = group_l1([mods[p] for p in g.producers], [mods[n] for n, _ in g.norms],
-                             [(mods[c], spatial) for c, spatial in g.consumers])
-        else:
-            score = sum(scores[p].float().cpu() for p in g.producers)
-        keep = channel_keep(score, layer_ratio(config.layer_sparsity, g.producers, config.sparsity), config.round_to)
-        done.append({"producers": g.producers, "channels": g.size, "kept": int(len(keep))})
-        if len(keep) == g.size:
+        units = np.asarray(g.units)
+        keep = channel_keep(torch.as_tensor(score[units]), layer_ratio(config.layer_sparsity, g.producers, config.sparsity),
+                            config.round_to).numpy()
+        gone = np.setdiff1d(np.arange(len(units)), keep)
+        removed[units[gone]] = True
+        done.append({"producers": g.producers, "channels": g.size, "kept": int(g.size - len(gone))})
+    whole = [{"producers": g.producers, "channels": g.size, "why": g.blocked or "not selected"}
+             for g in coup.groups if g not in todo]
+    _say_whole(whole, config.strict)
+    remove_units(model, coup.slot_nodes, removed)
+    _fix_models(model)
+    try:
+        got = _out_shapes(_run(model, example_input))
+    except Exception as e:
+        raise EffdnnError(f"structured pruning: the pruned model does not run ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    finally:
+        model.train(was)
+    if got != want:
+        raise EffdnnError(f"structured pruning: the pruned model's output shape {got} differs from {want}")
+    return _summary(model, example_input if measure else None, done, whole, config, macs_before)
+
+
+def _say_whole(whole: list[dict], strict: bool) -> None:
+    """One warning line per group kept whole for a reason other than the model output (strict: an error)."""
+    for w in whole:
+        if w["why"] in ("model output", "not selected"):
             continue
-        for p in g.producers:
-            keep_outputs(mods[p], keep)
-        for norm, _ in g.norms:
-            keep_norm(mods[norm], keep)
-        for c, spatial in g.consumers:
-            keep_inputs(mods[c], keep, spatial)
-    return {"groups": done, "kept_whole": skipped}
+        names = ", ".join(w["producers"][:3]) + (f" (+{len(w['producers']) - 3})" if len(w["producers"]) > 3 else "")
+        msg = f"structured pruning: kept whole {names} ({w['channels']} channels): {w['why']}"
+        if strict:
+            raise EffdnnError(msg + " (strict: true)")
+        warnings.warn(msg, stacklevel=3)
+
+
+def _summary(model: nn.Module, x: Any, done: list[dict], whole: list[dict],
+             config: "StructuredConfig", macs_before: float) -> dict[str, Any]:
+    total = sum(g["channels"] for g in done) + sum(w["channels"] for w in whole)
+    kept = sum(g["kept"] for g in done) + sum(w["channels"] for w in whole)
+    macs_after = _macs(model, x) if x is not None else float("nan")
+    return {"groups": done, "kept_whole": whole, "requested_channel_reduction": config.sparsity,
+            "achieved_channel_reduction": 1 - kept / max(total, 1), "macs_before": macs_before,
+            "macs_after": macs_after, "mac_reduction": macs_before / macs_after if macs_after else float("nan")}
+
+
+def _fix_models(model: nn.Module) -> None:
+    """Size attributes some model classes keep outside their layers (torchvision ViT, Hugging Face attention)."""
+    for mod in model.modules():
+        if type(mod).__name__ == "VisionTransformer" and hasattr(mod, "conv_proj"):
+            mod.hidden_dim = mod.conv_proj.out_channels
+        qkv = getattr(mod, "to_qkv", None)
+        if isinstance(qkv, nn.Linear) and hasattr(mod, "n_heads") and hasattr(mod, "head_dim"):
+            mod.head_dim = qkv.out_features // 3 // mod.n_heads
+        q = getattr(mod, "query", None)
+        if isinstance(q, nn.Linear) and hasattr(mod, "num_attention_heads") and hasattr(mod, "attention_head_size"):
+            mod.attention_head_size = q.out_features // mod.num_attention_heads
+            mod.all_head_size = q.out_features
 
 
 def structured_transform(model: nn.Module, config: StructuredConfig, ctx: TransformContext) -> nn.Module:

@@ -58,3 +58,71 @@ def keep_inputs(mod: nn.Module, idx: torch.Tensor, spatial: int = 1) -> None:
         mod.in_features = len(idx)
     else:
         mod.in_channels = len(idx)
+
+
+@torch.no_grad()
+def remove_units(model: nn.Module, slot_nodes: dict, comp_removed: "np.ndarray") -> list[str]:
+    """Slice every parameter / buffer dim (slot) down to the nodes whose unit survives, then fix the
+    size attributes of the modules touched (:func:`fix_attributes`). Returns the modules changed."""
+    mods = dict(model.named_modules())
+    changed = []
+    for mname, slots in slot_nodes.items():
+        mod = mods[mname] if mname else model
+        olds = {}
+        for s, comps in slots:
+            gone = comp_removed[comps]
+            if not gone.any():
+                continue
+            t = getattr(mod, s.param)
+            olds.setdefault(s.param, tuple(t.shape))
+            idx = torch.as_tensor((~gone).nonzero()[0], dtype=torch.long, device=t.device)
+            new = t.index_select(s.dim, idx).clone().contiguous()
+            if isinstance(t, nn.Parameter):
+                mod._parameters[s.param] = nn.Parameter(new, requires_grad=t.requires_grad)
+            else:
+                mod._buffers[s.param] = new
+        if olds:
+            fix_attributes(mod, olds)
+            changed.append(mname)
+    return changed
+
+
+def fix_attributes(mod: nn.Module, olds: dict[str, tuple[int, ...]]) -> None:
+    """The size attributes of a sliced module (in / out channels, groups, features, heads ...)."""
+    w = getattr(mod, "weight", None)
+    if isinstance(mod, nn.modules.conv._ConvNd):
+        old_out = olds.get("weight", tuple(w.shape))[1 if mod.transposed else 0] * (mod.groups if mod.transposed else 1)
+        if mod.groups > 1 and not mod.transposed:
+            mod.groups = mod.groups * w.shape[0] // old_out
+        if mod.transposed:
+            mod.in_channels, mod.out_channels = w.shape[0], w.shape[1] * mod.groups
+        else:
+            mod.out_channels, mod.in_channels = w.shape[0], w.shape[1] * mod.groups
+    elif isinstance(mod, nn.Linear):
+        mod.out_features, mod.in_features = w.shape
+    elif isinstance(mod, nn.modules.batchnorm._NormBase):
+        ref = w if w is not None else mod.running_mean
+        mod.num_features = ref.shape[0]
+    elif isinstance(mod, nn.LayerNorm) and w is not None:
+        mod.normalized_shape = tuple(w.shape)
+    elif isinstance(mod, nn.GroupNorm) and w is not None:
+        old = olds.get("weight", (mod.num_channels,))[0]
+        if mod.num_groups == old:
+            mod.num_groups = w.shape[0]
+        elif mod.num_groups > 1:
+            mod.num_groups = mod.num_groups * w.shape[0] // old
+        mod.num_channels = w.shape[0]
+    elif isinstance(mod, nn.Embedding):
+        mod.embedding_dim = w.shape[1]
+    elif isinstance(mod, nn.MultiheadAttention):
+        _fix_mha(mod)
+
+
+def _fix_mha(mod: nn.MultiheadAttention) -> None:
+    """nn.MultiheadAttention after its q / k / v columns (head_dim across heads) or embed dim shrank."""
+    w = mod.in_proj_weight
+    if w is not None:
+        mod.head_dim = w.shape[0] // 3 // mod.num_heads
+        mod.embed_dim = mod.kdim = mod.vdim = w.shape[1]
+    mod.out_proj.in_features = mod.out_proj.weight.shape[1]
+    mod.out_proj.out_features = mod.out_proj.weight.shape[0]

@@ -56,3 +56,20 @@ def test_lenet5_caffe_variant_is_the_deep_compression_network():
     assert effdnn.cost(m, torch.randn(1, 1, 28, 28)).macs == macs == 2_293_000
     with pytest.raises(EffdnnError, match="variant"):
         build_model("lenet5", 1, 10, (28, 28), variant="big")
+
+
+@pytest.mark.parametrize("size, channels", [(28, 1), (32, 3)])
+def test_mobilenetv2_runs_on_small_images_and_its_width_scales_it(size, channels):
+    from effdnn.models.mobilenetv2 import InvertedResidual
+
+    m = build_model("mobilenetv2", channels, 10, (size, size), width=0.5).eval()
+    assert m(torch.randn(2, channels, size, size)).shape == (2, 10)
+    blocks = [b for b in m.modules() if isinstance(b, InvertedResidual)]
+    assert len(blocks) == 17 and sum(b.residual for b in blocks) == 10
+    dw = [c for c in m.modules() if isinstance(c, torch.nn.Conv2d) and c.groups > 1]
+    assert len(dw) == 17 and all(c.groups == c.in_channels == c.out_channels for c in dw)
+    full = build_model("mobilenetv2", channels, 10, (size, size))
+    count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    assert count(m) < 0.4 * count(full)
+    with pytest.raises(EffdnnError, match="width"):
+        build_model("mobilenetv2", channels, 10, (size, size), width=0)

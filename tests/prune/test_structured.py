@@ -81,7 +81,9 @@ def test_data_driven_channel_saliencies_run(tiny, tiny_data, saliency):
     assert tiny(tiny_data[0][0]).shape == (16, 5)
 
 
-def test_unknown_op_keeps_its_channels_whole():
+def test_concatenated_branches_are_pruned_through_an_offset_map():
+    """torch.cat used to keep its branches whole; now each branch loses its own channels and the
+    reader's columns follow them (unpruned channels give the same output)."""
     class Cat(nn.Module):
         def __init__(self):
             super().__init__()
@@ -90,11 +92,38 @@ def test_unknown_op_keeps_its_channels_whole():
         def forward(self, x):
             return self.fc(torch.cat([self.a(x), self.b(x)], 1).mean((2, 3)))
 
+    torch.manual_seed(0)
     m = Cat()
+    with torch.no_grad():  # the two weakest filters of each branch are dead: removing them changes nothing
+        m.a.weight[[1, 3]] = 0.0
+        m.a.bias[[1, 3]] = 0.0
+        m.b.weight[[0, 2]] = 0.0
+        m.b.bias[[0, 2]] = 0.0
     x = torch.randn(2, 1, 4, 4)
+    want = m(x)
     info = prune_channels(m, x, StructuredConfig(sparsity=0.5))
-    assert m.a.out_channels == 4 and m.b.out_channels == 4
-    assert any("cat" in k["why"] for k in info["kept_whole"])
+    assert m.a.out_channels == 2 and m.b.out_channels == 2 and m.fc.in_features == 4
+    torch.testing.assert_close(m(x), want)
+    assert [g["kept"] for g in info["groups"]] == [2, 2]
+
+
+def test_unknown_op_keeps_its_channels_whole_and_says_so():
+    class Cum(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.fc = nn.Conv2d(1, 4, 1), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(torch.cumsum(self.a(x), 1).mean((2, 3)))
+
+    from effdnn.errors import EffdnnError
+
+    m, x = Cum(), torch.randn(2, 1, 4, 4)
+    with pytest.warns(UserWarning, match=r"kept whole a \(4 channels\): op cumsum"):
+        info = prune_channels(m, x, StructuredConfig(sparsity=0.5))
+    assert m.a.out_channels == 4 and info["achieved_channel_reduction"] == 0.0
+    with pytest.raises(EffdnnError, match="kept whole a .*strict"):
+        prune_channels(m, x, StructuredConfig(sparsity=0.5, strict=True))
 
 
 def test_layer_sparsity_sets_a_groups_ratio(tiny):

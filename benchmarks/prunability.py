@@ -1,0 +1,210 @@
+"""Prunability of torchvision's classification zoo: effdnn's structured pruning vs Torch-Pruning.
+
+    nice python benchmarks/prunability.py [--models resnet18,vit_b_16] [--out runs/prunability.jsonl]
+                                          [--tools effdnn,tp] [--timeout 900]
+
+Every torchvision classification model (random weights; BatchNorm statistics set on 3 random batches;
+64x64 inputs where the model allows it) loses 30% of its channels by L1 norm, the classifier's
+outputs kept, once with effdnn (``prune_channels``, saliency l1) and once with Torch-Pruning's
+``MagnitudePruner(pruning_ratio=0.3)`` (p=1 importance, the last Linear ignored). Per tool: the MAC
+reduction (effdnn.cost on the same input), whether the pruned model runs with the same output shape
+and exports to ONNX (and whether the unpruned one does), and the seconds to build the graph and prune.
+Each model runs in its own subprocess (a crash or a hang costs one row). Prints a markdown table and
+the summary: prunable count (runs, same shape, >= 1.5x MAC reduction, exports when the unpruned model
+does), models below 0.95x Torch-Pruning's reduction, and the time ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# torchvision 0.28's wheel links the CUDA build of torch: with the CPU build its C++ ops are missing and
+# `import torchvision` fails registering their fake kernels. The model definitions are pure Python, so
+# the shim (tests/torchvision_shim.py) makes those registrations no-ops during the import. Installed
+# before anything can import torchvision (transformers would).
+from tests.torchvision_shim import install as _install_torchvision_shim  # noqa: E402
+
+_install_torchvision_shim()
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+SIZES = {"inception_v3": 96, "maxvit_t": 224, "vit_h_14": 56}  # otherwise 64
+KWARGS = {"vit": {"image_size": 64}, "vit_h_14": {"image_size": 56}}
+
+
+def build(name: str) -> tuple[nn.Module, torch.Tensor]:
+    """Random weights, BatchNorm statistics from 3 random batches, eval mode; and the example input."""
+    import torchvision
+
+    torch.manual_seed(0)
+    kw = dict(KWARGS.get(name, KWARGS["vit"] if name.startswith("vit") else {}))
+    if name in ("googlenet", "inception_v3"):
+        kw.update(aux_logits=False, init_weights=True)
+    model = torchvision.models.get_model(name, weights=None, **kw)
+    size = SIZES.get(name, 64)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(4, 3, size, size))
+    return model.eval(), torch.randn(1, 3, size, size)
+
+
+def _exports(model: nn.Module, x: torch.Tensor) -> bool:
+    import effdnn
+
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                effdnn.export_onnx(model, x, Path(d) / "m.onnx")
+            return True
+        except Exception:
+            return False
+
+
+def _macs(model: nn.Module, x: torch.Tensor) -> float:
+    import effdnn
+
+    return float(effdnn.cost(model, x).macs)
+
+
+def prune_effdnn(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    from effdnn.prune.structured import StructuredConfig, prune_channels
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prune_channels(model, x, StructuredConfig(sparsity=0.3, saliency="l1"), measure=False)
+    return model
+
+
+def prune_tp(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    import torch_pruning as tp
+
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
+    heads = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruner = tp.pruner.MagnitudePruner(model, x, importance=tp.importance.MagnitudeImportance(p=1),
+                                           pruning_ratio=0.3, ignored_layers=last, num_heads=heads)
+        pruner.step()
+    return model
+
+
+def one(name: str, tools: list[str]) -> dict:
+    torch.set_num_threads(1)
+    import effdnn.prune.structured  # noqa: F401  (imports outside the timings)
+    import torch_pruning  # noqa: F401
+
+    model, x = build(name)
+    with torch.no_grad():
+        shape = tuple(model(x).shape)
+    row = {"model": name, "input": x.shape[-1], "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+           "base_exports": _exports(model, x)}
+    macs = _macs(model, x)
+    for tool in tools:
+        m = copy.deepcopy(model)
+        t0 = time.perf_counter()
+        try:
+            m = (prune_effdnn if tool == "effdnn" else prune_tp)(m, x)
+            row[f"{tool}_s"] = time.perf_counter() - t0
+            with torch.no_grad():
+                row[f"{tool}_runs"] = tuple(m(x).shape) == shape
+            row[f"{tool}_macs"] = macs / _macs(m, x)
+            row[f"{tool}_exports"] = _exports(m, x) if row["base_exports"] else None
+        except Exception as e:
+            row[f"{tool}_s"] = time.perf_counter() - t0
+            row[f"{tool}_runs"] = False
+            row[f"{tool}_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    return row
+
+
+def prunable(r: dict, tool: str = "effdnn") -> bool:
+    return bool(r.get(f"{tool}_runs")) and r.get(f"{tool}_macs", 0) >= 1.5 and \
+        (r.get(f"{tool}_exports") is not False)
+
+
+def table(rows: list[dict]) -> str:
+    def f(v, fmt="{:.2f}"):
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
+
+    def ok(r, tool):
+        if not r.get(f"{tool}_runs"):
+            return "fails"
+        return ("yes" if r.get(f"{tool}_exports") else "no" if r.get(f"{tool}_exports") is False else "n/a")
+
+    lines = ["| model | input | effdnn MAC red. | TP MAC red. | effdnn runs / exports | TP runs / exports | "
+             "effdnn s | TP s |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['input']} | {f(r.get('effdnn_macs') if r.get('effdnn_runs') else None)} | "
+                     f"{f(r.get('tp_macs') if r.get('tp_runs') else None)} | {ok(r, 'effdnn')} | {ok(r, 'tp')} | "
+                     f"{f(r.get('effdnn_s'), '{:.1f}')} | {f(r.get('tp_s'), '{:.1f}')} |")
+    return "\n".join(lines)
+
+
+def summary(rows: list[dict]) -> str:
+    n = len(rows)
+    ok = [r["model"] for r in rows if prunable(r)]
+    tp_ok = [r["model"] for r in rows if prunable(r, "tp")]
+    both = [r for r in rows if r.get("effdnn_runs") and r.get("tp_runs")]
+    below = [f"{r['model']} ({r['effdnn_macs']:.2f} vs {r['tp_macs']:.2f})" for r in both
+             if r["effdnn_macs"] < 0.95 * r["tp_macs"]]
+    slower = [f"{r['model']} ({r['effdnn_s']:.1f} vs {r['tp_s']:.1f} s)" for r in both if r["effdnn_s"] > r["tp_s"]]
+    te, tt = sum(r["effdnn_s"] for r in both), sum(r["tp_s"] for r in both)
+    return (f"effdnn prunable: {len(ok)}/{n}; Torch-Pruning prunable: {len(tp_ok)}/{n}\n"
+            f"not prunable by effdnn: {', '.join(sorted(set(r['model'] for r in rows) - set(ok))) or 'none'}\n"
+            f"both run: {len(both)}; effdnn below 0.95x TP's MAC reduction: {len(below)} {'; '.join(below)}\n"
+            f"time (both run): effdnn {te:.1f} s, TP {tt:.1f} s; effdnn slower on {len(slower)}: {'; '.join(slower)}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="")
+    ap.add_argument("--tools", default="effdnn,tp")
+    ap.add_argument("--out", default="runs/prunability.jsonl")
+    ap.add_argument("--timeout", type=int, default=900)
+    ap.add_argument("--one", default="", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    tools = args.tools.split(",")
+    if args.one:
+        print(json.dumps(one(args.one, tools)))
+        return
+    import torchvision
+
+    names = args.models.split(",") if args.models else torchvision.models.list_models(module=torchvision.models)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    print(f"command: python {' '.join(sys.argv)}", flush=True)
+    for name in names:
+        cmd = [sys.executable, __file__, "--one", name, "--tools", args.tools]
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+            lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+            row = json.loads(lines[-1]) if lines else {"model": name, "input": "-",
+                                                        "error": (p.stderr.strip().splitlines() or ["?"])[-1][:200]}
+        except subprocess.TimeoutExpired:
+            row = {"model": name, "input": "-", "error": f"timeout {args.timeout} s"}
+        rows.append(row)
+        with out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+    print(table(rows))
+    print(summary(rows))
+
+
+if __name__ == "__main__":
+    main()

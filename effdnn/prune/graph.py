@@ -1,0 +1,219 @@
+"""Dependency graph of one forward pass: which parameter dimensions must shrink together.
+
+The idea. Every dimension of every floating-point parameter and buffer is a *slot* of numbered nodes
+(one node per index). While the model runs once under a ``TorchDispatchMode`` (aten level: works for
+any eager model, torch.fx-traceable or not: Hugging Face models, data-dependent control flow), every
+tensor carries *label fields*: integer tensors broadcastable to its shape whose entries are node ids
+(-1: none). A field is stored compact (size 1 along the dims where it is constant), so its ``var``
+dims say along which dims of the tensor it changes. The op rules (:mod:`.rules`) then
+
+- move labels through rearrangements by running the *same aten op on the labels* (view, reshape,
+  permute, transpose, cat, split, chunk, slice, index, pad, channel shuffle ...): offset maps and
+  channel-to-feature maps come out of the op itself;
+- join (union) the labels that meet element-wise after broadcasting (residual adds, SE gates x * s,
+  layer scale, position embeddings), that a contraction sums over (conv / linear inputs with the
+  previous outputs, q with k), or that a norm's affine parameters touch;
+- block the labels that reach the model output or an op no rule knows.
+
+Connected components of the union (:mod:`.groups`) are the atomic units that structured pruning
+removes or keeps; surgery (:mod:`.surgery`) slices every slot by the surviving units.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from ..errors import EffdnnError
+
+PRODUCER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.ConvTranspose1d, nn.ConvTranspose2d)
+
+
+@dataclass
+class Slot:
+    """One dimension of one parameter / buffer: nodes ``base .. base + size - 1``."""
+    module: str
+    param: str  # attribute name on the module ("weight", "running_mean", "class_token", ...)
+    dim: int
+    base: int
+    size: int
+    producer: bool = False  # output channels of a conv / linear layer
+
+    @property
+    def name(self) -> str:
+        return f"{self.module}.{self.param}" if self.module else self.param
+
+
+@dataclass
+class DepGraph:
+    """What one traced forward pass found: slots, unions (edges), blocked nodes (with why)."""
+    num_nodes: int
+    slots: list[Slot]
+    edges: list[np.ndarray] = field(default_factory=list)  # each (2, k) int64
+    blocked: list[tuple[np.ndarray, str]] = field(default_factory=list)
+    used: set[str] = field(default_factory=set)  # slot names whose tensors met an op
+
+
+def tensors_in(obj: Any) -> list[torch.Tensor]:
+    """The tensors inside nested tuples / lists / dicts (a cheap tree_flatten for op arguments)."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (tuple, list)):
+        return [t for o in obj for t in tensors_in(o)]
+    if isinstance(obj, dict):
+        return [t for o in obj.values() for t in tensors_in(o)]
+    return []
+
+
+def compact(lab: torch.Tensor) -> torch.Tensor:
+    """``lab`` with every dim along which it is constant narrowed to size 1."""
+    for d in range(lab.dim()):
+        if lab.shape[d] > 1:
+            first = lab.narrow(d, 0, 1)
+            if bool((lab == first).all()):
+                lab = first
+    return lab
+
+
+def var_dims(lab: torch.Tensor) -> tuple[int, ...]:
+    return tuple(d for d, s in enumerate(lab.shape) if s > 1)
+
+
+class Recorder(TorchDispatchMode):
+    """Runs the forward pass and keeps the label fields of every tensor (by identity)."""
+
+    def __init__(self, graph: DepGraph, slot_of: dict[int, list[tuple[int, Slot]]]) -> None:
+        super().__init__()
+        self.graph = graph
+        self.fields: dict[int, list[torch.Tensor]] = {}
+        self.keep: list[torch.Tensor] = []  # keeps labelled tensors alive, so ids are not reused
+        self.slot_names: dict[int, str] = {}
+        for tid, entries in slot_of.items():
+            self.fields[tid] = [self._slot_field(s, ndim) for ndim, s in entries]
+            self.slot_names[tid] = entries[0][1].module + "." + entries[0][1].param
+
+    @staticmethod
+    def _slot_field(s: Slot, ndim: int) -> torch.Tensor:
+        shape = [1] * ndim
+        shape[s.dim] = s.size
+        return (torch.arange(s.size, dtype=torch.int64) + s.base).reshape(shape)
+
+    def get(self, t: Any) -> list[torch.Tensor]:
+        if not isinstance(t, torch.Tensor):
+            return []
+        name = self.slot_names.get(id(t))
+        if name is not None:
+            self.graph.used.add(name)
+        return self.fields.get(id(t), [])
+
+    def set(self, t: Any, fields: list[torch.Tensor]) -> None:
+        if isinstance(t, torch.Tensor) and t.dim() > 0:
+            fields = [f for f in fields if f.numel() > 0 and bool((f >= 0).any())]
+            self.fields[id(t)] = fields
+            self.keep.append(t)
+
+    def union(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Join labels ``a`` and ``b`` element-wise (broadcast); -1 entries are ignored."""
+        a, b = torch.broadcast_tensors(a, b)
+        a, b = a.reshape(-1), b.reshape(-1)
+        ok = (a >= 0) & (b >= 0) & (a != b)
+        if bool(ok.any()):
+            code = torch.unique(a[ok] * self.graph.num_nodes + b[ok])  # distinct pairs, one sort
+            self.graph.edges.append(torch.stack([code // self.graph.num_nodes, code % self.graph.num_nodes]).numpy())
+
+    def union_all(self, lab: torch.Tensor) -> None:
+        """Join every label of ``lab`` into one unit."""
+        flat = lab.reshape(-1)
+        flat = torch.unique(flat[flat >= 0])
+        if flat.numel() > 1:
+            self.graph.edges.append(torch.stack([flat[:-1], flat[1:]]).numpy())
+
+    def block(self, lab: torch.Tensor, why: str) -> None:
+        flat = lab.reshape(-1)
+        flat = torch.unique(flat[flat >= 0])
+        if flat.numel():
+            self.graph.blocked.append((flat.numpy(), why))
+
+    def block_inputs(self, args: Any, why: str) -> None:
+        for t in tensors_in(args):
+            for f in self.get(t):
+                self.block(f, why)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        from .rules import apply_rule  # late import: rules imports this module
+
+        try:
+            apply_rule(self, func, args, kwargs, out)
+        except Exception as e:  # a rule that cannot follow this op: keep what it touches whole
+            self.block_inputs((args, kwargs), f"{func.__name__} ({type(e).__name__}: {str(e)[:80]})")
+        return out
+
+
+def _slots(model: nn.Module) -> tuple[list[Slot], dict[int, list[tuple[int, Slot]]], int]:
+    """A slot for every dim (of size > 1) of every floating-point parameter and buffer."""
+    slots: list[Slot] = []
+    slot_of: dict[int, list[tuple[int, Slot]]] = {}
+    base = 0
+    seen: set[int] = set()
+    for mname, mod in model.named_modules():
+        tensors = list(mod._parameters.items()) + list(mod._buffers.items())
+        for pname, t in tensors:
+            if t is None or id(t) in seen or not t.is_floating_point():
+                continue
+            seen.add(id(t))
+            entries = []
+            for d, size in enumerate(t.shape):
+                if size > 1:
+                    s = Slot(mname, pname, d, base, int(size),
+                             producer=d == 0 and pname == "weight" and isinstance(mod, PRODUCER_TYPES)
+                             and not isinstance(mod, (nn.ConvTranspose1d, nn.ConvTranspose2d)))
+                    base += int(size)
+                    slots.append(s)
+                    entries.append((t.dim(), s))
+            if entries:
+                slot_of[id(t)] = entries
+    return slots, slot_of, base
+
+
+def trace_graph(model: nn.Module, example_input: Any) -> tuple[DepGraph, Any]:
+    """Run ``model`` once on ``example_input`` recording the dependency graph; returns (graph, output)."""
+    slots, slot_of, n = _slots(model)
+    graph = DepGraph(n, slots)
+    rec = Recorder(graph, slot_of)
+    inputs = [t for t in tree_flatten(example_input)[0] if isinstance(t, torch.Tensor)]
+    for i, t in enumerate(inputs):  # the model input's channels are fixed: a blocked slot of its own
+        if t.dim() >= 2 and t.is_floating_point():
+            s = Slot("", f"<input {i}>", 1, graph.num_nodes, int(t.shape[1]))
+            graph.num_nodes += s.size
+            rec.fields[id(t)] = [Recorder._slot_field(s, t.dim())]
+            rec.block(rec.fields[id(t)][0], "model input")
+    from .rules import tie_qkv
+
+    tie_qkv(rec, model)
+    was = model.training
+    model.eval()
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA kernel hides q / k / v from the rules
+    try:
+        with torch.no_grad(), rec:
+            if isinstance(example_input, dict):
+                out = model(**example_input)
+            elif isinstance(example_input, (tuple, list)):
+                out = model(*example_input)
+            else:
+                out = model(example_input)
+    except Exception as e:
+        raise EffdnnError(f"structured pruning: the model does not run on the example input "
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+        model.train(was)
+    rec.block_inputs(out, "model output")
+    return graph, out
