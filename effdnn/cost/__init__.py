@@ -5,6 +5,10 @@ Rules (also in the README's cost-model section):
 - Zeros skip work: an op's effective MACs = MACs x (1 - weight zeros) x (1 - activation zeros), the
   zero-skipping of sparse accelerators (EIE, Cnvlutin); ``skip_zeros=False`` charges dense MACs.
 - bit-ops = effective MACs x weight bits x activation bits.
+- One row per module that owns weights: each op-bearing module (a Linear, a conv, an attention core),
+  and each module whose weights take part in no MAC (an embedding table, a LayerNorm, a BatchNorm);
+  every parameter and stored byte is in exactly one row (the deepest that holds it), so the rows add
+  up to the totals.
 - Energy = effective MACs x (multiply + accumulate at the layer's widths, ``EnergyTable``)
   + the deployed weights read once per example from the smallest memory that holds the model
   + each op's input and output activations moved once, from the memory that holds the largest.
@@ -46,6 +50,39 @@ def _under(name: str, prefix: str) -> bool:
     return not prefix or name == prefix or name.startswith(prefix + ".")
 
 
+def _owner(name: str, rows: list[str]) -> str | None:
+    """The deepest row whose module holds ``name`` (a module or parameter path), or None."""
+    best = None
+    for r in rows:
+        if _under(name, r) and (best is None or len(r) > len(best)):
+            best = r
+    return best
+
+
+def assign_storage(model: nn.Module, units: dict[str, int], rows: list[str]) -> tuple[dict[str, int], dict[str, int]]:
+    """(parameters, deployed bits) of each row, every parameter and storage unit counted once: in the
+    deepest row that holds it. Units no row holds (embeddings, LayerNorms, BatchNorms: modules without
+    MACs) become rows of their own, keyed by their module's name."""
+    params: dict[str, int] = defaultdict(int)
+    bits: dict[str, int] = defaultdict(int)
+    for unit, b in units.items():
+        if b:
+            bits[_owner(unit, rows) or unit] += b
+    for pname, p in model.named_parameters():
+        module = pname.rpartition(".")[0]
+        params[_owner(module, rows) or _owner(module, list(bits)) or module] += p.numel()
+    return dict(params), dict(bits)
+
+
+def _storage_row(name: str, mod: nn.Module, params: int, nbytes: float, read_pj: float) -> LayerCost:
+    """A row for weights that take part in no multiply-accumulate (an embedding table, a LayerNorm)."""
+    p = precision_of(mod)
+    return LayerCost(name=name or "<model>", type=type(mod).__name__, params=params, storage_bytes=nbytes,
+                     weight_bits=p.weight_bits, act_bits=p.act_bits, precision=p.label or f"{p.weight_kind}{p.weight_bits:g}",
+                     macs=0, effective_macs=0.0, bitops=0.0, energy_pj=nbytes * read_pj, compute_energy_pj=0.0,
+                     memory_energy_pj=nbytes * read_pj, weight_sparsity=0.0, activation_sparsity=0.0)
+
+
 def cost(model: nn.Module, example_input: Any, table: EnergyTable | None = None, skip_zeros: bool = True) -> CostReport:
     """Cost of ``model`` per example, measured on ``example_input`` (a batch tensor, batch tuple or dict)."""
     table = table or DEFAULT_TABLE
@@ -65,6 +102,7 @@ def cost(model: nn.Module, example_input: Any, table: EnergyTable | None = None,
     by_module: dict[str, list[OpRecord]] = defaultdict(list)
     for r in records:
         by_module[r.module].append(r)
+    row_params, row_bits = assign_storage(model, units, list(by_module))
 
     layers: list[LayerCost] = []
     for name, ops in by_module.items():
@@ -75,14 +113,14 @@ def cost(model: nn.Module, example_input: Any, table: EnergyTable | None = None,
         macs = sum(r.macs for r in ops) / batch
         keep = [(1 - r.weight_zero) * (1 - r.input_zero) if skip_zeros else 1.0 for r in ops]
         eff = sum(r.macs * k for r, k in zip(ops, keep)) / batch
-        layer_bytes = sum(b for n, b in units.items() if _under(n, name)) / 8 if name else size_bytes
+        layer_bytes = row_bits.get(name, 0) / 8
         act_bytes = sum(r.in_numel + r.out_numel for r in ops) / batch * p.act_bits / 8
         memory = layer_bytes * weight_read_pj_per_byte + table.access(act_bytes, act_peak_bytes * p.act_bits / 32)
         compute = eff * per_mac
         wn = sum(r.weight_numel for r in ops)
         layers.append(LayerCost(
             name=name or "<model>", type=type(mod).__name__,
-            params=sum(t.numel() for t in mod.parameters()),
+            params=row_params.get(name, 0),
             storage_bytes=layer_bytes, weight_bits=p.weight_bits, act_bits=p.act_bits,
             precision=p.label or f"{p.weight_kind}{p.weight_bits:g}/{p.act_kind}{p.act_bits:g}",
             macs=int(round(macs)), effective_macs=eff, bitops=eff * p.weight_bits * p.act_bits,
@@ -91,8 +129,9 @@ def cost(model: nn.Module, example_input: Any, table: EnergyTable | None = None,
             activation_sparsity=sum(r.input_zero * r.macs for r in ops) / max(sum(r.macs for r in ops), 1),
         ))
 
-    in_layers = sum(b for n, b in units.items() if any(_under(n, m) for m in by_module)) / 8
-    other_memory = (size_bytes - in_layers) * weight_read_pj_per_byte  # e.g. unfolded BatchNorm tensors
+    layers += [_storage_row(n, modules[n], row_params.get(n, 0), b / 8, weight_read_pj_per_byte)
+               for n, b in row_bits.items() if n not in by_module]
+    other_memory = 0.0  # every stored tensor has its row
     wn_total = sum(r.weight_numel for r in records)
     all_macs = sum(r.macs for r in records)
     return CostReport(

@@ -44,6 +44,29 @@ def topk_mask(scores: torch.Tensor, sparsity: float, tiebreak: torch.Tensor | No
     return keep.view_as(scores)
 
 
+def row_topk_mask(scores: torch.Tensor, sparsity: float, tiebreak: torch.Tensor | None = None) -> torch.Tensor:
+    """Keep the ``1 - sparsity`` fraction of each output's (row's) largest scores: every output of the
+    layer keeps the same number of weights (Wanda's per-output comparison group, Sun et al. 2024, sec. 3)."""
+    check_sparsity(sparsity)
+    rows = scores.detach().reshape(scores.shape[0], -1).float()
+    tb = tiebreak.detach().reshape(rows.shape).float() if tiebreak is not None else None
+    return _rows_keep(rows, sparsity, tb).view_as(scores)
+
+
+def _rows_keep(rows: torch.Tensor, sparsity: float, tiebreak: torch.Tensor | None) -> torch.Tensor:
+    """Vectorised per-row top-k (ties by ``tiebreak``, then position)."""
+    k = n_pruned(rows.shape[1], sparsity)
+    keep = torch.ones_like(rows, dtype=torch.bool)
+    if not k:
+        return keep
+    order = torch.arange(rows.shape[1]).expand_as(rows)
+    if tiebreak is not None:
+        order = torch.sort(tiebreak, dim=1, stable=True).indices
+    ranked = torch.sort(torch.gather(rows, 1, order), dim=1, stable=True).indices
+    cut = torch.gather(order, 1, ranked[:, :k])
+    return keep.scatter_(1, cut, False)
+
+
 def global_masks(scores: dict[str, torch.Tensor], sparsity: float,
                  tiebreak: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """One threshold over all layers' scores together (global pruning): the ``sparsity`` fraction of

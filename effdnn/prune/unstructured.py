@@ -1,6 +1,6 @@
 """Unstructured (single-weight) and N:M pruning: the ``prune`` block with a weight saliency as method.
 
-    prune: {method: magnitude | lamp | taylor | obd, sparsity: 0.9, scope: layer | global,
+    prune: {method: magnitude | lamp | taylor | obd | wanda, sparsity: 0.9, scope: layer | global,
             schedule: oneshot | iterative | agp | rigl, nm: "2:4", layers: [...], exclude: [...], splice: false,
             regrow: 0.3}
 
@@ -21,7 +21,7 @@ from ..errors import EffdnnError
 from ..transform import TransformContext
 from ..registry import PRUNE, StrictModel
 from ..train_spec import TrainSpec
-from .masks import check_sparsity, global_masks, nm_mask, topk_mask
+from .masks import check_sparsity, global_masks, nm_mask, row_topk_mask, topk_mask
 from .saliency import weight_saliency
 from .rigl import RigL
 from .schedules import Plan
@@ -32,9 +32,12 @@ from .sparse import MaskCallback, make_sparse
 class UnstructuredConfig(StrictModel):
     """Element-wise pruning; ``method`` names the weight saliency."""
 
-    method: Literal["magnitude", "lamp", "taylor", "obd"] = "magnitude"
+    method: Literal["magnitude", "lamp", "taylor", "obd", "wanda"] = "magnitude"
     sparsity: float | None = Field(None, description="fraction of weights removed, in [0, 1)")
     scope: Literal["layer", "global"] = "layer"
+    compare: Literal["layer", "output"] | None = Field(None, description="scope 'layer': weights compete across the "
+                                                        "layer, or within each output (row); default: output for "
+                                                        "wanda (its comparison group), layer otherwise")
     layer_sparsity: dict[str, float] = Field(default_factory=dict, description="scope 'layer': pattern -> that layer's "
                                              "final sparsity (first match wins; the others get 'sparsity')")
     schedule: Literal["oneshot", "iterative", "agp", "rigl"] = "oneshot"
@@ -75,6 +78,8 @@ class UnstructuredConfig(StrictModel):
         for pat, v in self.layer_sparsity.items():
             if not 0.0 <= v < 1.0:
                 raise ValueError(f"layer_sparsity[{pat!r}]: must be in [0, 1), got {v}")
+        if self.compare == "output" and (self.scope != "layer" or self.nm is not None):
+            raise ValueError("compare 'output': only with scope 'layer' and no nm pattern")
         if self.end <= self.begin:
             raise ValueError("end must come after begin")
         if self.splice and (self.method != "magnitude" or self.schedule not in ("agp", "iterative") or self.nm is not None):
@@ -127,7 +132,9 @@ def compute_masks(model: nn.Module, layers: dict[str, nn.Module], config: Unstru
     if config.scope == "global":
         return global_masks(scores, sparsity, tiebreak)
     final = config.final_sparsity or 1.0
-    return {n: topk_mask(s, layer_target(config, n) * sparsity / final if final else sparsity, tiebreak[n])
+    per_output = (config.compare or ("output" if config.method == "wanda" else "layer")) == "output"
+    mask = row_topk_mask if per_output else topk_mask
+    return {n: mask(s, layer_target(config, n) * sparsity / final if final else sparsity, tiebreak[n])
             for n, s in scores.items()}
 
 
@@ -222,7 +229,7 @@ class ScheduledPruning(MaskCallback):
         return out
 
 
-def _record(ctx: TransformContext, names: list[str]) -> Any:
+def record_sparsity(ctx: TransformContext, names: list[str]) -> Any:
     def fin(model: nn.Module) -> nn.Module:
         mods = dict(model.named_modules())
         total = sum(mods[n].weight.numel() for n in names)
@@ -240,7 +247,9 @@ def prune_unstructured(model: nn.Module, config: UnstructuredConfig, ctx: Transf
     data = None
     if config.method not in ("magnitude", "lamp"):
         data = list(itertools.islice(iter(ctx.calib_loader(config.batches)), config.batches))
-    ctx.finalizers.append(_record(ctx, list(layers)))
+        if config.method == "wanda" and not data:
+            raise EffdnnError("wanda: it is calibrated on data: pass data=<batches> (or run it in a recipe)")
+    ctx.finalizers.append(record_sparsity(ctx, list(layers)))
     if config.schedule == "oneshot":
         apply_masks(layers, compute_masks(model, layers, config, config.final_sparsity, data))
         ctx.callbacks.append(MaskCallback())

@@ -157,3 +157,23 @@ def test_emulated_low_precision_layers_count_their_macs():
     dense = cost(m, x).macs
     convert_layers(m, lambda name, mod, i, n: GemmPolicy(label="fp32"))
     assert cost(m, x).macs == dense
+
+
+def test_rows_add_up_to_the_totals_on_a_small_bert():
+    """One row per weight (embeddings and LayerNorms included); no row repeats another's parameters."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=32, max_position_embeddings=32)
+    m = transformers.BertModel(cfg).eval()
+    r = cost(m, {"input_ids": torch.randint(0, 50, (2, 8)), "attention_mask": torch.ones(2, 8, dtype=torch.long)})
+    assert sum(l.params for l in r.layers) == r.params == sum(p.numel() for p in m.parameters())
+    assert sum(l.storage_bytes for l in r.layers) == pytest.approx(r.size_bytes)
+    assert sum(l.energy_pj for l in r.layers) == pytest.approx(r.energy_pj)
+    rows = {l.name: l for l in r.layers}
+    assert rows["embeddings.word_embeddings"].params == 50 * 16 and rows["embeddings.word_embeddings"].macs == 0
+    assert rows["embeddings.position_embeddings"].params == 32 * 16
+    assert rows["encoder.layer.0.attention.self.query"].params == 16 * 16 + 16
+    attention = [l for n, l in rows.items() if n.endswith("attention.self")]
+    assert attention and all(l.params == 0 and l.macs > 0 for l in attention)  # q @ k, attn @ v: no weights
+    assert len({l.name for l in r.layers}) == len(r.layers)
