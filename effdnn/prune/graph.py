@@ -93,6 +93,7 @@ class Recorder(TorchDispatchMode):
         self.fields: dict[int, list[torch.Tensor]] = {}
         self.keep: list[torch.Tensor] = []  # keeps labelled tensors alive, so ids are not reused
         self.slot_names: dict[int, str] = {}
+        self.adaptive: set[int] = set()  # unlabelled tensors whose sizes follow labelled ones (x.norm(dim=1))
         for tid, entries in slot_of.items():
             self.fields[tid] = [self._slot_field(s, ndim) for ndim, s in entries]
             self.slot_names[tid] = entries[0][1].module + "." + entries[0][1].param
@@ -116,6 +117,12 @@ class Recorder(TorchDispatchMode):
             fields = [f for f in fields if f.numel() > 0 and bool((f >= 0).any())]
             self.fields[id(t)] = fields
             self.keep.append(t)
+
+    def mark_adaptive(self, outs: list) -> None:
+        for t in outs:
+            if isinstance(t, torch.Tensor):
+                self.adaptive.add(id(t))
+                self.keep.append(t)
 
     def union(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """Join labels ``a`` and ``b`` element-wise (broadcast); -1 entries are ignored."""

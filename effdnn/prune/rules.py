@@ -67,8 +67,10 @@ def apply_rule(rec: Recorder, func: Any, args: tuple, kwargs: dict, out: Any) ->
     """Update labels / unions for one executed aten op."""
     name = _name(func)
     tensors = tensors_in((args, kwargs))
-    if not any(rec.get(t) for t in tensors):
-        return  # nothing labelled flows in (params only matter in the rules below)
+    if not any(rec.get(t) for t in tensors):  # nothing labelled flows in
+        if any(id(t) in rec.adaptive for t in tensors):  # ... but something whose size follows labels
+            rec.mark_adaptive(_outs(out))
+        return
     if name in IDENTITY or name == "copy":
         src = args[1] if name == "copy" else args[0]
         fields = [compact(f.expand(out.shape)) for f in rec.get(src)] if name == "copy" else rec.get(src)
@@ -96,9 +98,11 @@ def apply_rule(rec: Recorder, func: Any, args: tuple, kwargs: dict, out: Any) ->
     elif name in SPATIAL:
         _spatial(rec, SPATIAL[name], args[0], out)
     elif name in REDUCE:
-        _reduce(rec, args, kwargs, out)
+        _reduce(rec, name, args, kwargs, out)
     elif name in ("new_zeros", "new_ones", "new_empty", "new_full"):
         rec.set(out, rec.get(args[0]) if out.shape == args[0].shape else [])
+    elif name in ("zero", "fill", "uniform", "normal", "bernoulli") and out is args[0]:
+        return  # new values in place: the labels (positions) stay
     elif name in NO_LABELS:
         return
     elif name in POINTWISE or torch.Tag.pointwise in getattr(func, "tags", ()):
@@ -209,9 +213,10 @@ def _pointwise(rec: Recorder, tensors: list, out: torch.Tensor) -> None:
     kept = []
     for dims, f in by_dims.items():
         fixed = False
-        for t, have in operands:
-            shape = [1] * (out.dim() - t.dim()) + list(t.shape)
-            if dims not in have and any(shape[d] > 1 for d in dims):
+        for t, have in operands:  # an expanded operand (stride 0, expand_as) follows the other's size
+            lead = out.dim() - t.dim()
+            if dims not in have and id(t) not in rec.adaptive and \
+                    any(d >= lead and t.shape[d - lead] > 1 and t.stride(d - lead) != 0 for d in dims):
                 fixed = True
         if fixed:  # the other operand's size is fixed: these labels stay, and the result is fixed too
             rec.block(f, "element-wise op with an unlabelled operand of the same size")
@@ -220,18 +225,24 @@ def _pointwise(rec: Recorder, tensors: list, out: torch.Tensor) -> None:
     rec.set(out, kept)
 
 
-def _reduce(rec: Recorder, args: tuple, kwargs: dict, out: Any) -> None:
+def _reduce(rec: Recorder, name: str, args: tuple, kwargs: dict, out: Any) -> None:
+    if name in ("linalg_vector_norm", "norm"):  # (self, ord / p, dim, keepdim)
+        args = (args[0],) + tuple(args[2:])
     x = args[0]
     dims = args[1] if len(args) > 1 and not isinstance(args[1], bool) else kwargs.get("dim")
     keep = (args[2] if len(args) > 2 and isinstance(args[2], bool) else kwargs.get("keepdim", False))
     if dims is None or (isinstance(dims, (list, tuple)) and len(dims) == 0):
         return
     dims = sorted({d % x.dim() for d in ([dims] if isinstance(dims, int) else dims)})
-    fields = []
+    fields, dropped = [], False
     for f in rec.get(x):
         if all(f.shape[d] == 1 for d in dims):
             fields.append(f if keep else f.squeeze(dims) if dims else f)
+        else:
+            dropped = True
     rec.set(_outs(out)[0], fields)
+    if dropped:  # a norm over channels: no labels left, but its other dims follow the input's
+        rec.mark_adaptive(_outs(out)[:1])
 
 
 def _spatial(rec: Recorder, k: int, x: torch.Tensor, out: Any) -> None:
