@@ -11,6 +11,7 @@ from torch import nn
 from ..errors import EffdnnError
 from ..utils.batches import forward, iter_inputs, model_device
 from .fake_quant import Quantizer
+from .stats import check_batch_keys
 
 
 @torch.no_grad()  # not inference_mode: params made from observer statistics must stay usable by autograd
@@ -30,6 +31,7 @@ def calibrate(model: nn.Module, data: Iterable[Any], max_batches: int | None = N
         for x in iter_inputs(data, max_batches, device):
             if nhwc and isinstance(x, torch.Tensor) and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
+            check_batch_keys(model, x, "calibration")
             try:
                 forward(model, x)
             except EffdnnError:
