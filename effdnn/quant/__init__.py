@@ -6,6 +6,8 @@ from .fold_bn import fold_batchnorm
 from .modules import QuantAdd, QuantConv1d, QuantConv2d, QuantLinear
 from .observers import CALIBRATORS, make_observer
 from .ptq import PTQConfig, ptq
+from .deploy_linear import deploy_linears, model_bytes
+from .embedding import QuantEmbedding, quantize_embeddings
 
 __all__ = ["CALIBRATORS", "PTQConfig", "QuantAdd", "QuantConv1d", "QuantConv2d", "QuantLinear", "Quantizer",
-           "TensorSpec", "calibrate", "fold_batchnorm", "make_observer", "ptq"]
+           "QuantEmbedding", "TensorSpec", "calibrate", "deploy_linears", "model_bytes", "quantize_embeddings", "fold_batchnorm", "make_observer", "ptq"]

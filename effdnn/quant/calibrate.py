@@ -12,6 +12,7 @@ from torch.overrides import TorchFunctionMode
 from ..errors import EffdnnError
 from ..utils.batches import forward, iter_inputs, model_device
 from .fake_quant import Quantizer
+from .stats import check_batch_keys
 
 
 @torch.no_grad()  # not inference_mode: params made from observer statistics must stay usable by autograd
@@ -32,6 +33,7 @@ def calibrate(model: nn.Module, data: Iterable[Any], max_batches: int | None = N
             first = x if first is None else first
             if nhwc and isinstance(x, torch.Tensor) and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
+            check_batch_keys(model, x, "calibration")
             try:
                 forward(model, x)
             except EffdnnError:

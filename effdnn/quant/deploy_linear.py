@@ -95,12 +95,20 @@ class Int8Linear(_Deployed):
         self.kernel = "fbgemm" if max_u8 <= 255 and 2 * max_u8 * int(codes.abs().max()) <= 32767 else "int_mm"
 
     def _codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x / scale, scale): the codes before rounding (fbgemm rounds half-to-even as it reads them,
+        ``_gemm`` rounds for ``_int_mm``), in two passes over x; |x / s| <= qmax needs no clamp."""
         if self.act_kind == "static":
             return torch.clamp(torch.round(x / self.act_scale), self.act_qmin, self.act_qmax), self.act_scale
-        return dynamic_codes(x, self.act_kind, self.act_bits)
+        qmax = 2 ** (self.act_bits - 1) - 1
+        if self.act_kind == "per_token":
+            amax = torch.linalg.vector_norm(x, float("inf"), dim=-1, keepdim=True)
+        else:
+            amax = torch.linalg.vector_norm(x, float("inf"))
+        s = amax.clamp_min(1e-12 * qmax) / qmax
+        return torch.div(x, s), s
 
     def _gemm(self, q: torch.Tensor) -> torch.Tensor:
-        """sum_k q_{t,k} c_{j,k} * w_j (float32), exact integer accumulation."""
+        """sum_k round(q_{t,k}) c_{j,k} * w_j (float32), exact integer accumulation."""
         if self.kernel == "fbgemm":
             packed = _PACKED.get(self)
             if packed is None:
@@ -108,7 +116,7 @@ class Int8Linear(_Deployed):
                                                              torch.zeros(self.out_features, dtype=torch.long), 0)
                 packed = _PACKED[self] = torch.ops.quantized.linear_prepack(w, None)
             return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(q, 1.0, self.act_zero, packed)
-        qi = q.to(torch.int8)
+        qi = torch.round(q).to(torch.int8)
         pad = max(0, 17 - qi.shape[0])
         if pad:
             qi = F.pad(qi, (0, 0, 0, pad))
@@ -119,9 +127,8 @@ class Int8Linear(_Deployed):
         shape = x.shape
         x2 = self._smooth(x.reshape(-1, self.in_features).float())
         q, s = self._codes(x2)
-        y = self._gemm(q.contiguous()) * s
-        if self.bias is not None:
-            y = y + self.bias
+        y = self._gemm(q.contiguous())
+        y = torch.addcmul(self.bias, y, s) if self.bias is not None else y.mul_(s)
         return y.reshape(*shape[:-1], self.out_features)
 
     def effdnn_precision(self) -> LayerPrecision:

@@ -32,7 +32,7 @@ def check_batch_keys(model: nn.Module, x: Any, tag: str) -> None:
     open_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     # a forward with **kwargs (Hugging Face) swallows any key: refuse when no key names an argument
     if unknown and (not open_kwargs or len(unknown) == len(x)):
-        raise EffdnnError(f"{tag}: calibration batch keys {unknown} are not arguments of "
+        raise EffdnnError(f"{tag}: the calibration batch keys {unknown} are not arguments of "
                           f"{type(model).__name__}.forward (it takes: {', '.join(named[:8])})")
 
 

@@ -101,5 +101,5 @@ def test_gptq_bad_models_and_batches() -> None:
         effdnn.quantize(convs, {"method": "gptq", "weight": {"bits": 4}}, [torch.randn(2, 1, 8, 8)])
     with pytest.raises(EffdnnError, match="no Conv1d / Conv2d / Linear"):
         effdnn.quantize(nn.Sequential(nn.ReLU()), {"method": "gptq", "weight": {"bits": 4}}, [torch.randn(2, 3)])
-    with pytest.raises(EffdnnError, match=r"batch keys \['ids'\] are not arguments of BertModel.forward"):
+    with pytest.raises(EffdnnError, match=r"calibration batch keys \['ids'\] are not arguments of BertModel.forward"):
         effdnn.quantize(tiny_bert(), {"method": "gptq", "weight": {"bits": 4}}, [{"ids": torch.zeros(2, 4, dtype=torch.long)}])
