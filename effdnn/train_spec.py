@@ -11,10 +11,24 @@ from .registry import StrictModel
 class DistillSpec(StrictModel):
     """Knowledge distillation (Hinton, Vinyals & Dean 2015, "Distilling the knowledge in a neural
     network"): loss = (1 - alpha) CE(z_s, y) + alpha T^2 KL(softmax(z_t / T) || softmax(z_s / T)), the
-    teacher being the experiment's own baseline model (before its transforms)."""
+    teacher being the experiment's own baseline model (before its transforms).
+
+    ``feature``: feature distillation, which needs no labels (FitNets, Romero et al. 2015, hint loss on
+    hidden states): ``cosine`` = 1 - cos(e_s, e_t) of the embeddings (a Hugging Face output's last hidden
+    state mean-pooled over the attention mask, else the output flattened), ``mse`` = mean (h_s - h_t)^2
+    over the hidden states (or outputs). Batches without labels train on it alone; with labels the loss
+    is (1 - alpha) CE + alpha * feature term."""
 
     alpha: float = Field(0.5, ge=0, le=1, description="weight of the distillation term")
     temperature: float = Field(4.0, gt=0)
+    feature: Literal["cosine", "mse"] | None = Field(None, description="label-free feature distillation")
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_feature(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)  # cache keys of existing runs stay what they were
+        if isinstance(data, dict) and data.get("feature") is None:
+            data.pop("feature", None)
+        return data
 
 
 class SWASpec(StrictModel):

@@ -82,10 +82,34 @@ def _loader(ds: Dataset, batch_size: int, seed: int, shuffle: bool) -> tuple[Dat
     return DataLoader(ds, batch_sampler=sampler, num_workers=0), sampler
 
 
-def _split(batch: Any) -> tuple[Any, torch.Tensor]:
+def _split(batch: Any) -> tuple[Any, torch.Tensor | None]:
+    """(input, labels); labels None for a label-free batch (a tensor, a 1-tuple, a dict without labels)."""
     if isinstance(batch, dict):
         return {k: v for k, v in batch.items() if k not in ("labels", "label")}, batch.get("labels", batch.get("label"))
-    return batch_input(batch), batch[1]
+    if isinstance(batch, torch.Tensor):
+        return batch, None
+    return batch_input(batch), batch[1] if len(batch) > 1 else None
+
+
+def embedding(out: Any, x: Any, pooled: bool = True) -> torch.Tensor:
+    """The features feature distillation compares: a Hugging Face output's last hidden state (mean-pooled
+    over ``x['attention_mask']`` when ``pooled``), else the output itself, flattened per example."""
+    h = out.last_hidden_state if hasattr(out, "last_hidden_state") else _logits(out)
+    if not pooled:
+        return h
+    if h.dim() == 3:
+        mask = x.get("attention_mask") if isinstance(x, dict) else None
+        m = (mask if mask is not None else torch.ones(h.shape[:2], device=h.device))[..., None].to(h.dtype)
+        return (h * m).sum(1) / m.sum(1).clamp_min(1e-9)
+    return h.reshape(h.shape[0], -1)
+
+
+def feature_loss(student: Any, teacher: Any, x: Any, kind: str) -> torch.Tensor:
+    """``cosine``: mean 1 - cos(e_s, e_t) of the embeddings; ``mse``: mean squared hidden-state difference
+    (DistillSpec.feature)."""
+    if kind == "cosine":
+        return (1 - F.cosine_similarity(embedding(student, x), embedding(teacher, x).detach(), dim=-1)).mean()
+    return F.mse_loss(embedding(student, x, pooled=False), embedding(teacher, x, pooled=False).detach())
 
 
 def _logits(out: Any) -> torch.Tensor:
@@ -109,6 +133,7 @@ class _Run:
     averager: WeightAverager | None
     soft_targets: TeacherLogits | None
     taker: Callback | None  # the one callback that replaces backward + step, if any
+    teacher: nn.Module | None = None  # feature distillation runs it at every step
 
 
 def _setup(model: nn.Module, train: Dataset, spec: TrainSpec, batch_size: int, seed: int, callbacks: Sequence[Callback],
@@ -121,13 +146,13 @@ def _setup(model: nn.Module, train: Dataset, spec: TrainSpec, batch_size: int, s
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(spec, s, steps_per_epoch))
     averager = WeightAverager(spec, steps_per_epoch) if spec.swa is not None else None
     soft_targets = None
-    if spec.distill is not None:
+    if spec.distill is not None and spec.distill.feature is None:
         soft_targets = TeacherLogits(teacher, train, model_device(model), _logits, spec.epochs * steps_per_epoch * batch_size)
     takers = [cb for cb in callbacks if type(cb).backward_step is not Callback.backward_step]
     if len(takers) > 1:
         raise EffdnnError(f"two techniques both take over the optimizer step: {[type(c).__name__ for c in takers]}")
     return _Run(spec, desc, log, callbacks, loader, sampler, steps_per_epoch, net, optimizer, scheduler, averager,
-                soft_targets, takers[0] if takers else None)
+                soft_targets, takers[0] if takers else None, teacher)
 
 
 def _resume(run: _Run, model: nn.Module, ckpt: Path, fp: str, result: TrainResult) -> int:
@@ -150,17 +175,35 @@ def _resume(run: _Run, model: nn.Module, ckpt: Path, fp: str, result: TrainResul
     return result.resumed_from
 
 
+def _task_loss(run: _Run, x: Any, out: Any, y: torch.Tensor | None, real: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(loss, labels) of the batch's ``real`` items: cross-entropy, feature distillation, or both."""
+    spec, feature = run.spec, run.spec.distill.feature if run.spec.distill is not None else None
+    if y is None and feature is None:
+        raise EffdnnError(f"{run.desc}: the batches have no labels; train without them by feature distillation "
+                          "(finetune: {distill: {feature: cosine}})")
+    logits = _logits(out)
+    if y is not None and real < y.numel():  # a stand-in item (an empty share of the last batch under DDP): no loss
+        logits, y = logits[:real], y[:real]
+    ce = F.cross_entropy(logits, y, label_smoothing=spec.label_smoothing) if y is not None and real else None
+    if feature is None:
+        return (ce if ce is not None else logits.sum() * 0), y
+    with torch.no_grad():
+        t_out = forward(run.teacher, x)
+    fl = feature_loss(out, t_out, x, feature)
+    a = spec.distill.alpha  # type: ignore[union-attr]
+    return (fl if ce is None else (1 - a) * ce + a * fl), y
+
+
 def _step(run: _Run, model: nn.Module, batch: Any, soft_index: Any, step: int, where: str
-          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One optimizer step on ``batch``: (logits, labels, task loss) of the batch's real items."""
+          ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """One optimizer step on ``batch``: (logits, labels or None, task loss) of the batch's real items."""
     spec = run.spec
     x, y = _split(move(batch, model_device(model)))
-    logits = _logits(forward(run.net, x))
+    out = forward(run.net, x)
     real, weight = run.sampler.share_weight(step)
-    if real < y.numel():  # a stand-in item (an empty share of the last batch under DDP): no loss
-        logits, y = logits[:real], y[:real]
-    loss = F.cross_entropy(logits, y, label_smoothing=spec.label_smoothing) if real else logits.sum() * 0
-    if run.soft_targets is not None and spec.distill is not None and real:
+    loss, y = _task_loss(run, x, out, y, real)
+    logits = _logits(out) if y is not None else embedding(out, x).detach()
+    if y is not None and run.soft_targets is not None and spec.distill is not None and real:
         soft = run.soft_targets(x, soft_index)
         loss = distillation_loss(logits, soft, loss, spec.distill.alpha, spec.distill.temperature)
     if not torch.isfinite(loss):
@@ -205,9 +248,9 @@ def _epoch(run: _Run, model: nn.Module, epoch: int) -> dict[str, float]:
         logits, y, loss = _step(run, model, batch, soft_index, step, f"epoch {epoch + 1}, step {step + 1}")
         if run.averager is not None:
             run.averager.after_step(model, epoch * run.steps_per_epoch + step + 1)
-        n = y.numel()
+        n = y.numel() if y is not None else logits.shape[0]
         total += n
-        correct += int((logits.argmax(1) == y).sum())
+        correct += int((logits.argmax(-1) == y).sum()) if y is not None else 0
         loss_sum += loss.item() * n
         bar.set_postfix(loss=f"{loss_sum / total:.4f}")
     stats = torch.tensor([loss_sum, correct, total], dtype=torch.float64, device=model_device(model))
