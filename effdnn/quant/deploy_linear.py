@@ -32,7 +32,7 @@ from torch import nn
 from ..cost.precision import LayerPrecision
 from ..errors import EffdnnError
 from ..formats import IntFormat
-from .dynamic import DynamicQuantizer, dynamic_codes
+from .dynamic import DynamicQuantizer
 from .embedding import pack_int4, unpack_int4
 from .modules import QuantLinear
 
