@@ -138,12 +138,20 @@ def smooth_model(model: nn.Module, alpha: float, data: Iterable[Any], max_batche
     groups: dict[str | None, list[str]] = {}
     for n in layers:
         groups.setdefault(producers[n], []).append(n)
-    ref = _outputs(forward(model, batches[0]))
+    probe = _head(batches[0], 4)  # a few examples check each fold
+    ref = _outputs(forward(model, probe))
     rows = []
     for prod, names in groups.items():
         for sub in ([names] if prod is not None else [[n] for n in names]):
-            rows.append(_smooth_group(model, modules, prod, sub, layers, stats, alpha, batches[0], ref, explicit))
+            rows.append(_smooth_group(model, modules, prod, sub, layers, stats, alpha, probe, ref, explicit))
     return rows
+
+
+def _head(x: Any, n: int) -> Any:
+    """The first ``n`` examples of a batch input (tensor or dict of tensors)."""
+    if isinstance(x, dict):
+        return {k: v[:n] if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in x.items()}
+    return x[:n] if isinstance(x, torch.Tensor) else x
 
 
 def _smooth_group(model: nn.Module, modules: dict[str, nn.Module], prod: str | None, names: list[str],

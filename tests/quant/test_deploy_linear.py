@@ -90,6 +90,8 @@ def test_deploy_tiny_bert_swaps_every_layer() -> None:
             ref, got = q(**data[0]).last_hidden_state, d(**data[0]).last_hidden_state
         assert torch.allclose(got, ref, atol=1e-3), (got - ref).abs().max()
         assert model_bytes(d) < 0.5 * model_bytes(m)
+        reported = effdnn.cost(d, data[0]).size_bytes  # the cost model counts the same integer bytes
+        assert abs(reported - model_bytes(d)) < 0.02 * model_bytes(d), (reported, model_bytes(d))
 
 
 def test_deploy_refusals() -> None:
