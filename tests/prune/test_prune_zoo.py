@@ -155,3 +155,20 @@ def test_bad_input_is_one_line():
     with pytest.raises(EffdnnError, match="does not run on the example input") as e:
         prune_channels(copy.deepcopy(model), torch.randn(2, 5, 32, 32), StructuredConfig(sparsity=0.3))
     assert "\n" not in str(e.value)
+
+
+def test_hugging_face_bert_prunes_through_its_attention():
+    """A model torch.fx cannot trace (Hugging Face BERT, dict input): q / k / v lose head_dim columns
+    across the heads (head count kept), the MLP its hidden width; the hidden size (the model output) stays."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=128, max_position_embeddings=32)
+    m = transformers.BertModel(cfg).eval()
+    x = {"input_ids": torch.randint(0, 100, (2, 16)), "attention_mask": torch.ones(2, 16, dtype=torch.long)}
+    shape = m(**x).last_hidden_state.shape
+    info = prune_channels(m, x, StructuredConfig(sparsity=0.3))
+    att = m.encoder.layer[0].attention.self
+    assert att.query.out_features == att.key.out_features == att.value.out_features == 44  # 4 heads x 11
+    assert m.encoder.layer[0].intermediate.dense.out_features == 90
+    assert m(**x).last_hidden_state.shape == shape and info["mac_reduction"] > 1.3
