@@ -176,9 +176,10 @@ def prune_channels(model: nn.Module, example_input: torch.Tensor, config: "Struc
     requested and achieved channel reductions, and with ``measure`` the MACs before / after)."""
     was = model.training
     model.eval()
-    want = _out_shapes(_run(model, example_input))
+    graph, out = trace_graph(model, example_input)  # one line if the model does not run
+    want = _out_shapes(out)
+    coup = couple(graph)
     macs_before = _macs(model, example_input) if measure else float("nan")
-    coup = analyse(model, example_input)
     selected = set(select_layers(model, config.layers, config.exclude, "prune"))
     todo = [g for g in coup.groups if g.units and all(p in selected for p in g.producers)]
     check_ratio_patterns(config.layer_sparsity, [p for g in todo for p in g.producers])
