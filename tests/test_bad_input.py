@@ -367,7 +367,7 @@ CALIBRATION_CASES = [
     a("calibration", "dtype", "fails on calibration batch 1 (input (2, 1, 8, 8) int64)", _q({"method": "ptq"}, [torch.ones(2, 1, 8, 8, dtype=torch.long)])),
     a("calibration", "second-batch", "fails on calibration batch 2", _q({"method": "ptq"}, [torch.randn(2, 1, 8, 8), torch.randn(2, 2, 8, 8)])),
     a("calibration", "dict-keys", "calibration", _q({"method": "ptq"}, [{"pixels": torch.randn(2, 1, 8, 8)}])),
-    a("calibration", "zero-example-batch", "calibration", _q({"method": "ptq"}, [torch.randn(0, 1, 8, 8)])),
+    a("calibration", "zero-example-batch", "calibration: batch 1 holds 0 examples", _q({"method": "ptq"}, [torch.randn(0, 1, 8, 8)])),
     a("calibration", "qat-empty", "calibration set is empty", _q({"method": "qat"}, [])),
     a("calibration", "lsq-nan", "NaN or Inf", _q({"method": "lsq"}, [torch.full((2, 1, 8, 8), float("nan"))])),
     a("calibration", "no-calib-data", "pass calib_data=", _q({"method": "ptq"}, None)),

@@ -34,6 +34,8 @@ def calibrate(model: nn.Module, data: Iterable[Any], max_batches: int | None = N
             if nhwc and isinstance(x, torch.Tensor) and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             check_batch_keys(model, x, "calibration")
+            if isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == 0:
+                raise EffdnnError(f"calibration: batch {seen + 1} holds 0 examples")
             try:
                 forward(model, x)
             except EffdnnError:
