@@ -94,57 +94,19 @@ def test_run_report_and_methods(tmp_path):
     assert p.returncode == 0 and "quantize" in p.stdout
 
 
-DATA_FILE = '''
-import torch
-from torch.utils.data import TensorDataset
-
-
-def make(kind="ok"):
-    x, y = torch.randn(40, 1, 8, 8), torch.randint(0, 4, (40,))
-    tx, ty = torch.randn(20, 1, 8, 8), torch.randint(0, 4, (20,))
-    info = {}
-    if kind == "float_labels":
-        y = y.float()
-    elif kind == "negative_labels":
-        y[3] = -1
-    elif kind == "labels_too_big":
-        info = {"num_classes": 3}
-        y[0] = 3
-    elif kind == "shape_mismatch":
-        tx = torch.randn(20, 1, 9, 9)
-    elif kind == "empty_train":
-        x, y = x[:0], y[:0]
-    elif kind == "nan":
-        x[5, 0, 1, 1] = float("nan")
-    return TensorDataset(x, y), TensorDataset(tx, ty), info
-
-
-def bad_forward(**kw):
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc = torch.nn.Linear(10, 4)
-
-        def forward(self, x):
-            return self.fc(x)
-    return Net()
-
-
-def wrong_output(**kw):
-    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 7))
-'''
+from tests.test_bad_input import USER  # the user's data and model file of the bad-input table
 
 
 # a few rows of tests/test_bad_input.py's table, through the real command (a subprocess)
 @pytest.mark.parametrize("data_kind, model, needle", [
-    ("float_labels", "mlp", "train labels must be integer class indices, got torch.float32"),
-    ("nan", "mlp", "the train inputs hold NaN or Inf"),
-    ("ok", "d.py:bad_forward", "model: its forward fails on the data (input (2, 1, 8, 8)): RuntimeError"),
+    ("float_labels", "ok", "train labels must be integer class indices, got torch.float32"),
+    ("nan", "ok", "the train inputs hold NaN or Inf"),
+    ("ok", "forward_fails", "model: its forward fails on the data (input (2, 1, 8, 8)): RuntimeError"),
 ])
 def test_bad_user_data_and_models_are_one_line(tmp_path, data_kind, model, needle):
-    (tmp_path / "d.py").write_text(DATA_FILE)
-    recipe = {"name": "bad", "data": {"name": "d.py:make", "kwargs": {"kind": data_kind}},
-              "model": {"name": model}, "baseline": {"epochs": 1}}
+    (tmp_path / "d.py").write_text(USER)
+    recipe = {"name": "bad", "data": {"name": "d.py:data", "kwargs": {"kind": data_kind}},
+              "model": {"name": "d.py:net", "kwargs": {"kind": model}}, "baseline": {"epochs": 1}}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     p = effdnn("run", "r.yaml", "--out", "o", cwd=tmp_path)
     _one_clear_line(p, needle)
