@@ -4,6 +4,7 @@ Each function edits one module in place, giving it new, smaller parameters (and 
 so the model stays an ordinary dense ``nn.Module`` that exports to ONNX as before)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -61,7 +62,7 @@ def keep_inputs(mod: nn.Module, idx: torch.Tensor, spatial: int = 1) -> None:
 
 
 @torch.no_grad()
-def remove_units(model: nn.Module, slot_nodes: dict, comp_removed: "np.ndarray") -> list[str]:
+def remove_units(model: nn.Module, slot_nodes: dict, comp_removed: np.ndarray) -> list[str]:
     """Slice every parameter / buffer dim (slot) down to the nodes whose unit survives, then fix the
     size attributes of the modules touched (:func:`fix_attributes`). Returns the modules changed."""
     mods = dict(model.named_modules())
