@@ -2,6 +2,7 @@
 
     nice python benchmarks/prunability.py [--models resnet18,vit_b_16] [--out runs/prunability.jsonl]
                                           [--tools effdnn,tp] [--timeout 900]
+    python benchmarks/prunability.py --summarize runs/prunability.jsonl [more.jsonl]   # table of finished rows
 
 Every torchvision classification model (random weights; BatchNorm statistics set on 3 random batches;
 64x64 inputs where the model allows it) loses 30% of its channels by L1 norm, the classifier's
@@ -177,8 +178,19 @@ def main() -> None:
     ap.add_argument("--out", default="runs/prunability.jsonl")
     ap.add_argument("--timeout", type=int, default=900)
     ap.add_argument("--one", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--summarize", nargs="*", default=None, help="print the table and summary of these jsonl files")
     args = ap.parse_args()
     tools = args.tools.split(",")
+    if args.summarize is not None:
+        rows = {}
+        for f in args.summarize or [args.out]:
+            for line in Path(f).read_text().splitlines():
+                row = json.loads(line)
+                rows[row["model"]] = row
+        rows = [rows[k] for k in sorted(rows)]
+        print(table(rows))
+        print(summary(rows))
+        return
     if args.one:
         print(json.dumps(one(args.one, tools)))
         return
