@@ -2,6 +2,7 @@
 
     nice python benchmarks/prunability.py [--models resnet18,vit_b_16] [--out runs/prunability.jsonl]
                                           [--tools effdnn,tp] [--timeout 900]
+    python benchmarks/prunability.py --summarize runs/prunability.jsonl [more.jsonl]   # table of finished rows
 
 Every torchvision classification model (random weights; BatchNorm statistics set on 3 random batches;
 64x64 inputs where the model allows it) loses 30% of its channels by L1 norm, the classifier's
@@ -34,12 +35,12 @@ sys.path.insert(0, str(ROOT))
 # `import torchvision` fails registering their fake kernels. The model definitions are pure Python, so
 # the shim (tests/torchvision_shim.py) makes those registrations no-ops during the import. Installed
 # before anything can import torchvision (transformers would).
-from tests.torchvision_shim import install as _install_torchvision_shim  # noqa: E402
+from tests.torchvision_shim import install as _install_torchvision_shim
 
 _install_torchvision_shim()
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
 SIZES = {"inception_v3": 96, "maxvit_t": 224, "vit_h_14": 56}  # otherwise 64
 KWARGS = {"vit": {"image_size": 64}, "vit_h_14": {"image_size": 56}}
@@ -71,7 +72,7 @@ def _exports(model: nn.Module, x: torch.Tensor) -> bool:
                 warnings.simplefilter("ignore")
                 effdnn.export_onnx(model, x, Path(d) / "m.onnx")
             return True
-        except Exception:
+        except Exception:  # noqa: BLE001
             return False
 
 
@@ -105,8 +106,9 @@ def prune_tp(model: nn.Module, x: torch.Tensor) -> nn.Module:
 
 def one(name: str, tools: list[str]) -> dict:
     torch.set_num_threads(1)
-    import effdnn.prune.structured  # noqa: F401  (imports outside the timings)
     import torch_pruning  # noqa: F401
+
+    import effdnn.prune.structured  # noqa: F401  (imports outside the timings)
 
     model, x = build(name)
     with torch.no_grad():
@@ -124,7 +126,7 @@ def one(name: str, tools: list[str]) -> dict:
                 row[f"{tool}_runs"] = tuple(m(x).shape) == shape
             row[f"{tool}_macs"] = macs / _macs(m, x)
             row[f"{tool}_exports"] = _exports(m, x) if row["base_exports"] else None
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 (any failure of user code is reported in one line)
             row[f"{tool}_s"] = time.perf_counter() - t0
             row[f"{tool}_runs"] = False
             row[f"{tool}_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
@@ -145,8 +147,8 @@ def table(rows: list[dict]) -> str:
             return "fails"
         return ("yes" if r.get(f"{tool}_exports") else "no" if r.get(f"{tool}_exports") is False else "n/a")
 
-    lines = ["| model | input | effdnn MAC red. | TP MAC red. | effdnn runs / exports | TP runs / exports | "
-             "effdnn s | TP s |", "|---|---|---|---|---|---|---|---|"]
+    lines = [("| model | input | effdnn MAC red. | TP MAC red. | effdnn runs / exports | TP runs / exports | "
+             "effdnn s | TP s |"), "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['input']} | {f(r.get('effdnn_macs') if r.get('effdnn_runs') else None)} | "
                      f"{f(r.get('tp_macs') if r.get('tp_runs') else None)} | {ok(r, 'effdnn')} | {ok(r, 'tp')} | "
@@ -164,7 +166,7 @@ def summary(rows: list[dict]) -> str:
     slower = [f"{r['model']} ({r['effdnn_s']:.1f} vs {r['tp_s']:.1f} s)" for r in both if r["effdnn_s"] > r["tp_s"]]
     te, tt = sum(r["effdnn_s"] for r in both), sum(r["tp_s"] for r in both)
     return (f"effdnn prunable: {len(ok)}/{n}; Torch-Pruning prunable: {len(tp_ok)}/{n}\n"
-            f"not prunable by effdnn: {', '.join(sorted(set(r['model'] for r in rows) - set(ok))) or 'none'}\n"
+            f"not prunable by effdnn: {', '.join(sorted({r['model'] for r in rows} - set(ok))) or 'none'}\n"
             f"both run: {len(both)}; effdnn below 0.95x TP's MAC reduction: {len(below)} {'; '.join(below)}\n"
             f"time (both run): effdnn {te:.1f} s, TP {tt:.1f} s; effdnn slower on {len(slower)}: {'; '.join(slower)}")
 
@@ -176,8 +178,19 @@ def main() -> None:
     ap.add_argument("--out", default="runs/prunability.jsonl")
     ap.add_argument("--timeout", type=int, default=900)
     ap.add_argument("--one", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--summarize", nargs="*", default=None, help="print the table and summary of these jsonl files")
     args = ap.parse_args()
     tools = args.tools.split(",")
+    if args.summarize is not None:
+        rows = {}
+        for f in args.summarize or [args.out]:
+            for line in Path(f).read_text().splitlines():
+                row = json.loads(line)
+                rows[row["model"]] = row
+        rows = [rows[k] for k in sorted(rows)]
+        print(table(rows))
+        print(summary(rows))
+        return
     if args.one:
         print(json.dumps(one(args.one, tools)))
         return
@@ -191,7 +204,7 @@ def main() -> None:
     for name in names:
         cmd = [sys.executable, __file__, "--one", name, "--tools", args.tools]
         try:
-            p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT,
+            p = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
             lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
             row = json.loads(lines[-1]) if lines else {"model": name, "input": "-",

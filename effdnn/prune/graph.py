@@ -158,7 +158,7 @@ class Recorder(TorchDispatchMode):
 
         try:
             apply_rule(self, func, args, kwargs, out)
-        except Exception as e:  # a rule that cannot follow this op: keep what it touches whole
+        except Exception as e:  # noqa: BLE001 (a rule that cannot follow this op keeps what it touches whole)
             self.block_inputs((args, kwargs), f"{func.__name__} ({type(e).__name__}: {str(e)[:80]})")
         return out
 
@@ -216,7 +216,7 @@ def trace_graph(model: nn.Module, example_input: Any) -> tuple[DepGraph, Any]:
                 out = model(*example_input)
             else:
                 out = model(example_input)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 (any failure of user code is reported in one line)
         raise EffdnnError(f"structured pruning: the model does not run on the example input "
                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     finally:

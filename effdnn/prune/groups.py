@@ -52,9 +52,11 @@ def couple(graph: DepGraph) -> Coupling:
     """Units and groups of the traced graph, in the order their producers were defined."""
     comp = components(graph)
     why: dict[int, str] = {}
-    for nodes, reason in graph.blocked:
-        for c in np.unique(comp[nodes]):
-            why.setdefault(int(c), reason)
+    if graph.blocked:  # the first reason that reached each blocked component
+        nodes = np.concatenate([n for n, _ in graph.blocked])
+        reason = np.concatenate([np.full(len(n), i) for i, (n, _) in enumerate(graph.blocked)])
+        comps, first = np.unique(comp[nodes], return_index=True)
+        why = {int(c): graph.blocked[int(r)][1] for c, r in zip(comps, reason[first])}
     producers_of: dict[int, list[str]] = {}
     slot_nodes: dict[str, list[tuple[Slot, np.ndarray]]] = {}
     for s in graph.slots:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
 from .graph import Recorder, compact, tensors_in, var_dims
 
 aten = torch.ops.aten
@@ -156,10 +157,7 @@ def _join_pieces(rec: Recorder, name: str, args: tuple, kwargs: dict, outs: list
     dim = dim % args[0].dim()
     for r in results:
         pieces = [p for p in r]
-        if name == "unbind":
-            for p in pieces[1:]:
-                rec.union(pieces[0], p)
-        elif len({p.shape[dim] for p in pieces}) == 1:
+        if name == "unbind" or len({p.shape[dim] for p in pieces}) == 1:
             for p in pieces[1:]:
                 rec.union(pieces[0], p)
         else:

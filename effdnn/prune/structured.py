@@ -30,8 +30,8 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from ..errors import EffdnnError
-from ..transform import TransformContext
 from ..registry import PRUNE, StrictModel
+from ..transform import TransformContext
 from ..utils.batches import batch_input, model_device
 from ..utils.batchnorm import recalibrate_batchnorm
 from .graph import trace_graph
@@ -128,13 +128,13 @@ def _group_l1_scores(coup: Coupling, model: nn.Module) -> np.ndarray:
         for s, comps in slots:
             if s.param != "weight" or s.dim > 1 or not isinstance(mods.get(mname), _NORMS + (nn.Linear, nn.modules.conv._ConvNd)):
                 continue
-            w = getattr(mods[mname], "weight").detach().abs().float()
+            w = mods[mname].weight.detach().abs().float()
             term = w.sum([d for d in range(w.dim()) if d != s.dim]).cpu().numpy() if w.dim() > 1 else w.cpu().numpy()
             np.add.at(score, comps, term / max(float(term.mean()), 1e-12))
     return score
 
 
-def _unit_scores(coup: Coupling, model: nn.Module, todo: list[Group], config: "StructuredConfig", data: Any) -> np.ndarray:
+def _unit_scores(coup: Coupling, model: nn.Module, todo: list[Group], config: StructuredConfig, data: Any) -> np.ndarray:
     if config.saliency == "group_l1":
         return _group_l1_scores(coup, model)
     mods = dict(model.named_modules())
@@ -155,7 +155,7 @@ def _macs(model: nn.Module, x: Any) -> float:
 
     try:
         return float(cost(model, x).macs)
-    except Exception:  # the report's MACs are informative; a model the cost tracer cannot follow still prunes
+    except Exception:  # noqa: BLE001 (the MACs inform; a model the cost tracer cannot follow still prunes)
         return float("nan")
 
 
@@ -170,7 +170,7 @@ def _run(model: nn.Module, x: Any) -> Any:
         return model(**x) if isinstance(x, dict) else model(*x) if isinstance(x, (tuple, list)) else model(x)
 
 
-def prune_channels(model: nn.Module, example_input: torch.Tensor, config: "StructuredConfig", data: Any = None,
+def prune_channels(model: nn.Module, example_input: torch.Tensor, config: StructuredConfig, data: Any = None,
                    measure: bool = True) -> dict[str, Any]:
     """Remove channels in place; returns what was done (groups, channels before / after, groups kept whole,
     requested and achieved channel reductions, and with ``measure`` the MACs before / after)."""
@@ -200,7 +200,7 @@ def prune_channels(model: nn.Module, example_input: torch.Tensor, config: "Struc
     _fix_models(model)
     try:
         got = _out_shapes(_run(model, example_input))
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 (any failure of user code is reported in one line)
         raise EffdnnError(f"structured pruning: the pruned model does not run ({type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''})") from None
     finally:
@@ -223,7 +223,7 @@ def _say_whole(whole: list[dict], strict: bool) -> None:
 
 
 def _summary(model: nn.Module, x: Any, done: list[dict], whole: list[dict],
-             config: "StructuredConfig", macs_before: float) -> dict[str, Any]:
+             config: StructuredConfig, macs_before: float) -> dict[str, Any]:
     total = sum(g["channels"] for g in done) + sum(w["channels"] for w in whole)
     kept = sum(g["kept"] for g in done) + sum(w["channels"] for w in whole)
     macs_after = _macs(model, x) if x is not None else float("nan")

@@ -29,7 +29,7 @@ def _small_vit():
 def _small_swin(v2: bool = False):
     from torchvision.models import swin_transformer as st
 
-    extra = dict(block=st.SwinTransformerBlockV2, downsample_layer=st.PatchMergingV2) if v2 else {}
+    extra = {"block": st.SwinTransformerBlockV2, "downsample_layer": st.PatchMergingV2} if v2 else {}
     return st.SwinTransformer(patch_size=[4, 4], embed_dim=24, depths=[1, 1], num_heads=[2, 4], window_size=[4, 4],
                               num_classes=10, **extra)
 
