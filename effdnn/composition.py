@@ -72,6 +72,13 @@ RULES: tuple[Rule, ...] = (
          and _get(pr, "schedule", "oneshot") in ("oneshot", "rigl")),
     Rule(("prune", "*"), ("precision", "*"), None, note="masked fine-tuning in mixed precision (gradual schedules: "
          "pruning while the fresh model trains)"),
+    # -- prune x gptq --------------------------------------------------------------------------------
+    Rule(("prune", "*"), ("quantize", "gptq"),
+         "prune + quantize gptq: GPTQ's error updates would move the pruned (zero) weights; quantize a pruned "
+         "model with ptq (or prune with wanda after GPTQ's float model)"),
+    Rule(("prune", "*"), ("quantize", "smoothquant"),
+         "prune + quantize smoothquant: smoothing is not implemented for pruned (masked) layers; quantize a pruned "
+         "model with ptq and dynamic per-token activations"),
     # -- binary deployment --------------------------------------------------------------------------
     Rule(("prune", "*"), ("quantize", "*"),
          "prune + a bit-packed binary deployment (packed: true): packed +-1 codes have no zero, so pruned weights "

@@ -115,12 +115,13 @@ def test_refused_pairs_fail_at_validation_with_one_line(q, o):
     with pytest.raises(EffdnnError) as err:
         parse_recipe({"experiments": [_experiment(q, o)]})
     msg = str(err.value)
-    assert "\n" not in msg and msg.startswith("experiments[0]") and ("precision" in msg or "packed" in msg)
+    assert "\n" not in msg and msg.startswith("experiments[0]") and any(w in msg for w in ("precision", "packed", "prune +"))
 
 
 def test_the_refusals_are_the_documented_ones():
     assert sorted(REFUSED) == sorted([(q, "precision-fp8") for q in QUANTIZE.names()]
-                                     + [("ptq", "precision-fp16"), ("ptq", "precision-bf16")])
+                                     + [("ptq", "precision-fp16"), ("ptq", "precision-bf16")]
+                                     + [(q, o) for q in ("gptq", "smoothquant") for o in OTHER if o.startswith("prune-")])
     with pytest.raises(EffdnnError, match="packed"):
         check_composition({"prune": {"method": "magnitude", "sparsity": 0.5}, "quantize": {"method": "bwn", "packed": True}})
     with pytest.raises(EffdnnError, match="masks"):

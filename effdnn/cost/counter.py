@@ -182,9 +182,11 @@ def trace_ops(model: nn.Module, example_input: Any) -> list[OpRecord]:
         if w is not None and _storage(w) not in owners:
             if _storage(x) in owners:  # x @ W^T arrives as (W^T, x) in some decompositions
                 x, w = w, x
-            else:
-                w = None  # activation x activation
-        held_by = owners[_storage(w)] if w is not None else None
+            else:  # a weight the layer derived in its forward (quantized, masked) is still its weight
+                pw = getattr(stack[-1], "weight", None) if stack else None
+                if not (isinstance(pw, torch.Tensor) and pw.numel() == w.numel()):
+                    w = None  # activation x activation
+        held_by = owners.get(_storage(w)) if w is not None else None
         # a weight used outside its module's forward (Swin's F.linear(x, self.qkv.weight)): that layer's op
         module = names[held_by] if held_by is not None and held_by not in stack else owner()
         records.append(OpRecord(module, str(func.overloadpacket.__name__), int(macs),
