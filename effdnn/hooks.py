@@ -40,3 +40,19 @@ class Callback:
     def report(self) -> dict[str, Any]:
         """Extra fields for the experiment's report."""
         return {}
+
+
+def step_with_callbacks(loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer,
+                        callbacks: list[Callback]) -> None:
+    """One optimizer step on ``loss`` as the callbacks want it: the callback that takes over backward
+    and step (a loss scaler) if there is one, else ``loss.backward(); optimizer.step()``; then every
+    callback's ``after_step``. (effdnn's own ``fit`` adds gradient clipping, DDP and the schedule.)"""
+    optimizer.zero_grad(set_to_none=True)
+    takers = [cb for cb in callbacks if type(cb).backward_step is not Callback.backward_step]
+    if takers:
+        takers[0].backward_step(loss, model, optimizer)
+    else:
+        loss.backward()
+        optimizer.step()
+    for cb in callbacks:
+        cb.after_step(model, optimizer)

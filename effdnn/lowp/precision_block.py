@@ -37,7 +37,7 @@ from ..errors import EffdnnError
 from ..transform import TransformContext
 from ..formats.float import BF16, FP16, FP16_169
 from ..registry import PRECISION, StrictModel
-from ..hooks import Callback
+from ..hooks import Callback, step_with_callbacks
 from ..utils.batches import batch_input, forward, move
 from .fp8_native import convert_native_fp8, fp8_available
 from .fp8_training import RoundWeightsCallback, fp8_policies
@@ -129,15 +129,7 @@ PREPARE: dict[str, Callable[..., list[Callback]]] = {"fp16": _mixed, "bf16": _mi
 def _train_step(model: nn.Module, opt: torch.optim.Optimizer, batch: Any, callbacks: list[Callback]) -> None:
     x, y = batch_input(batch), batch[1]
     loss = F.cross_entropy(forward(model, x), y)
-    opt.zero_grad(set_to_none=True)
-    takers = [cb for cb in callbacks if type(cb).backward_step is not Callback.backward_step]
-    if takers:
-        takers[0].backward_step(loss, model, opt)
-    else:
-        loss.backward()
-        opt.step()
-    for cb in callbacks:
-        cb.after_step(model, opt)
+    step_with_callbacks(loss, model, opt, callbacks)
 
 
 def step_time(model: nn.Module, batches: list[Any], callbacks: list[Callback]) -> float:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from effdnn.hooks import Callback
+from effdnn.hooks import Callback, step_with_callbacks
 from effdnn.lowp.gemm import CLASSES, LowpStats
 from effdnn.lowp.policy import LowpMixin
 from effdnn.lowp.precision_block import PREPARE, BF16Config, FP16Config, FP8Config, HFP8Config
@@ -44,15 +44,7 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y:
                callbacks: list[Callback]) -> float:
     """Forward, backward and update through the callbacks (loss scaling, weight rounding); the loss."""
     loss = _loss(model(x), y)
-    opt.zero_grad(set_to_none=True)
-    takers = [cb for cb in callbacks if type(cb).backward_step is not Callback.backward_step]
-    if takers:
-        takers[0].backward_step(loss, model, opt)
-    else:
-        loss.backward()
-        opt.step()
-    for cb in callbacks:
-        cb.after_step(model, opt)
+    step_with_callbacks(loss, model, opt, callbacks)
     return float(loss.detach())
 
 
