@@ -37,6 +37,7 @@ from .embedding import pack_int4, unpack_int4
 from .modules import QuantLinear
 
 DEQUANT_ROWS = 64  # weight-only layers: at least this many input rows -> dequantize + fp32 GEMM
+_INT4_TABLE = torch.stack([torch.arange(256) % 16 - 8, torch.arange(256) // 16 - 8], 1).float()  # byte -> codes
 _PACKED: "weakref.WeakKeyDictionary[nn.Module, Any]" = weakref.WeakKeyDictionary()  # kernel-packed weights
 
 
@@ -168,8 +169,13 @@ class IntWeightLinear(_Deployed):
         return unpack_int4(self.weight_codes) if self.packed4 else self.weight_codes
 
     def dequantized_weight(self) -> torch.Tensor:
-        c = self.codes().float().reshape(self.out_features, -1, self.group_size)
-        return (c * self.weight_scale[:, :, None]).reshape(self.out_features, self.in_features)
+        """codes x scales as fp32 (N, K), in few passes: int4 bytes decode through a 256 x 2 table."""
+        n, g = self.out_features, self.weight_scale.shape[1]
+        if self.packed4:
+            c = F.embedding(self.weight_codes.long(), _INT4_TABLE)  # (N, K/2, 2): low, high nibble
+        else:
+            c = self.weight_codes
+        return torch.mul(c.reshape(n, g, self.group_size), self.weight_scale[:, :, None]).reshape(n, self.in_features)
 
     def _packed_int4(self) -> tuple[torch.Tensor, torch.Tensor]:
         got = _PACKED.get(self)

@@ -130,6 +130,22 @@ def _gptq_layers(model: nn.Module, config: GPTQConfig) -> dict[str, nn.Linear]:
     return out
 
 
+def _shared_hessians(stats: dict[str, Any], layers: dict[str, nn.Module]) -> list[list[str]]:
+    """Layers grouped by identical input statistics (the same input tensor) and code range: GPTQ's rows
+    are independent given H, so a group is solved as one stacked weight."""
+    groups: list[list[str]] = []
+    rng = {n: (m.weight_quant.fmt.qmin, m.weight_quant.fmt.qmax) for n, m in layers.items()}
+    for n, st in stats.items():
+        for g in groups:
+            ref = stats[g[0]]
+            if rng[g[0]] == rng[n] and ref.rows == st.rows and ref.hessian.shape == st.hessian.shape and torch.equal(ref.hessian, st.hessian):
+                g.append(n)
+                break
+        else:
+            groups.append([n])
+    return groups
+
+
 def gptq_step(config: GPTQConfig, extra: dict[str, Any]) -> Callable:
     """The PTQ pre-step of GPTQ: (SmoothQuant,) Hessians on the float model, then the solve after the
     layers are swapped (each weight replaced by its GPTQ grid values)."""
@@ -144,16 +160,22 @@ def gptq_step(config: GPTQConfig, extra: dict[str, Any]) -> Callable:
 
         def after(model: nn.Module, summary: list[dict[str, Any]]) -> None:
             rows = {r["layer"]: r for r in summary}
-            for n, m in layers.items():
-                assert isinstance(m, QuantLinear) and m.weight_quant is not None
-                W, H = m.weight.detach(), stats[n].H()
-                S, Z, qmin, qmax = grid_params(m.weight_quant, W.shape)
+            for names in _shared_hessians(stats, layers):  # q / k / v read one tensor: one solve for their rows
+                group = [layers[n] for n in names]
+                W = torch.cat([m.weight.detach() for m in group])
+                grids = [grid_params(m.weight_quant, m.weight.shape) for m in group]
+                S, Z = torch.cat([g[0] for g in grids]), torch.cat([g[1] for g in grids])
+                qmin, qmax = grids[0][2], grids[0][3]
+                H = stats[names[0]].H()
                 W_hat = gptq_solve(W, H, S, Z, qmin, qmax, config.block_size, config.act_order, config.damp)
-                rtn = reconstruction_error(W, _quant(W.float(), S, Z, qmin, qmax), H)
-                rows[n].update({"gptq_error": reconstruction_error(W, W_hat, H), "rtn_error": rtn})
-                with torch.no_grad():
-                    m.weight.copy_(W_hat.to(m.weight.dtype))
-                m._wq_cache = None
+                for m, n, w_hat, w, s, z in zip(group, names, W_hat.split([m.out_features for m in group]),
+                                                W.split([m.out_features for m in group]), S.split([m.out_features for m in group]),
+                                                Z.split([m.out_features for m in group])):
+                    rows[n].update({"gptq_error": reconstruction_error(w, w_hat, H),
+                                    "rtn_error": reconstruction_error(w, _quant(w.float(), s, z, qmin, qmax), H)})
+                    with torch.no_grad():
+                        m.weight.copy_(w_hat.to(m.weight.dtype))
+                    m._wq_cache = None
 
         return after
 
