@@ -50,7 +50,8 @@ def main() -> None:
     variants = {
         "fp32": copy.deepcopy(base),
         "effdnn qat w8a8": effdnn.quantize(base, {"method": "qat", "weight": {"bits": 8}, "act": {"bits": 8}}, calib),
-        "effdnn pact w4a4": effdnn.quantize(base, {"method": "pact", "weight": {"bits": 4}, "act": {"bits": 4}}, calib),
+        "effdnn pact w4a4": effdnn.quantize(base, {"method": "pact", "weight": {"bits": 4}, "act": {"bits": 4},
+                                                "alpha_decay": 0}, calib),  # the L2 term: a loop hook
         "effdnn lsq w4a4": effdnn.quantize(base, {"method": "lsq", "weight": {"bits": 4}, "act": {"bits": 4}}, calib),
         "torch.ao qat (FakeQuantize)": ao_qat(base),
     }

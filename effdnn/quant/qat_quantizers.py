@@ -26,6 +26,7 @@ from ..utils.distributed import all_reduce_
 from ..formats import IntFormat, KMeansFormat, NumberFormat
 from ..formats.kmeans import KMeansParams
 from .fake_quant import Quantizer
+from .fused_fq import fake_quantize_dynamic, fake_quantize_int
 
 
 class QATQuantizer(Quantizer):
@@ -44,6 +45,8 @@ class DynamicWeightQuantizer(QATQuantizer):
         self.mode = "quantize"
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.fmt, IntFormat) and (out := fake_quantize_dynamic(self.fmt, w)) is not None:
+            return out  # the same values and gradient in one fused node
         return self.fmt.fake_quantize(w, self.fmt.compute_params(w.detach()))
 
     def to_static(self, x: torch.Tensor | None = None) -> Quantizer:
@@ -131,10 +134,13 @@ class EMAActQuantizer(ActStatsMixin, QATQuantizer):
             return x
         if self.training and torch.is_grad_enabled():
             with torch.no_grad():
-                lo, hi = all_reduce_(x.min().reshape(1), "min"), all_reduce_(x.max().reshape(1), "max")
+                mn, mx = torch.aminmax(x.detach())  # one pass for both
+                lo, hi = all_reduce_(mn.reshape(1), "min"), all_reduce_(mx.reshape(1), "max")
                 self.lo.lerp_(lo[0].clamp_max(0), self.momentum)
                 self.hi.lerp_(hi[0].clamp_min(0), self.momentum)
-        return self.fmt.fake_quantize(x, self.fmt.params_from_range(self.lo.reshape(1), self.hi.reshape(1)))
+        params = self.fmt.params_from_range(self.lo.reshape(1), self.hi.reshape(1))
+        out = fake_quantize_int(self.fmt, x, params)  # type: ignore[arg-type]
+        return out if out is not None else self.fmt.fake_quantize(x, params)
 
     def to_static(self, x: torch.Tensor | None = None) -> Quantizer:
         q = Quantizer(self.fmt, None, role="act")

@@ -1,4 +1,6 @@
-"""Fast CPU kernels for bit-packed binary layers, compiled at first use and cached.
+"""Fast CPU kernels, compiled at first use and cached: bit-packed binary layers (``lib()``) and fused
+fake quantization for QAT (``fq_lib()``, ``fake_quant_kernels.cpp``, compiled with
+``-ffp-contract=off`` so it evaluates its references' float32 expressions bit for bit).
 
 ``binary_kernels.cpp`` (XNOR-popcount GEMM and convolution, XNOR-Net, Rastegari et al. 2016: for +-1
 vectors with bit 1 = +1, a . b = K - 2 popcount(a xor b)) is compiled once per machine with the system
@@ -23,6 +25,7 @@ import warnings
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("binary_kernels.cpp")
+FQ_SOURCE = Path(__file__).with_name("fake_quant_kernels.cpp")
 FLAG_SETS = (["-O3", "-march=native", "-fopenmp"], ["-O3", "-march=native"], ["-O3", "-fopenmp"], ["-O3"])
 ISA_NAMES = {1: "scalar popcount", 2: "AVX2 vpshufb popcount", 3: "AVX-512 VPOPCNTDQ"}
 _state: dict = {}
@@ -48,19 +51,20 @@ def _compiler() -> str | None:
     return None
 
 
-def _build(cxx: str) -> Path:
-    src = SOURCE.read_bytes()
+def _build(cxx: str, source: Path = SOURCE, extra: tuple[str, ...] = ()) -> Path:
+    src = source.read_bytes()
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False).stdout
     errors = []
-    for flags in FLAG_SETS:
+    for base in FLAG_SETS:
+        flags = [*base, *extra]
         key = hashlib.sha256(src + repr(flags).encode() + version.encode() + _cpu_key().encode()).hexdigest()[:16]
-        out = cache_dir() / f"binary_kernels_{key}.so"
+        out = cache_dir() / f"{source.stem}_{key}.so"
         if out.exists():
             return out
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
             tmp_so = Path(tmp) / out.name
-            r = subprocess.run([cxx, *flags, "-shared", "-fPIC", "-std=c++17", str(SOURCE), "-o", str(tmp_so)],
+            r = subprocess.run([cxx, *flags, "-shared", "-fPIC", "-std=c++17", str(source), "-o", str(tmp_so)],
                                capture_output=True, text=True, check=False)
             if r.returncode == 0:
                 os.replace(tmp_so, out)  # atomic: concurrent builders all end with one whole file
@@ -101,10 +105,48 @@ def lib() -> ctypes.CDLL | None:
     return so
 
 
+def _declare_fq(so: ctypes.CDLL) -> ctypes.CDLL:
+    p, i64, f32, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+    so.effdnn_fq_affine.argtypes = [p, i64, i64, p, p, f32, f32, p, p, c_int]
+    so.effdnn_fq_mask_grad.argtypes = [p, p, i64, c_int, p, c_int]
+    so.effdnn_lsq_fwd.argtypes = [p, i64, i64, p, f32, f32, f32, p, p, c_int]
+    so.effdnn_lsq_bwd.argtypes = [p, p, i64, i64, p, f32, f32, f32, p, p, c_int]
+    so.effdnn_pact_fwd.argtypes = [p, i64, f32, c_int, c_int, p, p, c_int]
+    so.effdnn_pact_bwd.argtypes = [p, p, i64, c_int, p, p, c_int]
+    for f in (so.effdnn_fq_affine, so.effdnn_fq_mask_grad, so.effdnn_lsq_fwd, so.effdnn_lsq_bwd,
+              so.effdnn_pact_fwd, so.effdnn_pact_bwd):
+        f.restype = None
+    return so
+
+
+def fq_lib() -> ctypes.CDLL | None:
+    """The fused fake-quant kernels, built on first call; None (after one warning line) when unavailable,
+    and QAT then runs its reference autograd path (same values, more passes)."""
+    if "fq" in _state:
+        return _state["fq"]
+    so, why = None, ""
+    if os.environ.get("EFFDNN_NO_KERNELS", "") not in ("", "0"):
+        why = "EFFDNN_NO_KERNELS is set"
+    elif (cxx := _compiler()) is None:
+        why = "no C++ compiler found ($CXX, g++, c++, clang++)"
+    else:
+        try:
+            # IEEE float32 op by op: no FMA contraction; errno / trap flags only (values unchanged)
+            so = _declare_fq(ctypes.CDLL(str(_build(cxx, FQ_SOURCE, ("-ffp-contract=off", "-fno-math-errno",
+                                                                      "-fno-trapping-math")))))
+        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+            why = f"build failed: {e}"
+    if so is None:
+        warnings.warn(f"effdnn: fused fake-quant kernels unavailable ({why}); QAT uses the reference autograd path",
+                      RuntimeWarning, stacklevel=2)
+    _state["fq"] = so
+    return so
+
+
 def isa() -> str:
     """Which popcount the loaded kernels use ("numpy reference" when none are loaded)."""
     so = lib()
     return "numpy reference" if so is None else ISA_NAMES.get(so.effdnn_kernel_isa(), "?")
 
 
-__all__ = ["cache_dir", "isa", "lib"]
+__all__ = ["cache_dir", "fq_lib", "isa", "lib"]

@@ -85,13 +85,49 @@ def dorefa_weight(w: torch.Tensor, bits: int, rescale: bool = True) -> torch.Ten
     return wq * w.detach().abs().max() if rescale else wq
 
 
+class _DoReFaFunction(torch.autograd.Function):
+    """``dorefa_weight`` as one autograd node: the same float32 forward ops (bit-identical values) and
+    the gradient of the reference's graph written out (straight-through rounding), instead of a dozen
+    autograd nodes. With r = t / (2m) + 1/2, t = tanh(w), m = max|t|, out = c (2 round(n r) / n - 1):
+
+        dL/dr = 2 c g     dL/dt = dL/dr / (2m) + [|t| = m] sign(t) dL/dm / #ties
+        dL/dm = -sum(dL/dr * t) / (2 m^2)     dL/dw = dL/dt (1 - t^2)
+
+    (the max's gradient shared by ties, as torch's; c = max|w| detached, 1 without rescaling)."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, bits: int, rescale: bool) -> torch.Tensor:  # type: ignore[override]
+        n = 2**bits - 1
+        t = torch.tanh(w)
+        m = t.abs().max()
+        r = t / (2 * m) + 0.5
+        wq = 2 * (torch.round(r * n) / n) - 1
+        c = w.detach().abs().max() if rescale else None
+        ctx.save_for_backward(t, m, c)
+        return wq * c if c is not None else wq
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        t, m, c = ctx.saved_tensors
+        gr = (g * c if c is not None else g) * 2
+        gm = -(gr * t).sum() / (2 * m * m)
+        ties = t.abs() == m
+        gt = gr / (2 * m) + torch.where(ties, torch.sign(t) * (gm / ties.sum()), 0.0)
+        return gt * (1 - t * t), None, None
+
+
+def dorefa_weight_fused(w: torch.Tensor, bits: int, rescale: bool = True) -> torch.Tensor:
+    """``dorefa_weight`` in one autograd node (same values, same gradient to rounding)."""
+    return _DoReFaFunction.apply(w, bits, rescale)
+
+
 class DoReFaWeightQuantizer(QATQuantizer):
     def __init__(self, bits: int, rescale: bool = True) -> None:
         super().__init__(DoReFaFormat(bits), None, role="weight")
         self.mode, self.rescale = "quantize", rescale
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return dorefa_weight(w, self.fmt.bits, self.rescale)
+        return dorefa_weight_fused(w, self.fmt.bits, self.rescale)
 
     def to_static(self, x: torch.Tensor | None = None) -> Quantizer:
         q = Quantizer(self.fmt, None, role="weight")

@@ -31,6 +31,7 @@ from ...formats.integer import IntParams
 from ...registry import QUANTIZE
 from ..config import TensorSpec
 from ..fake_quant import Quantizer
+from ..fused_fq import lsq_quantize
 from ..qat import QATConfig, generic_weight, prepare_qat
 from ..qat_quantizers import ActStatsMixin, QATQuantizer
 
@@ -108,7 +109,14 @@ class LSQQuantizer(ActStatsMixin, QATQuantizer):
         if self.mode == "observe":
             self._observe(x)
             return x
-        s = grad_scale(self.step, self.grad_factor(x)).abs().clamp_min(1e-8)  # (G,) |s|: no dead zone below 0
+        gfac = self.grad_factor(x)
+        if (fused := lsq_quantize(self.fmt, x, self.step, gfac)) is not None:  # type: ignore[arg-type]
+            return fused  # the same values and gradients in one compiled pass each way
+        return self.reference(x, gfac)
+
+    def reference(self, x: torch.Tensor, gfac: float) -> torch.Tensor:
+        """The paper's listing in autograd ops (the path when the fused kernel does not apply)."""
+        s = grad_scale(self.step, gfac).abs().clamp_min(1e-8)  # (G,) |s|: no dead zone below 0
         g = self.fmt.granularity
         b = g.to_blocks(x)  # (G, N)
         out = _LSQFunction.apply(b, s.reshape(-1, 1), float(self.fmt.qmin), float(self.fmt.qmax))  # the paper's listing

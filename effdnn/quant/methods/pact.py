@@ -33,6 +33,7 @@ from ...registry import QUANTIZE
 from ...hooks import Callback
 from ..config import TensorSpec
 from ..fake_quant import Quantizer
+from ..fused_fq import pact_quantize_fused
 from ..observers import Observer
 from ..qat import QATConfig, generic_weight, prepare_qat
 from ..qat_quantizers import ActStatsMixin, QATQuantizer
@@ -98,7 +99,8 @@ class PACTActQuantizer(ActStatsMixin, QATQuantizer):
             if self.calibrator is not None:
                 self.calibrator.update(x)
             return x
-        return pact_quantize(x, self.alpha, self.bits, self.signed)
+        out = pact_quantize_fused(x, self.alpha, self.bits, self.signed)  # the same, in one compiled pass
+        return out if out is not None else pact_quantize(x, self.alpha, self.bits, self.signed)
 
     def to_static(self, x: torch.Tensor | None = None) -> Quantizer:
         q = Quantizer(self.fmt, None, role="act")
