@@ -4,8 +4,8 @@ Inputs: a tensor, a tuple of positional tensors, or a dict of keyword tensors (H
 every input's batch axis is dynamic, and the sequence axis of token-like inputs (``inputs.py``).
 Quantized models: fake-quantizers export as QuantizeLinear / DequantizeLinear through their own
 ``symbolic`` forward; the weights' QuantizeLinear nodes are then evaluated once and stored as int8
-initializers (``int8_graph.py``), so the file holds int8 weights and onnxruntime fuses the integer
-kernels. ``embeddings="int8"`` also stores embedding tables as int8 rows with per-row scales.
+initializers (``int8_graph.py``) and each layer's output is quantized where the layer ends
+(``qdq_placement.py``), so the file holds int8 weights and onnxruntime fuses the integer kernels. ``embeddings="int8"`` also stores embedding tables as int8 rows with per-row scales.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from ..errors import EffdnnError
 from ..utils.paths import check_output_file
 from .inputs import ExportWrapper, export_inputs, output_names
 from .int8_graph import fold_weight_quantizers, quantize_embedding_tables, unshare_activation_quantizers
+from .qdq_placement import quantize_layer_outputs
 
 OPSET = 17
 
@@ -36,7 +37,8 @@ def _rewrite(path: Path, int8_weights: bool, embeddings: str) -> None:
     if not int8_weights and embeddings != "int8":
         return
     model = onnx.load(str(path))
-    changed = fold_weight_quantizers(model) + unshare_activation_quantizers(model) if int8_weights else 0
+    changed = fold_weight_quantizers(model) + unshare_activation_quantizers(model) + quantize_layer_outputs(model) \
+        if int8_weights else 0
     changed += quantize_embedding_tables(model) if embeddings == "int8" else 0
     if changed:
         onnx.save(model, str(path))

@@ -20,9 +20,12 @@ def digits_lenet():
 
 
 @pytest.mark.parametrize("spec, qs, dqs", [
-    ({"act": {"calibrator": "kl"}}, 5, 10),  # 5 layers x (input Q/DQ, int8 weight initializer -> DQ)
-    ({"weight": {"bits": 4, "granularity": "per_channel"}, "act": {"bits": 6, "calibrator": "mse"}}, 5, 10),
-    ({"weight": {"format": "kmeans", "bits": 4}, "act": {"bits": 8}}, 5, 5),  # codebook weights: constants
+    # 5 layers x (input Q/DQ, int8 weight initializer -> DQ) + each layer output that reaches the next
+    # Q through MaxPool / Flatten / Clip quantized where the layer ends (2 convs; 6 bits: the 2 hidden fcs'
+    # Clip too)
+    ({"act": {"calibrator": "kl"}}, 7, 12),
+    ({"weight": {"bits": 4, "granularity": "per_channel"}, "act": {"bits": 6, "calibrator": "mse"}}, 9, 14),
+    ({"weight": {"format": "kmeans", "bits": 4}, "act": {"bits": 8}}, 7, 7),  # codebook weights: constants
 ])
 def test_qdq_onnx_agrees_with_pytorch(tmp_path, digits_lenet, spec, qs, dqs) -> None:
     m, data = digits_lenet
@@ -83,10 +86,13 @@ def test_qat_model_converted_by_its_finalizer_exports_as_qdq(tmp_path, digits_le
     x = torch.stack([data.test[i][0] for i in range(2)])
     path = effdnn.export_onnx(q, x, tmp_path / "qat.onnx")
     ops = op_counts(path)
-    # 5 layers x (input Q / DQ, int8 weight initializer -> DQ); PACT's 8-bit DoReFa first / last weights
-    # (odd codes up to 255) are float constants
-    dqs = 8 if spec["method"] == "pact" else 10
-    assert ops.get("QuantizeLinear") == 5 and ops.get("DequantizeLinear") == dqs
+    # 5 layers x (input Q / DQ, int8 weight initializer -> DQ) + each layer output reaching a Q through
+    # MaxPool / Flatten / Clip (4-bit inputs) quantized where the layer ends: 4 (qat), 3 (lsq / pact: the
+    # last layer's 8-bit input has no Clip); PACT's 8-bit DoReFa first / last weights (odd codes up to
+    # 255) are float constants
+    qs = 9 if spec["method"] == "qat" else 8
+    dqs = qs + (3 if spec["method"] == "pact" else 5)
+    assert ops.get("QuantizeLinear") == qs and ops.get("DequantizeLinear") == dqs
     test = torch.utils.data.DataLoader(data.test, batch_size=128)
     if not int8_fusion_saturates():
         agree, _ = prediction_agreement(q, path, test)  # fused by onnxruntime into QLinearConv / QLinearMatMul
@@ -100,3 +106,28 @@ def test_qat_model_converted_by_its_finalizer_exports_as_qdq(tmp_path, digits_le
         one_code = float(last.input_quant.scale.max() * last.weight_quant(last.weight).abs().max())
     assert agree == 1.0 and worst <= one_code + 1e-4, (worst, one_code)
     assert evaluate(q, data.test) > 0.9  # still a working classifier after QAT + conversion
+
+
+def test_every_lenet_convolution_fuses_and_the_layer_output_pairs_change_no_value(tmp_path) -> None:
+    """Conv -> ReLU -> MaxPool -> Flatten -> Q: the Q copied to the convolution's end lets onnxruntime fuse
+    both convolutions (it moves a Q over MaxPool, not over Flatten); unfused, the codes are the same."""
+    import numpy as np
+    import onnx
+
+    from effdnn.export.onnx import run_onnx, onnx_session
+    from effdnn.export.qdq_placement import quantize_layer_outputs
+    from effdnn.models.lenet5 import LeNet5
+
+    torch.manual_seed(0)
+    calib = [torch.randn(32, 1, 28, 28) for _ in range(2)]
+    q = effdnn.quantize(LeNet5().eval(), {"method": "ptq", "weight": {"granularity": "per_channel"},
+                                          "act": {"symmetric": False, "signed": False}}, calib)
+    path = effdnn.export_onnx(q, calib[0][:2], tmp_path / "l.onnx")
+    assert ort_fused_ops(path, tmp_path / "l_opt.onnx").get("QLinearConv", 0) == 2
+    g = onnx.load(str(path))
+    assert quantize_layer_outputs(g) == 0  # idempotent: each layer output is quantized once
+    before = effdnn.export_onnx(q, calib[0][:2], tmp_path / "b.onnx", int8_weights=False)  # no graph passes
+    x = torch.randn(64, 1, 28, 28)
+    a = run_onnx(onnx_session(before, optimize=False), x)
+    b = run_onnx(onnx_session(path, optimize=False), x)
+    assert np.array_equal(a, b)
