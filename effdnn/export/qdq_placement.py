@@ -6,7 +6,8 @@ onnxruntime fuses ``DQ -> Conv [-> Relu] -> Q`` into QLinearConv only when the Q
 moves a Q back over a MaxPool but not over a Flatten, so on LeNet-5 it fused the first convolution
 and left the second in float (``benchmarks/int8_latency.py``: 1 of 2 QLinearConv).
 
-:func:`quantize_layer_outputs` inserts a copy of the consumer's Q -> DQ pair (same scale and zero
+:func:`quantize_layer_outputs` inserts, after a Conv / Gemm / MatMul (and its ReLU) whose operands are
+dequantized, a copy of the consumer's Q -> DQ pair (same scale and zero
 point) right after the producing node, before the chain of value-selecting ops (MaxPool, Flatten,
 Reshape, Transpose, Squeeze, Unsqueeze, and the Clip a quantizer of fewer than 8 bits exports before
 its Q). The values are unchanged: those ops commute with a per-tensor quantizer (they select, move or
@@ -19,6 +20,7 @@ from typing import Any
 
 from .int8_graph import Graph
 
+LAYER_OPS = {"Conv", "Gemm", "MatMul"}
 SELECTING_OPS = {"MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Clip"}
 
 
@@ -37,6 +39,17 @@ def _chain(g: Graph, producers: dict[str, Any], start: str) -> tuple[list[Any], 
     return chain, t
 
 
+def _integer_layer(producers: dict[str, Any], t: str) -> bool:
+    """Whether ``t`` is the output of a Conv / Gemm / MatMul [-> Relu] whose two operands are dequantized
+    (a layer onnxruntime fuses into an integer kernel when a Q follows)."""
+    p = producers.get(t)
+    if p is not None and p.op_type == "Relu":
+        p = producers.get(p.input[0])
+    if p is None or p.op_type not in LAYER_OPS:
+        return False
+    return all(getattr(producers.get(i), "op_type", None) == "DequantizeLinear" for i in p.input[:2])
+
+
 def quantize_layer_outputs(model: Any) -> int:
     """Insert a Q -> DQ pair after each layer whose output reaches an activation QuantizeLinear only
     through value-selecting ops (see the module doc); returns how many pairs were inserted."""
@@ -50,8 +63,8 @@ def quantize_layer_outputs(model: Any) -> int:
         if s is None or s.size != 1:  # per-axis activations: a flatten moves the axis
             continue
         chain, t = _chain(g, producers, q.input[0])
-        if not chain or producers.get(t) is None or producers[t].op_type in ("QuantizeLinear", "DequantizeLinear"):
-            continue  # nothing in between, a graph input, or already quantized there
+        if not chain or not _integer_layer(producers, t):
+            continue  # nothing in between, or no layer onnxruntime could fuse ends there
         first = chain[-1]
         qn = helper.make_node("QuantizeLinear", [t, q.input[1], q.input[2]], [f"{t}_layer_q"], name=f"{q.name}_at_layer")
         dq = helper.make_node("DequantizeLinear", [f"{t}_layer_q", q.input[1], q.input[2]], [f"{t}_layer_dq"],
@@ -64,4 +77,4 @@ def quantize_layer_outputs(model: Any) -> int:
     return done
 
 
-__all__ = ["SELECTING_OPS", "quantize_layer_outputs"]
+__all__ = ["LAYER_OPS", "SELECTING_OPS", "quantize_layer_outputs"]

@@ -21,11 +21,11 @@ def digits_lenet():
 
 @pytest.mark.parametrize("spec, qs, dqs", [
     # 5 layers x (input Q/DQ, int8 weight initializer -> DQ) + each layer output that reaches the next
-    # Q through MaxPool / Flatten / Clip quantized where the layer ends (2 convs; 6 bits: the 2 hidden fcs'
-    # Clip too)
+    # Q through MaxPool / Flatten / Clip quantized where the integer layer ends (2 convs; 6 bits: the 2
+    # hidden fcs' Clip too)
     ({"act": {"calibrator": "kl"}}, 7, 12),
     ({"weight": {"bits": 4, "granularity": "per_channel"}, "act": {"bits": 6, "calibrator": "mse"}}, 9, 14),
-    ({"weight": {"format": "kmeans", "bits": 4}, "act": {"bits": 8}}, 7, 7),  # codebook weights: constants
+    ({"weight": {"format": "kmeans", "bits": 4}, "act": {"bits": 8}}, 5, 5),  # codebook weights: float constants, no integer layer
 ])
 def test_qdq_onnx_agrees_with_pytorch(tmp_path, digits_lenet, spec, qs, dqs) -> None:
     m, data = digits_lenet
@@ -87,10 +87,10 @@ def test_qat_model_converted_by_its_finalizer_exports_as_qdq(tmp_path, digits_le
     path = effdnn.export_onnx(q, x, tmp_path / "qat.onnx")
     ops = op_counts(path)
     # 5 layers x (input Q / DQ, int8 weight initializer -> DQ) + each layer output reaching a Q through
-    # MaxPool / Flatten / Clip (4-bit inputs) quantized where the layer ends: 4 (qat), 3 (lsq / pact: the
-    # last layer's 8-bit input has no Clip); PACT's 8-bit DoReFa first / last weights (odd codes up to
-    # 255) are float constants
-    qs = 9 if spec["method"] == "qat" else 8
+    # MaxPool / Flatten / Clip (4-bit inputs) quantized where the integer layer ends: 4 (qat), 3 (lsq: the
+    # last layer's 8-bit input has no Clip), 2 (pact: its 8-bit DoReFa first / last weights (odd codes up
+    # to 255) are float constants, so the first conv is no integer layer)
+    qs = {"qat": 9, "lsq": 8, "pact": 7}[spec["method"]]
     dqs = qs + (3 if spec["method"] == "pact" else 5)
     assert ops.get("QuantizeLinear") == qs and ops.get("DequantizeLinear") == dqs
     test = torch.utils.data.DataLoader(data.test, batch_size=128)
