@@ -52,10 +52,15 @@ def machine() -> str:
             f"onnxruntime {onnxruntime.__version__}, load average {load:.1f} at start")
 
 
-def baseline(model: str, test_images: int | None = None) -> tuple[Any, torch.nn.Module, list[Any], torch.Tensor, torch.Tensor, dict[str, Any]]:
+def baseline(model: str, test_images: int | None = None, epochs: int | None = None, max_batches: int | None = None
+             ) -> tuple[Any, torch.nn.Module, list[Any], torch.Tensor, torch.Tensor, dict[str, Any]]:
     """(recipe, trained fp32 model, calibration batches (the runner's 16 x 128), test x, test y, baseline row);
-    ``test_images``: the first N test images only (slow models on a busy machine)."""
+    ``test_images``: the first N test images only (slow models on a busy machine); ``epochs`` /
+    ``max_batches``: a shorter baseline than the recipe's (latency benchmarks on a busy machine)."""
     recipe = load_recipe(RECIPES[model])
+    if epochs is not None or max_batches is not None:
+        update = {k: v for k, v in (("epochs", epochs), ("max_batches", max_batches)) if v is not None}
+        recipe.baseline = recipe.baseline.model_copy(update=update)
     runner = Runner(recipe, out=Path(tempfile.mkdtemp()) / "run")
     runner.data = load_data(recipe.data.name, root=recipe.data.root, base_dir=recipe.base_dir, **recipe.data.kwargs)
     runner.fp32_size, runner.baseline_accuracy = None, None

@@ -2,9 +2,11 @@
 torch fp32 eager (as trained, and with BatchNorm folded), effdnn's int8 engine (torch x86 quantized
 kernels fed with effdnn's own PTQ params: ``effdnn.quant.deploy_int8.to_int8``), onnxruntime fp32 and
 onnxruntime running effdnn's QDQ export (uint8 activations, int8 weights: U8S8), and torch.ao's own
-FX int8 model as a reference peer. Usage:
+FX int8 model as a reference peer; and what ``effdnn.deploy(q, batch, engine="auto")`` picks for the
+quantized model at each batch size (its own measurement), timed in the same rounds. Usage:
 
     python benchmarks/int8_latency.py --model lenet5 --threads 1     # or --model resnet20
+    # a busy machine: --baseline-epochs 1 --baseline-batches 150 (latency does not depend on training)
 """
 from __future__ import annotations
 
@@ -26,8 +28,13 @@ SPEC = {"method": "ptq", "weight": {"format": "int", "bits": 8, "granularity": "
 
 
 def main() -> None:
-    args = ptq_args("int8_latency.py", 1, lambda ap: ap.add_argument("--rounds", type=int, default=10))
-    _, model, calib, xte, yte, _ = baseline(args.model, args.test_images)
+    def extra(ap):
+        ap.add_argument("--rounds", type=int, default=10)
+        ap.add_argument("--baseline-epochs", type=int, default=None)
+        ap.add_argument("--baseline-batches", type=int, default=None)
+
+    args = ptq_args("int8_latency.py", 1, extra)
+    _, model, calib, xte, yte, _ = baseline(args.model, args.test_images, args.baseline_epochs, args.baseline_batches)
     print(f"machine: {machine()}")
     q = effdnn.quantize(model, SPEC, calib)
     int8 = to_int8(q)
@@ -61,15 +68,21 @@ def main() -> None:
     acc = {k: accuracy(fn, xte, yte) for k, fn in variants.items()}
     print(f"effdnn fake-quant accuracy {accuracy(q, xte, yte):.4f}; onnxruntime fused the QDQ export into "
           f"{fused.get('QLinearConv', 0)} QLinearConv / {fused.get('QGemm', 0) + fused.get('QLinearMatMul', 0)} QGemm+QLinearMatMul\n")
-    res = {}
+    res, picked = {}, {}
     for bs, rounds, per in ((256, args.rounds, 3), (1, args.rounds, 30)):
-        res[bs] = round_robin(variants, xte[:bs].contiguous(), rounds=rounds, per_round=per)
+        dep = effdnn.deploy(q, xte[:bs].contiguous(), threads=args.threads, data=[(xte[:1000], yte[:1000])],
+                            workdir=tmp / f"deploy{bs}")
+        print(f"batch {bs}: {dep}\n")
+        picked[bs] = dep.engine
+        res[bs] = round_robin({**variants, "effdnn.deploy (auto)": dep}, xte[:bs].contiguous(), rounds=rounds, per_round=per)
+    acc["effdnn.deploy (auto)"] = accuracy(dep, xte, yte)
     base = {bs: res[bs]["torch fp32 eager"] for bs in res}
     fastest = {bs: min(v for k, v in res[bs].items() if "fp32" in k) for bs in res}
     print("| variant | accuracy | batch 256 ms | speed-up vs torch fp32 | vs fastest fp32 | batch 1 ms | speed-up vs torch fp32 | vs fastest fp32 |")
     print("|---|---|---|---|---|---|---|---|")
-    for k in variants:
-        print(f"| {k} | {acc[k]:.4f} | {res[256][k]:.3f} | {base[256] / res[256][k]:.2f}x | {fastest[256] / res[256][k]:.2f}x "
+    for k in [*variants, "effdnn.deploy (auto)"]:
+        name = f"{k}: {picked[256]} / {picked[1]}" if k.startswith("effdnn.deploy") else k
+        print(f"| {name} | {acc[k]:.4f} | {res[256][k]:.3f} | {base[256] / res[256][k]:.2f}x | {fastest[256] / res[256][k]:.2f}x "
               f"| {res[1][k]:.3f} | {base[1] / res[1][k]:.2f}x | {fastest[1] / res[1][k]:.2f}x |")
 
 

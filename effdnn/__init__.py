@@ -10,6 +10,8 @@ Public API (see DESIGN.md, "Public contract"):
     cost(model, example_input) -> CostReport
     export_onnx(model, example_input, path) -> path
     optimize_for_inference(model) -> model (the same function, faster CPU ops)
+    deploy(model, example, engine="auto", data=None) -> Deployment (the model on the fastest CPU engine
+        measured: torch, onnxruntime, effdnn's int8 engine; says which and why)
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from .context import ExperimentContext
 from .cost import CostReport, EnergyTable
 from .cost import cost as _cost
 from .errors import EffdnnError, NotAvailableYet
-from .export import export_onnx, optimize_for_inference
+from .export import Deployment, deploy, export_onnx, optimize_for_inference
 from .quant.qat import convert_qat
 from .registry import ACTIVATION_SPARSITY, COMPRESS, PRECISION, PRUNE, QUANTIZE, REGISTRIES
 from .runner import run
@@ -37,6 +39,6 @@ def cost(model: nn.Module, example_input: Any, table: EnergyTable | None = None,
     return _cost(model, example_input, table=table, skip_zeros=skip_zeros)
 
 
-__all__ = ["ACTIVATION_SPARSITY", "COMPRESS", "CostReport", "EffdnnError", "EnergyTable", "Experiment",
+__all__ = ["ACTIVATION_SPARSITY", "COMPRESS", "CostReport", "Deployment", "EffdnnError", "EnergyTable", "Experiment",
            "ExperimentContext", "NotAvailableYet", "PRECISION", "PRUNE", "QUANTIZE", "REGISTRIES", "convert_qat", "cost",
-           "export_onnx", "optimize_for_inference", "prune", "quantize", "run"]
+           "deploy", "export_onnx", "optimize_for_inference", "prune", "quantize", "run"]
