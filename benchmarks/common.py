@@ -60,7 +60,7 @@ def baseline(model: str, test_images: int | None = None, epochs: int | None = No
     recipe = load_recipe(RECIPES[model])
     if epochs is not None or max_batches is not None:
         update = {k: v for k, v in (("epochs", epochs), ("max_batches", max_batches)) if v is not None}
-        recipe.baseline = recipe.baseline.model_copy(update=update)
+        recipe = recipe.model_copy(update={"baseline": recipe.baseline.model_copy(update=update)})
     runner = Runner(recipe, out=Path(tempfile.mkdtemp()) / "run")
     runner.data = load_data(recipe.data.name, root=recipe.data.root, base_dir=recipe.base_dir, **recipe.data.kwargs)
     runner.fp32_size, runner.baseline_accuracy = None, None
