@@ -4,7 +4,8 @@ A ``Quantizer`` is what quantized layers hold for their weight and input (and wh
 subclass it and register the params as ``nn.Parameter`` for learnable ranges, LSQ, PACT). Modes:
 
 - ``observe``: pass ``x`` through unchanged and feed the observer (calibration);
-- ``quantize``: ``fmt.fake_quantize(x, params)`` (straight-through gradient);
+- ``quantize``: ``fmt.fake_quantize(x, params)`` (straight-through gradient; integer formats on the
+  CPU through the fused kernel of ``fused_fq.py``, bit-identical);
 - ``off``: identity.
 
 ``calibrate(x)`` fits the params to a tensor at once (weights); ``finish_calibration()`` solves them
@@ -25,6 +26,7 @@ from torch import nn
 
 from ..errors import EffdnnError
 from ..formats import IntFormat, NumberFormat
+from .fused_fq import fake_quantize_int
 from .observers import Observer
 
 Mode = Literal["observe", "quantize", "off"]
@@ -99,7 +101,10 @@ class Quantizer(nn.Module):
             return x
         if torch.onnx.is_in_onnx_export():
             return self._onnx_forward(x)
-        return self.fmt.fake_quantize(x, self.params)
+        p = self.params
+        if isinstance(self.fmt, IntFormat) and (out := fake_quantize_int(self.fmt, x, p)) is not None:
+            return out  # the same values and gradient, one compiled pass (fused_fq.py)
+        return self.fmt.fake_quantize(x, p)
 
     def _onnx_forward(self, x: torch.Tensor) -> torch.Tensor:
         fmt, p = self.fmt, self.params
