@@ -202,15 +202,7 @@ def _pick(latency: dict[str, float], agreement: dict[str, float], min_agreement:
     return best, reason
 
 
-def deploy(model: nn.Module, example: Any, engine: str = "auto", data: Iterable[Any] | None = None,
-           threads: int | None = None, rounds: int = 5, min_agreement: float = 0.95, max_batches: int | None = None,
-           workdir: str | Path | None = None) -> Deployment:
-    """Build the engines that can run ``model`` (see the module doc), time them on ``example`` (a batch
-    input: a tensor or a dict of keyword tensors) and return a :class:`Deployment` on the fastest
-    (``engine="auto"``) or on the one named. ``data``: batches for accuracy / agreement (``max_batches``
-    of them); ``threads``: intra-op threads of every engine (default torch's); ``workdir``: where the
-    ONNX file goes (default a temporary folder). A quantized model must be PTQ'd or converted QAT.
-    The model is put in eval mode."""
+def _check_args(model: Any, engine: str, threads: int | None, rounds: int, min_agreement: float) -> None:
     if not isinstance(model, nn.Module):
         raise EffdnnError(f"deploy: model must be a torch.nn.Module, got {type(model).__name__}")
     if engine != "auto" and engine not in ENGINES:
@@ -221,6 +213,22 @@ def deploy(model: nn.Module, example: Any, engine: str = "auto", data: Iterable[
         raise EffdnnError("deploy: the model still has training-time (QAT) quantizers; convert it first: effdnn.convert_qat(model)")
     if not 0 <= min_agreement <= 1:
         raise EffdnnError(f"deploy: min_agreement must be in [0, 1], got {min_agreement}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise EffdnnError(f"deploy: rounds must be an integer >= 1, got {rounds!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise EffdnnError(f"deploy: threads must be an integer >= 1, got {threads!r}")
+
+
+def deploy(model: nn.Module, example: Any, engine: str = "auto", data: Iterable[Any] | None = None,
+           threads: int | None = None, rounds: int = 5, min_agreement: float = 0.95, max_batches: int | None = None,
+           workdir: str | Path | None = None) -> Deployment:
+    """Build the engines that can run ``model`` (see the module doc), time them on ``example`` (a batch
+    input: a tensor or a dict of keyword tensors) and return a :class:`Deployment` on the fastest
+    (``engine="auto"``) or on the one named. ``data``: batches for accuracy / agreement (``max_batches``
+    of them); ``threads``: intra-op threads of every engine (default torch's); ``workdir``: where the
+    ONNX file goes (default a temporary folder). A quantized model must be PTQ'd or converted QAT.
+    The model is put in eval mode."""
+    _check_args(model, engine, threads, rounds, min_agreement)
     model = model.eval()
     try:
         batch = _first_tensor(_torch_runner(model)(example)).shape[0]

@@ -68,6 +68,8 @@ def test_an_engine_below_min_agreement_is_passed_over() -> None:
     ({"engine": "tensorrt"}, "unknown engine 'tensorrt'"),
     ({"engine": "int8"}, "engine int8: the model has no quantized layers"),
     ({"min_agreement": 2.0}, "min_agreement must be in"),
+    ({"rounds": 0}, "rounds must be an integer >= 1"),
+    ({"threads": 0}, "threads must be an integer >= 1"),
 ])
 def test_bad_input_is_one_line(lenet, kwargs, match) -> None:
     m, data = lenet
