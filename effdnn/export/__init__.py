@@ -4,4 +4,5 @@ from .inference import StridedMaxPool2d, optimize_for_inference
 from .onnx import export_onnx, run_onnx
 from .qdq import int8_fusion_saturates, op_counts, ort_fused_ops, prediction_agreement
 
-__all__ = ["Deployment", "StridedMaxPool2d", "deploy", "export_onnx", "int8_fusion_saturates", "optimize_for_inference", "op_counts", "ort_fused_ops", "prediction_agreement", "run_onnx"]
+__all__ = ["Deployment", "StridedMaxPool2d", "deploy", "export_onnx", "int8_fusion_saturates", "op_counts",
+           "optimize_for_inference", "ort_fused_ops", "prediction_agreement", "run_onnx"]

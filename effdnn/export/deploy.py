@@ -210,7 +210,8 @@ def _check_args(model: Any, engine: str, threads: int | None, rounds: int, min_a
     from ..quant.qat_quantizers import QATQuantizer
 
     if any(isinstance(m, QATQuantizer) for m in model.modules()):
-        raise EffdnnError("deploy: the model still has training-time (QAT) quantizers; convert it first: effdnn.convert_qat(model)")
+        raise EffdnnError("deploy: the model still has training-time (QAT) quantizers; convert it first: "
+                          "effdnn.convert_qat(model)")
     if not 0 <= min_agreement <= 1:
         raise EffdnnError(f"deploy: min_agreement must be in [0, 1], got {min_agreement}")
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:

@@ -5,7 +5,8 @@ every input's batch axis is dynamic, and the sequence axis of token-like inputs 
 Quantized models: fake-quantizers export as QuantizeLinear / DequantizeLinear through their own
 ``symbolic`` forward; the weights' QuantizeLinear nodes are then evaluated once and stored as int8
 initializers (``int8_graph.py``) and each layer's output is quantized where the layer ends
-(``qdq_placement.py``), so the file holds int8 weights and onnxruntime fuses the integer kernels. ``embeddings="int8"`` also stores embedding tables as int8 rows with per-row scales.
+(``qdq_placement.py``), so the file holds int8 weights and onnxruntime fuses the integer kernels.
+``embeddings="int8"`` also stores embedding tables as int8 rows with per-row scales.
 """
 from __future__ import annotations
 

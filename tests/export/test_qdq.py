@@ -25,7 +25,8 @@ def digits_lenet():
     # hidden fcs' Clip too)
     ({"act": {"calibrator": "kl"}}, 7, 12),
     ({"weight": {"bits": 4, "granularity": "per_channel"}, "act": {"bits": 6, "calibrator": "mse"}}, 9, 14),
-    ({"weight": {"format": "kmeans", "bits": 4}, "act": {"bits": 8}}, 5, 5),  # codebook weights: float constants, no integer layer
+    # codebook weights: float constants, so no integer layer
+    ({"weight": {"format": "kmeans", "bits": 4}, "act": {"bits": 8}}, 5, 5),
 ])
 def test_qdq_onnx_agrees_with_pytorch(tmp_path, digits_lenet, spec, qs, dqs) -> None:
     m, data = digits_lenet
