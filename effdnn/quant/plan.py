@@ -28,7 +28,7 @@ from ..models.layers import Add
 from ..registry import StrictModel
 from ..utils.layer_patterns import check_patterns, matches
 from .config import LayerOverride, TensorSpec
-from .modules import quantizable
+from .modules import own_forward_subclass, quantizable
 
 
 class LayerPlan(StrictModel):
@@ -70,7 +70,13 @@ def quant_layers(model: nn.Module, config: LayerPlan, tag: str) -> tuple[list[tu
         raise EffdnnError(f"{tag}: the model has no Conv1d / Conv2d / Linear layer to quantize")
     names = [n for n, _ in layers]
     adds = [n for n, m in model.named_modules() if isinstance(m, Add)]
-    check_patterns(config.keep_fp, names + adds, f"{tag}.keep_fp")
+    own = [(n, m) for n, m in model.named_modules() if own_forward_subclass(m) is not None]
+    check_patterns(config.keep_fp, names + adds + [n for n, _ in own], f"{tag}.keep_fp")
+    for n, m in own:
+        if not matches(n, config.keep_fp, names[0], names[-1]):
+            raise EffdnnError(f"{tag}: layer {n!r} ({type(m).__name__}) subclasses nn.{own_forward_subclass(m).__name__} "
+                              "with a forward of its own, which a quantized layer would replace: keep it in float "
+                              f"with keep_fp: [{n!r}]")
     check_patterns(config.keep_8bit, names, f"{tag}.keep_8bit")
     check_patterns(config.overrides, names, f"{tag}.overrides")
     return layers, names[0], names[-1]
