@@ -40,7 +40,7 @@ def sweep(model: nn.Module, evaluate: Callable[[nn.Module], float], calib_data: 
         for bits in widths:
             spec = {"method": "ptq", "weight": {"bits": bits, "granularity": "per_channel"},
                     "act": {"bits": bits} if act else None, "quantize_add": False,
-                    "keep_fp": [n for n in names if n != name]}
+                    "keep_fp": [n for n in names if n != name], "depthwise": "quantize"}  # this width, even depthwise
             acc = evaluate(quantize(model, spec, calib))
             rows.append({"layer": name, "bits": bits, "params": layer.weight.numel(), "accuracy": acc,
                          "loss_pts": (base - acc) * 100})

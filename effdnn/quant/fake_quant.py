@@ -130,10 +130,14 @@ class Quantizer(nn.Module):
                 torch._C._set_tracing_state(state)
             grid = getattr(fmt, "int8_grid", None)  # values on an int8 grid (e.g. DoReFa): a QDQ weight
             sz = grid(p) if grid is not None else None
-            if sz is not None and torch.allclose(x.detach(), w_hat, rtol=0, atol=1e-4 * sz[0]):
+            if sz is not None and torch.allclose(x.detach(), w_hat, rtol=0, atol=1e-4 * float(torch.as_tensor(sz[0]).min())):
                 # an already-quantized weight (as convert_qat leaves it): Q / DQ of the initializer, which
                 # onnxruntime fuses, instead of re-quantizing a float constant its own way
-                return torch.fake_quantize_per_tensor_affine(x, sz[0], sz[1], -128, 127)
+                s = torch.as_tensor(sz[0], dtype=torch.float32).reshape(-1)
+                if s.numel() > 1:  # one scale per output channel
+                    return torch.fake_quantize_per_channel_affine(x, s, torch.full_like(s, sz[1], dtype=torch.int32),
+                                                                  0, -128, 127)
+                return torch.fake_quantize_per_tensor_affine(x, float(s[0]), sz[1], -128, 127)
             return w_hat
         return self.fmt.fake_quantize(x, p)  # elementwise ops (Div, Round, Clip, Mul) in the graph
 

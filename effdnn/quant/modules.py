@@ -139,11 +139,30 @@ class QuantAdd(Add):
 
 
 QUANT_CLASSES: dict[type, type] = {nn.Linear: QuantLinear, nn.Conv1d: QuantConv1d, nn.Conv2d: QuantConv2d, Add: QuantAdd}
+_LAYER_BASES: tuple[type, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
 def dense_type(module: nn.Module) -> type:
-    """The module's class, or for a pruned layer the unmasked class its mask was added to."""
-    return getattr(type(module), "effdnn_dense_class", type(module))
+    """The module's class, or for a pruned layer the unmasked class its mask was added to; a subclass of
+    Linear / Conv1d / Conv2d that keeps its base's forward (torch's ``NonDynamicallyQuantizableLinear``,
+    ``nn.MultiheadAttention.out_proj``) counts as that base: it computes exactly what the base does."""
+    kind = getattr(type(module), "effdnn_dense_class", type(module))
+    if kind not in _LAYER_BASES and not getattr(kind, "effdnn_precision", None):
+        base = next((b for b in _LAYER_BASES if issubclass(kind, b)), None)
+        if base is not None and kind.forward is base.forward:
+            return base
+    return kind
+
+
+def own_forward_subclass(module: nn.Module) -> type | None:
+    """The torch base (Linear / Conv1d / Conv2d) of a user subclass that overrides its forward: such a
+    layer cannot be swapped for a quantized class (its own computation would be lost); None otherwise.
+    effdnn's own layer classes (quantized, sparse, emulated: they state ``effdnn_precision``) are not
+    user subclasses."""
+    kind = getattr(type(module), "effdnn_dense_class", type(module))
+    if kind in _LAYER_BASES or getattr(kind, "effdnn_precision", None) or dense_type(module) is not kind:
+        return None
+    return next((b for b in _LAYER_BASES if issubclass(kind, b)), None)
 
 
 def is_masked(module: nn.Module) -> bool:
@@ -151,8 +170,8 @@ def is_masked(module: nn.Module) -> bool:
 
 
 def quantizable(module: nn.Module) -> bool:
-    """Exactly the float layer types with a quantized counterpart (subclasses may change forward), and
-    pruned layers of those types (their masked class adds nothing but the mask)."""
+    """The float layer types with a quantized counterpart, their subclasses that keep the base's forward
+    (``dense_type``), and pruned layers of those types (their masked class adds nothing but the mask)."""
     return dense_type(module) in QUANT_CLASSES
 
 
@@ -178,4 +197,4 @@ def quantize_layer(module: nn.Module, name: str, first: Quantizer | None, second
 
 
 __all__ = ["QUANT_CLASSES", "QuantAdd", "QuantConv1d", "QuantConv2d", "QuantLayerMixin", "QuantLinear", "dense_type",
-           "is_masked", "quantizable", "quantize_layer", "swap_class"]
+           "is_masked", "own_forward_subclass", "quantizable", "quantize_layer", "swap_class"]

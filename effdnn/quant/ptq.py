@@ -42,7 +42,7 @@ from .embedding import EmbeddingSpec, quantize_embeddings
 from .fake_quant import Quantizer
 from .fold_bn import fold_batchnorm
 from .modules import quantize_layer
-from .plan import LayerPlan, layer_specs, quant_layers, quantized_adds
+from .plan import LayerPlan, depthwise_policy, layer_specs, quant_layers, quantized_adds
 
 
 class PTQConfig(LayerPlan):
@@ -77,9 +77,10 @@ def prepare(model: nn.Module, config: PTQConfig) -> list[dict[str, Any]]:
     layers, first, last = quant_layers(model, config, "ptq")
     summary: list[dict[str, Any]] = []
     for name, m in layers:
-        wspec, aspec = layer_specs(name, config, first, last)
+        wspec, aspec = layer_specs(name, config, first, last, m)
+        policy = {"policy": f"depthwise {config.depthwise}"} if depthwise_policy(name, m, config, first, last) else {}
         if wspec is None and aspec is None:
-            summary.append({"layer": name, "type": type(m).__name__, "weight": "fp32", "act": "fp32"})
+            summary.append({"layer": name, "type": type(m).__name__, "weight": "fp32", "act": "fp32", **policy})
             continue
         wq, aq = _quantizer(wspec, "weight", f"{name}.weight"), _quantizer(aspec, "act", f"{name}.input")
         if wq is not None:
@@ -87,7 +88,7 @@ def prepare(model: nn.Module, config: PTQConfig) -> list[dict[str, Any]]:
         quantize_layer(m, name, wq, aq)
         summary.append({"layer": name, "type": type(m).__name__,
                         "weight": getattr(wq.fmt, "label", wq.fmt.name) if wq else "fp32",
-                        "act": "calibrating" if aq else "fp32", "_q": aq, "_m": m})
+                        "act": "calibrating" if aq else "fp32", "_q": aq, "_m": m, **policy})
     for name, m in quantized_adds(model, config, first, last):
         spec = config.act
         quantize_layer(m, name, _quantizer(spec, "act", f"{name}.a"), _quantizer(spec, "act", f"{name}.b"))
@@ -127,7 +128,8 @@ def ptq_pipeline(model: nn.Module, config: PTQConfig, ctx: TransformContext, pre
         elif q is not None:
             row["act"] = getattr(q.fmt, "label", q.fmt.name)
     ctx.extra.update({"calib_time_s": time.perf_counter() - t0, "calib_batches": seen, "ptq_layers": summary,
-                      "ptq_act": act_scheme(config)})
+                      "ptq_act": act_scheme(config),
+                      "depthwise_policy": {"policy": config.depthwise, "layers": [r["layer"] for r in summary if "policy" in r]}})
     if config.embedding is not None:
         ctx.extra["embeddings"] = quantize_embeddings(model, config.embedding)
     ctx.extra["calib_time_s"] = time.perf_counter() - t0

@@ -43,7 +43,7 @@ from .calibrate import calibrate
 from .config import TensorSpec
 from .fold_bn import BN, conv_bn_pairs, fold_batchnorm, fold_pair
 from .modules import quantize_layer
-from .plan import LayerPlan, layer_specs, quant_layers, quantized_adds
+from .plan import LayerPlan, depthwise_policy, layer_specs, policy_report, quant_layers, quantized_adds
 from .qat_quantizers import CodebookWeightQuantizer, DynamicWeightQuantizer, EMAActQuantizer, QATQuantizer
 
 WeightFactory = Callable[[TensorSpec, str, nn.Module], nn.Module]
@@ -126,7 +126,7 @@ def prepare_qat(model: nn.Module, config: Any, ctx: TransformContext, weight_q: 
     layers, first, last = quant_layers(model, config, tag)
     summary: list[dict[str, Any]] = []
     for name, m in layers:
-        wspec, aspec = layer_specs(name, config, first, last)
+        wspec, aspec = layer_specs(name, config, first, last, m)
         if name in bns and (wspec is None or wspec.format == "kmeans"):
             fold_pair(m, bns.pop(name))  # float weights / fixed clusters: BN folded once (running statistics)
         wq = weight_q(wspec, name, m) if wspec is not None else None
@@ -143,9 +143,13 @@ def prepare_qat(model: nn.Module, config: Any, ctx: TransformContext, weight_q: 
             wq = FoldedBNWeight(wq, bns.pop(name), m)
         if wq is None and aq is None:
             summary.append({"layer": name, "type": type(m).__name__, "weight": "fp32", "act": "fp32"})
+            if depthwise_policy(name, m, config, first, last):
+                summary[-1]["policy"] = f"depthwise {config.depthwise}"
             continue
         quantize_layer(m, name, wq, aq)
         summary.append({"layer": name, "type": type(m).__name__, "weight": _label(wq), "act": _label(aq)})
+        if depthwise_policy(name, m, config, first, last):
+            summary[-1]["policy"] = f"depthwise {config.depthwise}"
     for name, m in quantized_adds(model, config, first, last):
         quantize_layer(m, name, act_q(config.act, f"{name}.a"), act_q(config.act, f"{name}.b"))
         summary.append({"layer": name, "type": "Add", "weight": "-", "act": _label(m.a_quant)})
@@ -154,7 +158,8 @@ def prepare_qat(model: nn.Module, config: Any, ctx: TransformContext, weight_q: 
     if any(getattr(q, "mode", None) == "observe" for q in model.modules()):
         calibrate(model, ctx.calib_loader(n), n)
     model.train()
-    ctx.extra.update({"qat_layers": summary, "calib_time_s": time.perf_counter() - t0})
+    ctx.extra.update({"qat_layers": summary, "calib_time_s": time.perf_counter() - t0,
+                      "depthwise_policy": policy_report(layers, config, first, last)})
     if config.fold_bn and config.bn_freeze_epoch is not None:
         ctx.callbacks.append(FreezeBN(config.bn_freeze_epoch))
     ctx.finalizers.append(convert_qat)

@@ -1,14 +1,27 @@
 """The driver of the binary and ternary methods (BinaryConnect, BNN, BWN, XNOR-Net, TWN, TTQ).
 
-``binarize`` is what every method's transform calls: layer choice (``keep_fp``), optional BatchNorms
+``binarize`` is what every method's transform calls: layer choice (``keep_fp``, ``keep_8bit``, the
+depthwise policy), optional BatchNorms
 after each binarised layer with statistics set on a few batches, the report's summary, the training
 callbacks, and the bit-packed deployment (``packed: true``, ``effdnn.quant.packed``). The layers
 themselves are in ``binary_layers``.
+
+Precision policy. A depthwise convolution (groups == in_channels > 1) has one k x k filter per channel:
+9 weights cannot carry a binary or ternary code and a scale (no sum over input channels averages the
+sign errors out), so by default (``depthwise: keep_8bit``) depthwise layers keep int8 per-channel
+weights trained with the STE and float inputs (Sheng et al. 2018, "A quantization-friendly separable
+convolution for MobileNets", trace MobileNet's quantization loss to its depthwise layers; binary
+MobileNet-style nets such as ReActNet, Liu et al. 2020, replace them by full 3x3 convolutions before
+binarising). ``depthwise: keep_fp`` keeps them in float; ``binarize``
+binarises them as every other layer, with one warning line naming them. The first and last layers
+follow each method's paper (``keep_fp``'s default); ``keep_8bit`` / ``keep_fp`` patterns decide single
+layers before the policy. The report lists the layers the policy touched (``depthwise_policy``).
 """
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+import warnings
+from typing import Any, Callable, Literal
 
 import torch
 from pydantic import Field
@@ -20,8 +33,12 @@ from ...transform import TransformContext
 from ...utils.layer_patterns import check_patterns, matches
 from ...utils.batches import forward as run_batch, iter_inputs, model_device
 from ...utils.batchnorm import recalibrate_batchnorm
-from ..modules import dense_type, swap_class
+from ...formats import Granularity, IntFormat
+from ..modules import dense_type, quantize_layer, swap_class
 from ..packed import pack_model
+from ..plan import is_depthwise
+from ..qat import convert_qat
+from ..qat_quantizers import DynamicWeightQuantizer
 from .binary_layers import (BINARY_CLASSES, BinaryConv2d, BinaryLayerMixin, BinaryLinear, ClipLatentWeights, SignActivation,
                             SignCode, WeightBinarizer, clip_latent, expand_scale, glorot_h, sign_pm1)
 
@@ -30,6 +47,10 @@ class BinaryMethodConfig(StrictModel):
     """Options shared by every binary / ternary method."""
 
     keep_fp: list[str] | None = None  # first / last / fnmatch patterns; None: the paper's choice
+    keep_8bit: list[str] = Field(default_factory=list)  # layers kept at int8 weights (float inputs)
+    depthwise: Literal["keep_8bit", "keep_fp", "binarize"] = Field(
+        "keep_8bit", description="depthwise convolutions: int8 weights (keep_8bit, the default), float "
+        "(keep_fp) or binarised as the others (binarize, warns)")
     bn_init_batches: int = Field(8, ge=0)  # batches that set the inserted BatchNorms' statistics
     batch_norm: bool = Field(False, description="a BatchNorm after every binarised layer (for nets without "
                              "one: BinaryConnect and BNN normalise every layer's output)")
@@ -98,10 +119,26 @@ def init_bn_statistics(model: nn.Module, batches: Any, limit: int) -> int:
     return recalibrate_batchnorm(model, batches, limit, bns)
 
 
+def _layer_choice(name: str, m: nn.Module, config: BinaryMethodConfig, keep: list[str], first: str, last: str,
+                  binary_input: bool) -> tuple[str, str | None]:
+    """(what layer ``name`` becomes: binary / fp / int8 / unsupported, the reason when not binary)."""
+    if dense_type(m) not in BINARY_CLASSES:
+        return "unsupported", "layer type not supported by binary methods"
+    if matches(name, keep, first, last):
+        return "fp", "keep_fp"
+    if matches(name, config.keep_8bit, first, last):
+        return "int8", "keep_8bit"
+    if is_depthwise(m) and config.depthwise != "binarize":
+        return ("fp" if config.depthwise == "keep_fp" else "int8"), f"depthwise {config.depthwise}"
+    if isinstance(m, nn.Conv2d) and m.groups != 1 and binary_input:
+        return "unsupported", "grouped convolution with binary inputs not supported by binary methods"
+    return "binary", None
+
+
 def binarize(model: nn.Module, config: BinaryMethodConfig, ctx: TransformContext, method: str,
              weight_quant: Callable[[nn.Module], WeightBinarizer], binary_input: bool = False,
              k_scaling: bool = False, default_keep_fp: tuple[str, ...] = ()) -> nn.Module:
-    """Swap every Conv2d / Linear (but those kept in float) for its binary class, in a copy of ``model``."""
+    """Swap every Conv2d / Linear (but those kept in float or at 8 bits) for its binary class, in a copy."""
     model = copy.deepcopy(model)
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
     if not layers:
@@ -109,33 +146,21 @@ def binarize(model: nn.Module, config: BinaryMethodConfig, ctx: TransformContext
     first, last = layers[0][0], layers[-1][0]
     keep = list(default_keep_fp) if config.keep_fp is None else config.keep_fp
     check_patterns(config.keep_fp or (), [n for n, _ in layers], f"{method}.keep_fp")
-    summary: list[dict[str, Any]] = []
+    check_patterns(config.keep_8bit, [n for n, _ in layers], f"{method}.keep_8bit")
     stats = {}
     if config.batch_norm and config.bn_init_batches:  # the float layers' output statistics, before the swap
         stats = output_channel_stats(model, [n for n, _ in layers], ctx.calib_loader(config.bn_init_batches),
                                      config.bn_init_batches)
-    for name, m in layers:
-        if dense_type(m) not in BINARY_CLASSES or (isinstance(m, nn.Conv2d) and m.groups != 1 and binary_input):
-            summary.append({"layer": name, "type": type(m).__name__, "weight": "fp32", "act": "fp32",
-                            "why": "layer type not supported by binary methods"})
-            continue
-        if matches(name, keep, first, last):
-            summary.append({"layer": name, "type": type(m).__name__, "weight": "fp32", "act": "fp32", "why": "keep_fp"})
-            continue
-        wq = weight_quant(m)
-        aq = SignActivation(m.weight.shape[1] * (m.groups if isinstance(m, nn.Conv2d) else 1), isinstance(m, nn.Conv2d)) \
-            if binary_input else None
-        if aq is not None:
-            aq.to(m.weight.device)
-        kind = swap_class(m, BINARY_CLASSES)  # a pruned layer stays masked: zero where pruned, not +-alpha
-        m._attach(wq, aq, name)  # type: ignore[attr-defined]
-        m.k_scaling = k_scaling  # type: ignore[assignment]
-        summary.append({"layer": name, "type": kind.__name__, "weight": wq.fmt.name,  # type: ignore[attr-defined]
-                        "act": "binary" if binary_input else "fp32"})
-    if not any(r["weight"] != "fp32" for r in summary):
-        raise EffdnnError(f"{method}: keep_fp leaves no layer to binarise")
+    summary = [_swap(name, m, *_layer_choice(name, m, config, keep, first, last, binary_input), weight_quant,
+                     binary_input, k_scaling) for name, m in layers]
+    if not any(r["weight"] in ("binary", "ternary") for r in summary):
+        raise EffdnnError(f"{method}: keep_fp / keep_8bit / the depthwise policy leave no layer to binarise")
+    dw = [r["layer"] for r in summary if r["weight"] in ("binary", "ternary") and is_depthwise(model.get_submodule(r["layer"]))]
+    if dw:
+        warnings.warn(f"{method}: depthwise layers binarised (depthwise: binarize): {', '.join(dw)}; expect a large "
+                      "accuracy loss (the default keeps them at 8 bits)", stacklevel=3)
     if config.batch_norm:
-        insert_output_bn(model, [r["layer"] for r in summary if r["weight"] != "fp32"], stats)
+        insert_output_bn(model, [r["layer"] for r in summary if r["weight"] in ("binary", "ternary")], stats)
     clip_latent(model)
     if any(isinstance(getattr(m, "weight_quant", None), WeightBinarizer) and m.weight_quant.clip is not None
            for m in model.modules()):
@@ -144,9 +169,35 @@ def binarize(model: nn.Module, config: BinaryMethodConfig, ctx: TransformContext
         ctx.extra["bn_init_batches"] = init_bn_statistics(model, ctx.calib_loader(config.bn_init_batches),
                                                           config.bn_init_batches)
     ctx.extra["binary_layers"] = summary
+    ctx.extra["depthwise_policy"] = {"policy": config.depthwise, "layers": [r["layer"] for r in summary
+                                                                            if r.get("why", "").startswith("depthwise")]}
+    if any(r["weight"] == "int8" for r in summary):
+        ctx.finalizers.append(convert_qat)  # the 8-bit layers' training quantizers -> static int8 weights
     if config.packed:
         ctx.finalizers.append(lambda m: _deploy_packed(m, ctx))
     return model
+
+
+def _swap(name: str, m: nn.Module, kind: str, why: str | None, weight_quant: Callable[[nn.Module], WeightBinarizer],
+          binary_input: bool, k_scaling: bool) -> dict[str, Any]:
+    """Turn one layer into what ``_layer_choice`` decided; its report row."""
+    row: dict[str, Any] = {"layer": name, "type": type(m).__name__, "weight": "fp32", "act": "fp32"}
+    if why is not None:
+        row["why"] = why
+    if kind == "int8":  # per-channel int8 weights, trained with the STE; the input stays float
+        quantize_layer(m, name, DynamicWeightQuantizer(IntFormat(8, granularity=Granularity("per_channel", 0))), None)
+        row.update(type=type(m).__name__, weight="int8")
+    elif kind == "binary":
+        wq = weight_quant(m)
+        aq = SignActivation(m.weight.shape[1] * (m.groups if isinstance(m, nn.Conv2d) else 1), isinstance(m, nn.Conv2d)) \
+            if binary_input else None
+        if aq is not None:
+            aq.to(m.weight.device)
+        cls = swap_class(m, BINARY_CLASSES)  # a pruned layer stays masked: zero where pruned, not +-alpha
+        m._attach(wq, aq, name)  # type: ignore[attr-defined]
+        m.k_scaling = k_scaling  # type: ignore[assignment]
+        row.update(type=cls.__name__, weight=wq.fmt.name, act="binary" if binary_input else "fp32")  # type: ignore[attr-defined]
+    return row
 
 
 def _deploy_packed(model: nn.Module, ctx: TransformContext) -> nn.Module:

@@ -10,6 +10,11 @@ max|w| (detached), which keeps the pretrained layer's output range (an effdnn ad
 Deployed, the weights live on the grid c (2i / (2^k - 1) - 1), i = 0..2^k-1: the ``DoReFaFormat``
 number format (k-bit codes + one fp32 scale c per tensor).
 
+Granularity follows the weight spec: eq. 9 takes max|tanh(w)| over the layer (``per_tensor``, the
+paper); ``granularity: per_channel`` takes it (and the ``rescale`` max|w|) over each output channel, so
+a filter of small weights (a depthwise 3x3 filter, one channel of it) keeps all 2^k levels instead of
+rounding to the layer's coarsest grid (one scale c per output channel deployed).
+
 ``method: dorefa`` = plain QAT (EMA activation ranges, ``qat``) with DoReFa weights.
 """
 from __future__ import annotations
@@ -33,14 +38,27 @@ from ..qat_quantizers import QATQuantizer
 
 @dataclass
 class DoReFaParams:
-    scale: torch.Tensor  # (1,) c: the grid spans [-c, c]
+    scale: torch.Tensor  # (1,) or (N,) c: the grid spans [-c, c] (per output channel: row c of dim 0)
+
+
+def _max_abs(x: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """max |x| over the tensor, shape (1,), or over each output channel (dim 0), shape (N,)."""
+    a = x.abs()
+    return a.flatten(1).amax(1) if per_channel and x.dim() > 1 else a.max().reshape(1)
+
+
+def _rows(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(1,) or (N,) -> broadcastable against x (N, ...)."""
+    return v.reshape(-1, *([1] * (x.dim() - 1))) if v.numel() > 1 else v
 
 
 @dataclass(frozen=True)
 class DoReFaFormat(NumberFormat):
-    """The DoReFa weight grid: c (2i / (2^k - 1) - 1), codes i in 0..2^k-1 (no zero level)."""
+    """The DoReFa weight grid: c (2i / (2^k - 1) - 1), codes i in 0..2^k-1 (no zero level); one c per
+    tensor or (``per_channel``) per output channel."""
 
     bits: int = 4  # type: ignore[assignment]
+    per_channel: bool = False
     name = "dorefa"
 
     def __post_init__(self) -> None:
@@ -52,37 +70,39 @@ class DoReFaFormat(NumberFormat):
         return 2**self.bits - 1
 
     def compute_params(self, x: torch.Tensor) -> DoReFaParams:
-        return DoReFaParams(x.detach().abs().max().reshape(1).float().clamp_min(1e-12))
+        return DoReFaParams(_max_abs(x.detach(), self.per_channel).float().clamp_min(1e-12))
 
     def quantize(self, x: torch.Tensor, params: DoReFaParams | None = None) -> torch.Tensor:
         p = params or self.compute_params(x)
-        return torch.clamp(torch.round((x.detach() / p.scale + 1) / 2 * self.n), 0, self.n).to(torch.int32)
+        return torch.clamp(torch.round((x.detach() / _rows(p.scale, x) + 1) / 2 * self.n), 0, self.n).to(torch.int32)
 
     def dequantize(self, codes: torch.Tensor, params: DoReFaParams | None = None) -> torch.Tensor:
         if params is None:
             raise EffdnnError("dorefa format: dequantize needs the params the codes were made with")
-        return params.scale * (2 * codes.float() / self.n - 1)
+        return _rows(params.scale, codes) * (2 * codes.float() / self.n - 1)
 
     def storage_bits(self, numel: int, params: DoReFaParams | None = None) -> int:
-        return int(numel * self.bits + 32)
+        return int(numel * self.bits + 32 * (params.scale.numel() if params is not None else 1))
 
-    def int8_grid(self, params: DoReFaParams) -> tuple[float, int] | None:
-        """c (2i / n - 1) = (c / n) (2i - n): odd int8 codes -n..n at scale c / n, zero point 0 (k <= 7);
-        the ONNX export writes such weights as QuantizeLinear / DequantizeLinear pairs."""
-        return (float(params.scale[0]) / self.n, 0) if self.bits <= 7 else None
+    def int8_grid(self, params: DoReFaParams) -> tuple[torch.Tensor, int] | None:
+        """c (2i / n - 1) = (c / n) (2i - n): odd int8 codes -n..n at scale c / n (one per tensor or per
+        output channel), zero point 0 (k <= 7); the ONNX export writes such weights as QuantizeLinear /
+        DequantizeLinear pairs."""
+        return (params.scale.detach().float() / self.n, 0) if self.bits <= 7 else None
 
     @property
     def label(self) -> str:
         return f"dorefa{self.bits}"
 
 
-def dorefa_weight(w: torch.Tensor, bits: int, rescale: bool = True) -> torch.Tensor:
-    """DoReFa eq. 9 (straight-through rounding); times max|w| (detached) when ``rescale``."""
+def dorefa_weight(w: torch.Tensor, bits: int, rescale: bool = True, per_channel: bool = False) -> torch.Tensor:
+    """DoReFa eq. 9 (straight-through rounding); times max|w| (detached) when ``rescale``; the maxima
+    per output channel when ``per_channel``."""
     n = 2**bits - 1
     t = torch.tanh(w)
-    r = t / (2 * t.abs().max()) + 0.5  # [0, 1]
+    r = t / (2 * _rows(_max_abs(t, per_channel), t)) + 0.5  # [0, 1]
     wq = 2 * (round_ste(r * n) / n) - 1  # [-1, 1]
-    return wq * w.detach().abs().max() if rescale else wq
+    return wq * _rows(_max_abs(w.detach(), per_channel), w) if rescale else wq
 
 
 class _DoReFaFunction(torch.autograd.Function):
@@ -122,11 +142,13 @@ def dorefa_weight_fused(w: torch.Tensor, bits: int, rescale: bool = True) -> tor
 
 
 class DoReFaWeightQuantizer(QATQuantizer):
-    def __init__(self, bits: int, rescale: bool = True) -> None:
-        super().__init__(DoReFaFormat(bits), None, role="weight")
+    def __init__(self, bits: int, rescale: bool = True, per_channel: bool = False) -> None:
+        super().__init__(DoReFaFormat(bits, per_channel), None, role="weight")
         self.mode, self.rescale = "quantize", rescale
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if self.fmt.per_channel:  # the fused node holds one maximum per tensor
+            return dorefa_weight(w, self.fmt.bits, self.rescale, per_channel=True)
         return dorefa_weight_fused(w, self.fmt.bits, self.rescale)
 
     def to_static(self, x: torch.Tensor | None = None) -> Quantizer:
@@ -140,7 +162,7 @@ def dorefa_or_generic(rescale: bool):
 
     def make(spec: TensorSpec, name: str, layer: nn.Module) -> QATQuantizer:
         if spec.format == "int":
-            return DoReFaWeightQuantizer(spec.bits, rescale)
+            return DoReFaWeightQuantizer(spec.bits, rescale, spec.granularity == "per_channel")
         return generic_weight(spec, name, layer)
 
     return make

@@ -7,7 +7,10 @@ popcount) and K = A * k: A = sum_c |I_c| / c, the mean absolute input over chann
 connected layer K is beta = mean |I| per example. The block is BN -> BinActiv -> BinConv -> pool
 (Figure 3): the BatchNorm and sign sit in the layer's input binariser (``SignActivation``), the model's
 pooling follows the convolution. Gradients: sign with the STE gated at |x| <= 1; K and alpha by autograd.
-The first and last layers stay real-valued (section 4, ``keep_fp: [first, last]`` by default).
+The weights' alpha is per output filter (eq. 4, ``granularity: per_channel``, the default;
+``per_tensor``: one alpha per layer). The first and last layers stay real-valued (section 4,
+``keep_fp: [first, last]`` by default); depthwise convolutions keep 8-bit weights and float inputs
+(``depthwise: keep_8bit``, see ``binary.py``).
 
 Recipe: ``quantize: {method: xnor}`` + a ``finetune`` block.
 """
@@ -25,10 +28,11 @@ from .bwn import ScaledSignWeight
 
 class XNORConfig(BinaryMethodConfig):
     method: Literal["xnor"] = "xnor"
+    granularity: Literal["per_tensor", "per_channel"] = "per_channel"  # eq. 4: one alpha per filter
 
 
 @QUANTIZE.register("xnor", XNORConfig, "XNOR-Net: alpha sign(W) weights, sign(BN(I)) inputs with the K scaling map")
 def xnor(model: nn.Module, config: XNORConfig, ctx: TransformContext) -> nn.Module:
     """XNOR-Net (Rastegari et al. 2016)."""
-    return binarize(model, config, ctx, "xnor", lambda m: ScaledSignWeight(), binary_input=True, k_scaling=True,
-                    default_keep_fp=("first", "last"))
+    return binarize(model, config, ctx, "xnor", lambda m: ScaledSignWeight(config.granularity == "per_channel"),
+                    binary_input=True, k_scaling=True, default_keep_fp=("first", "last"))
