@@ -1,7 +1,8 @@
 """Structured pruning: MACs removed vs measured CPU latency, effdnn against torch-pruning and
-torch.nn.utils.prune on the same ResNet-20 (width 16, Fashion-MNIST geometry 1x28x28) or LeNet-5.
+torch.nn.utils.prune on the same ResNet-20 (width 16, Fashion-MNIST geometry 1x28x28), LeNet-5 or
+MobileNetV2 (``--width``, default 0.35).
 
-    python benchmarks/structured_latency.py [--model resnet20 | lenet5 | lenet5-caffe] [--weights runs/.../model.pt] [--threads 2]
+    python benchmarks/structured_latency.py [--model resnet20 | lenet5 | lenet5-caffe | mobilenetv2] [--weights runs/.../model.pt] [--threads 2]
                                             [--engine torch | onnxruntime] [--input random | test] [--channels-last]
                                             [--inference-form] [--bn-recalibration N]
 
@@ -80,7 +81,8 @@ def ort_runners(variants: dict[str, nn.Module], example: torch.Tensor, threads: 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", choices=("resnet20", "lenet5", "lenet5-caffe"), default="resnet20")
+    ap.add_argument("--model", choices=("resnet20", "lenet5", "lenet5-caffe", "mobilenetv2"), default="resnet20")
+    ap.add_argument("--width", type=float, default=0.35, help="--model mobilenetv2: the width multiplier")
     ap.add_argument("--weights", default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=10)
@@ -104,6 +106,9 @@ def main() -> None:
     if args.model == "resnet20":
         dense = build_model("resnet", 1, 10, (28, 28), depth=20, width=16).eval()
         configs = ((0.3, 1, {}), (0.3, 4, {}), (0.4, 4, {}), (0.5, 1, {}))
+    elif args.model == "mobilenetv2":  # recipes/fashion_mobilenetv2_prune.yaml's two rows
+        dense = build_model("mobilenetv2", 1, 10, (28, 28), width=args.width).eval()
+        configs = ((0.35, 1, {}), (0.35, 8, {}), (0.45, 8, {}))
     elif args.model == "lenet5-caffe":  # the Deep Compression paper's LeNet-5 (conv 20 - conv 50 - fc 500 - fc 10)
         dense = build_model("lenet5", 1, 10, (28, 28), variant="caffe").eval()
         configs = ((0.3, 1, {}), (0.35, 1, {}), (0.4, 1, {}), (0.5, 1, {}))
@@ -136,7 +141,7 @@ def main() -> None:
                 + "".join(f"_{k.replace('features.', 'f')}-{int(v * 100)}" for k, v in per_layer.items()))
         variants[name] = effdnn.prune(copy.deepcopy(dense), {"method": "channel", "saliency": "l1", "sparsity": ratio,
                                                              "round_to": round_to, "layer_sparsity": per_layer, **adabn}, calib).eval()
-    tp_ratios = (0.3, 0.35, 0.5) if args.model == "lenet5-caffe" else (0.3, 0.5)
+    tp_ratios = {"lenet5-caffe": (0.3, 0.35, 0.5), "mobilenetv2": (0.35,)}.get(args.model, (0.3, 0.5))
     for ratio in tp_ratios:  # the group's weights (producers, BatchNorms, consumers), as torch-pruning scores them
         variants[f"effdnn_group_l1_{int(ratio * 100)}"] = effdnn.prune(
             copy.deepcopy(dense), {"method": "channel", "saliency": "group_l1", "sparsity": ratio, **adabn}, calib).eval()
