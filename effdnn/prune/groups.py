@@ -57,29 +57,34 @@ def couple(graph: DepGraph) -> Coupling:
         reason = np.concatenate([np.full(len(n), i) for i, (n, _) in enumerate(graph.blocked)])
         comps, first = np.unique(comp[nodes], return_index=True)
         why = {int(c): graph.blocked[int(r)][1] for c, r in zip(comps, reason[first])}
-    producers_of: dict[int, list[str]] = {}
     slot_nodes: dict[str, list[tuple[Slot, np.ndarray]]] = {}
+    names: list[str] = []  # producer modules in definition order
+    pairs = []
     for s in graph.slots:
         comps = comp[s.base:s.base + s.size]
         slot_nodes.setdefault(s.module, []).append((s, comps))
         if s.producer and s.name in graph.used:
-            for c in np.unique(comps):
-                lst = producers_of.setdefault(int(c), [])
-                if s.module not in lst:
-                    lst.append(s.module)
-    groups: dict[tuple[str, ...], Group] = {}
-    for c, prods in producers_of.items():
-        key = tuple(prods)
-        g = groups.setdefault(key, Group(list(prods)))
-        g.size += 1
-        g.all_units.append(c)
-        if c in why:
-            g.blocked = g.blocked or why[c]
-        else:
-            g.units.append(c)
-    order = {s.module: i for i, s in enumerate(graph.slots)}
-    ordered = sorted(groups.values(), key=lambda g: min(order[p] for p in g.producers))
+            if not names or names[-1] != s.module:
+                names.append(s.module)
+            pairs.append(np.stack([comps, np.full(len(comps), len(names) - 1)]))
+    groups: dict[tuple[int, ...], Group] = {}
+    if pairs:  # (component, producer) pairs, distinct, by component then producer
+        code = np.unique(np.concatenate(pairs, axis=1).T.astype(np.int64) @ np.array([len(names), 1]))
+        cs, ps = code // len(names), code % len(names)
+        cuts = np.flatnonzero(np.diff(cs)) + 1
+        for c, prods in zip(cs[np.r_[0, cuts]], np.split(ps, cuts)):
+            key = tuple(prods.tolist())
+            g = groups.get(key)
+            if g is None:
+                g = groups[key] = Group([names[i] for i in key])
+            g.size += 1
+            g.all_units.append(int(c))
+            if int(c) in why:
+                g.blocked = g.blocked or why[int(c)]
+            else:
+                g.units.append(int(c))
+    ordered = [groups[k] for k in sorted(groups)]  # by their first producer's definition
     first = np.unique(comp, return_index=True)[1]
     for g in ordered:
-        g.units.sort(key=lambda c: first[c])
+        g.units = [int(c) for c in np.asarray(g.units)[np.argsort(first[g.units], kind="stable")]] if g.units else []
     return Coupling(comp, ordered, slot_nodes)

@@ -88,14 +88,28 @@ def _ready(name: str) -> tuple[nn.Module, torch.Tensor]:
     return model.eval(), torch.randn(2, 3, size, size)
 
 
+def _heads(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """(head count, head_dim) of every attention: nn.MultiheadAttention and Swin's windowed attention."""
+    out = {}
+    for n, m in model.named_modules():
+        w = m.in_proj_weight if isinstance(m, nn.MultiheadAttention) else getattr(getattr(m, "qkv", None), "weight", None)
+        if w is not None and hasattr(m, "num_heads"):
+            out[n] = (m.num_heads, w.shape[0] // 3 // m.num_heads)
+    return out
+
+
 @pytest.mark.parametrize("name", list(ZOO))
 def test_zoo_model_prunes_runs_trains_and_exports(name, tmp_path):
     model, x = _ready(name)
     shape = model(x).shape
+    heads = _heads(model)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # heads of attention biases stay whole (by design) and say so
+        warnings.simplefilter("error")  # nothing kept whole but the model's input and output
         info = prune_channels(model, x, StructuredConfig(sparsity=0.3))
     assert model(x).shape == shape
+    for n, (count, head_dim) in _heads(model).items():  # attention: whole heads go, head_dim stays
+        assert count < heads[n][0] and head_dim == heads[n][1], (n, heads[n], count, head_dim)
+    assert len(heads) == {"vit": 2, "swin": 2, "swin_v2": 2}.get(name, 0)
     assert info["mac_reduction"] >= 1.5, info["mac_reduction"]
     assert 0.2 <= info["achieved_channel_reduction"] <= 0.35
     assert info["requested_channel_reduction"] == 0.3
@@ -158,8 +172,9 @@ def test_bad_input_is_one_line():
 
 
 def test_hugging_face_bert_prunes_through_its_attention():
-    """A model torch.fx cannot trace (Hugging Face BERT, dict input): q / k / v lose head_dim columns
-    across the heads (head count kept), the MLP its hidden width; the hidden size (the model output) stays."""
+    """A model torch.fx cannot trace (Hugging Face BERT, dict input): q / k / v lose whole heads (the head
+    count and all_head_size lowered, head_dim kept), the MLP its hidden width; the hidden size (the model
+    output) stays."""
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     cfg = transformers.BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -169,6 +184,8 @@ def test_hugging_face_bert_prunes_through_its_attention():
     shape = m(**x).last_hidden_state.shape
     info = prune_channels(m, x, StructuredConfig(sparsity=0.3))
     att = m.encoder.layer[0].attention.self
-    assert att.query.out_features == att.key.out_features == att.value.out_features == 44  # 4 heads x 11
+    assert att.query.out_features == att.key.out_features == att.value.out_features == 48  # 3 heads x 16
+    assert (att.num_attention_heads, att.attention_head_size, att.all_head_size) == (3, 16, 48)
+    assert m.encoder.layer[0].attention.output.dense.in_features == 48
     assert m.encoder.layer[0].intermediate.dense.out_features == 90
     assert m(**x).last_hidden_state.shape == shape and info["mac_reduction"] > 1.3
