@@ -76,10 +76,11 @@ def tensors_in(obj: Any) -> list[torch.Tensor]:
 
 def compact(lab: torch.Tensor) -> torch.Tensor:
     """``lab`` with every dim along which it is constant narrowed to size 1."""
-    for d in range(lab.dim()):
-        if lab.shape[d] > 1 and lab.stride(d) == 0:  # expanded: constant there by construction
+    for d in range(lab.dim()):  # expanded dims first: constant there by construction, and free to drop
+        if lab.shape[d] > 1 and lab.stride(d) == 0:
             lab = lab.narrow(d, 0, 1)
-        elif lab.shape[d] > 1:
+    for d in range(lab.dim()):
+        if lab.shape[d] > 1:
             first = lab.narrow(d, 0, 1)
             if bool((lab == first).all()):
                 lab = first

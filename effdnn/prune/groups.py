@@ -67,24 +67,38 @@ def couple(graph: DepGraph) -> Coupling:
             if not names or names[-1] != s.module:
                 names.append(s.module)
             pairs.append(np.stack([comps, np.full(len(comps), len(names) - 1)]))
-    groups: dict[tuple[int, ...], Group] = {}
-    if pairs:  # (component, producer) pairs, distinct, by component then producer
-        code = np.unique(np.concatenate(pairs, axis=1).T.astype(np.int64) @ np.array([len(names), 1]))
-        cs, ps = code // len(names), code % len(names)
-        cuts = np.flatnonzero(np.diff(cs)) + 1
-        for c, prods in zip(cs[np.r_[0, cuts]], np.split(ps, cuts)):
-            key = tuple(prods.tolist())
-            g = groups.get(key)
-            if g is None:
-                g = groups[key] = Group([names[i] for i in key])
-            g.size += 1
-            g.all_units.append(int(c))
-            if int(c) in why:
-                g.blocked = g.blocked or why[int(c)]
-            else:
-                g.units.append(int(c))
-    ordered = [groups[k] for k in sorted(groups)]  # by their first producer's definition
+    groups = _group_units(comp, pairs, names, why)
+    return Coupling(comp, groups, slot_nodes)
+
+
+def _group_units(comp: np.ndarray, pairs: list[np.ndarray], names: list[str], why: dict[int, str]) -> list[Group]:
+    """Units with the same set of producers form a group (sets compared by a random 64-bit signature
+    each, the sum over their producers); groups ordered by their producers' definition, units by
+    their first node."""
+    if not pairs:
+        return []
+    code = np.unique(np.concatenate(pairs, axis=1).T.astype(np.int64) @ np.array([len(names), 1]))
+    cs, ps = code // len(names), code % len(names)  # distinct (unit, producer), by unit then producer
+    units, inv = np.unique(cs, return_inverse=True)
+    rnd = np.random.default_rng(0).integers(1, 2 ** 62, size=len(names), dtype=np.int64)
+    sig = np.zeros(len(units), dtype=np.int64)
+    np.add.at(sig, inv, rnd[ps])
+    _, rep, ginv = np.unique(sig, return_index=True, return_inverse=True)
     first = np.unique(comp, return_index=True)[1]
-    for g in ordered:
-        g.units = [int(c) for c in np.asarray(g.units)[np.argsort(first[g.units], kind="stable")]] if g.units else []
+    blocked = np.array([int(c) in why for c in units]) if why else np.zeros(len(units), dtype=bool)
+    order = np.argsort(ginv, kind="stable")
+    cuts = np.flatnonzero(np.diff(ginv[order])) + 1
+    out = []
+    for k, members in enumerate(np.split(order, cuts)):
+        c0 = units[rep[k]]
+        prods = ps[np.searchsorted(cs, c0):np.searchsorted(cs, c0, side="right")]
+        g = Group([names[i] for i in prods], all_units=units[members].tolist(), size=len(members))
+        free = units[members][~blocked[members]]
+        g.units = free[np.argsort(first[free], kind="stable")].tolist()
+        stuck = units[members][blocked[members]]
+        g.blocked = why[int(stuck[0])] if len(stuck) else ""
+        out.append((tuple(prods.tolist()), g))
+    return [g for _, g in sorted(out, key=lambda kg: kg[0])]
+
+
     return Coupling(comp, ordered, slot_nodes)
