@@ -8,11 +8,11 @@ two ways that keep it a valid grouped convolution:
   kernel's input column j, and output position j' of every group (G stays; channels per group
   shrink; inputs and outputs are separate units, as for a dense convolution).
 
-The trace records each grouped convolution and decides after the pass, by the ratio to be removed
-there: the split whose removed share of the convolution's MACs comes closer to what a dense
-convolution loses when both its sides lose that ratio, 1 - (1 - r)^2 (a depthwise convolution, one
-input per group, can only lose whole groups). Narrower groups are what DepGraph (Fang et al. 2023)
-does for grouped convolutions; fewer groups are what one pruned channel of a depthwise one is.
+The trace records each grouped convolution and decides after the pass, by the ratio r to be removed
+there: the split whose share of removed channels (kept counts rounded as everywhere: n - round(n r),
+at least one) comes closer to r, narrower groups on a tie (a depthwise convolution, one input per
+group, can only lose whole groups). Narrower groups are what DepGraph (Fang et al. 2023) does for
+grouped convolutions; fewer groups are what one pruned channel of a depthwise one is.
 """
 from __future__ import annotations
 
@@ -39,11 +39,11 @@ def _kept(n: int, r: float) -> int:
 
 
 def narrow_is_closer(groups: int, per_in: int, per_out: int, r: float) -> bool:
-    """Whether narrower groups come closer than fewer groups to a dense layer's 1 - (1 - r)^2 of MACs."""
-    target = 1 - (1 - r) ** 2
+    """Whether narrower groups come at least as close as fewer groups to removing the ratio ``r`` of the
+    convolution's channels (input side; a depthwise convolution can only lose whole groups)."""
     fewer = 1 - _kept(groups, r) / groups
-    narrower = 1 - (_kept(per_in, r) / per_in) * (_kept(per_out, r) / per_out)
-    return abs(narrower - target) <= abs(fewer - target)
+    narrower = 1 - _kept(per_in, r) / per_in
+    return per_in > 1 and abs(narrower - r) <= abs(fewer - r)
 
 
 def resolve_grouped(rec: Recorder, ratio: Callable[[str], float]) -> set[str]:

@@ -108,8 +108,7 @@ class GroupedNet(nn.Module):
 
 
 def test_grouped_convolution_loses_the_same_channels_in_every_group():
-    """At 25%, narrower groups (1 - 0.75^2 of the MACs) come closer to a dense layer than one group
-    fewer (1/4): position 1 of every input group and position 2 of every output group go, the group
+    """At 25% of 4 groups of 4, one group fewer and one channel per group tie: narrower groups: position 1 of every input group and position 2 of every output group go, the group
     count stays, and the output equals the dense model's with those channels zeroed."""
     torch.manual_seed(0)
     m = GroupedNet().eval()
@@ -131,10 +130,12 @@ def test_grouped_convolution_loses_the_same_channels_in_every_group():
 
 
 def test_grouped_split_choice():
-    assert narrow_is_closer(32, 4, 4, 0.3)  # ResNeXt's 32x4d: 1 - 0.75^2 against 9 of 32 groups
-    assert narrow_is_closer(6, 8, 8, 0.3)  # few wide groups: one group fewer is far from the target
+    """The split whose removed share of channels comes closer to the ratio (ties: narrower groups)."""
+    assert narrow_is_closer(2, 16, 16, 0.3)  # one group of two is 50%; 5 of 16 per group 31%
+    assert narrow_is_closer(4, 4, 4, 0.25)  # a tie: one group, or one channel per group
+    assert not narrow_is_closer(32, 4, 4, 0.3)  # ResNeXt's 32x4d: 10 of 32 groups (31%), not 1 of 4 (25%)
     assert not narrow_is_closer(16, 1, 1, 0.3)  # depthwise: only whole groups
-    assert not narrow_is_closer(64, 2, 2, 0.3)  # 2 per group at 30%: nothing would go
+    assert not narrow_is_closer(64, 2, 2, 0.3)  # 2 per group at 30%: one of two would be 50%
 
 
 def test_global_scope_compares_normalised_saliencies_across_groups():
