@@ -160,8 +160,9 @@ def resolve_heads(rec: Recorder, model: nn.Module) -> list[HeadSite]:
                 break
         else:
             where = site.modules[-1] if site.modules else "the model"
-            rec.graph.blocked.append((site.labels, f"attention heads of {where or 'the model'}: no head-count "
-                                                   f"attribute (an int {site.heads} named *head*) to update"))
+            why = (f"attention heads of {where or 'the model'}: no head-count attribute (an int {site.heads} "
+                   f"named *head*) to update")
+            rec.graph.blocked.append((site.labels, why))
     return rec.sites
 
 

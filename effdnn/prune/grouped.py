@@ -16,8 +16,8 @@ grouped convolutions; fewer groups are what one pruned channel of a depthwise on
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -35,7 +35,7 @@ class GroupedConv:
 
 
 def _kept(n: int, r: float) -> int:
-    return max(1, n - int(round(n * r)))  # as masks.channel_keep
+    return max(1, n - round(n * r))  # as masks.channel_keep
 
 
 def narrow_is_closer(groups: int, per_in: int, per_out: int, r: float) -> bool:

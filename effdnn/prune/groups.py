@@ -100,5 +100,3 @@ def _group_units(comp: np.ndarray, pairs: list[np.ndarray], names: list[str], wh
         out.append((tuple(prods.tolist()), g))
     return [g for _, g in sorted(out, key=lambda kg: kg[0])]
 
-
-    return Coupling(comp, ordered, slot_nodes)

@@ -115,7 +115,7 @@ class StructuredConfig(StrictModel):
         return v
 
     @model_validator(mode="after")
-    def _global_ratios(self) -> "StructuredConfig":
+    def _global_ratios(self) -> StructuredConfig:
         if self.scope == "global" and self.layer_sparsity:
             raise ValueError("layer_sparsity sets per-group ratios: use it with scope: group, not global")
         return self
@@ -190,7 +190,7 @@ def global_ratios(groups: list[Group], score: np.ndarray, sparsity: float) -> li
     owner = np.concatenate([np.full(len(n), i) for i, n in enumerate(norm)]) if norm else np.zeros(0, dtype=int)
     left = np.array([len(n) for n in norm])
     gone = np.zeros(len(norm), dtype=int)
-    want = int(round(sparsity * len(flat)))
+    want = round(sparsity * len(flat))
     for i in np.argsort(flat, kind="stable"):
         if want == 0:
             break

@@ -9,8 +9,8 @@ from torch import nn
 
 from effdnn.errors import EffdnnError
 from effdnn.prune.grouped import narrow_is_closer
-from effdnn.prune.structured import StructuredConfig, global_ratios, prune_channels
 from effdnn.prune.groups import Group
+from effdnn.prune.structured import StructuredConfig, global_ratios, prune_channels
 
 
 class Attn(nn.Module):
