@@ -20,6 +20,7 @@ removes or keeps; surgery (:mod:`.surgery`) slices every slot by the surviving u
 """
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -145,9 +146,12 @@ class Recorder(TorchDispatchMode):
         a, b = torch.broadcast_tensors(a, b)
         a, b = a.reshape(-1), b.reshape(-1)
         ok = (a >= 0) & (b >= 0) & (a != b)
-        if bool(ok.any()):
-            code = torch.unique(a[ok] * self.graph.num_nodes + b[ok])  # distinct pairs, one sort
-            self.graph.edges.append(torch.stack([code // self.graph.num_nodes, code % self.graph.num_nodes]).numpy())
+        a, b = a[ok], b[ok]
+        if a.numel() > 65536:  # many repeats (a field broadcast over positions): distinct pairs, one sort
+            code = torch.unique(a * self.graph.num_nodes + b)
+            a, b = code // self.graph.num_nodes, code % self.graph.num_nodes
+        if a.numel():
+            self.graph.edges.append(torch.stack([a, b]).numpy())
 
     def defer(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """A join made at the end of the pass, unless its labels were split into heads by then."""
@@ -278,6 +282,8 @@ def trace_graph(model: nn.Module, example_input: Any,
     model.eval()
     fast = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA kernel hides q / k / v from the rules
+    gc_was = gc.isenabled()
+    gc.disable()  # the pass allocates many small objects and frees none: collections only cost time
     try:
         with torch.no_grad(), _module_stack(model, rec.stack), rec:
             out = _run(model, example_input)
@@ -285,6 +291,8 @@ def trace_graph(model: nn.Module, example_input: Any,
         raise EffdnnError(f"structured pruning: the model does not run on the example input "
                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     finally:
+        if gc_was:
+            gc.enable()
         torch.backends.mha.set_fastpath_enabled(fast)
         model.train(was)
     rec.block_inputs(out, "model output")

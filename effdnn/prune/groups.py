@@ -44,7 +44,7 @@ def components(graph: DepGraph) -> np.ndarray:
         e = np.concatenate(graph.edges, axis=1)
     else:
         e = np.zeros((2, 0), dtype=np.int64)
-    adj = coo_matrix((np.ones(e.shape[1], dtype=np.int8), (e[0], e[1])), shape=(n, n))
+    adj = coo_matrix((np.ones(e.shape[1], dtype=bool), (e[0], e[1])), shape=(n, n))
     return connected_components(adj, directed=False)[1]
 
 
