@@ -143,6 +143,8 @@ def table(rows: list[dict]) -> str:
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
 
     def ok(r, tool):
+        if f"{tool}_runs" not in r and "error" not in r:
+            return "not run"
         if not r.get(f"{tool}_runs"):
             return "timeout" if "timeout" in str(r.get(f"{tool}_error", r.get("error", ""))) else "fails"
         return ("yes" if r.get(f"{tool}_exports") else "no" if r.get(f"{tool}_exports") is False else "n/a")
@@ -165,7 +167,9 @@ def summary(rows: list[dict]) -> str:
              if r["effdnn_macs"] < 0.95 * r["tp_macs"]]
     slower = [f"{r['model']} ({r['effdnn_s']:.1f} vs {r['tp_s']:.1f} s)" for r in both if r["effdnn_s"] > r["tp_s"]]
     te, tt = sum(r["effdnn_s"] for r in both), sum(r["tp_s"] for r in both)
-    return (f"effdnn prunable: {len(ok)}/{n}; Torch-Pruning prunable: {len(tp_ok)}/{n}\n"
+    not_run = [r["model"] for r in rows if "tp_runs" not in r and "error" not in r]
+    return (f"effdnn prunable: {len(ok)}/{n}; Torch-Pruning prunable: {len(tp_ok)}/{n - len(not_run)} "
+            f"(not run: {', '.join(not_run) or 'none'})\n"
             f"not prunable by effdnn: {', '.join(sorted({r['model'] for r in rows} - set(ok))) or 'none'}\n"
             f"both run: {len(both)}; effdnn below 0.95x TP's MAC reduction: {len(below)} {'; '.join(below)}\n"
             f"time (both run): effdnn {te:.1f} s, TP {tt:.1f} s; effdnn slower on {len(slower)}: {'; '.join(slower)}")

@@ -79,7 +79,7 @@ def remove_units(model: nn.Module, slot_nodes: dict, comp_removed: np.ndarray,
             t = getattr(mod, s.param)
             olds.setdefault(s.param, tuple(t.shape))
             idx = torch.as_tensor((~gone).nonzero()[0], dtype=torch.long, device=t.device)
-            new = t.index_select(s.dim, idx).clone().contiguous()
+            new = t.index_select(s.dim, idx)  # a new contiguous tensor
             if isinstance(t, nn.Parameter):
                 mod._parameters[s.param] = nn.Parameter(new, requires_grad=t.requires_grad)
             else:
