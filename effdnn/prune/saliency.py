@@ -25,7 +25,8 @@ Channel saliencies (one score per output channel of a conv / linear layer):
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
