@@ -10,7 +10,7 @@ outputs kept, once with effdnn (``prune_channels``, saliency l1) and once with T
 ``MagnitudePruner(pruning_ratio=0.3)`` (p=1 importance, the last Linear ignored). Per tool: the MAC
 reduction (effdnn.cost on the same input), whether the pruned model runs with the same output shape
 and exports to ONNX (and whether the unpruned one does), and the seconds to build the graph and prune.
-Each model runs in its own subprocess (a crash or a hang costs one row). Prints a markdown table and
+Each model and tool runs in its own subprocess (a crash or a hang costs one cell). Prints a markdown table and
 the summary: prunable count (runs, same shape, >= 1.5x MAC reduction, exports when the unpruned model
 does), models below 0.95x Torch-Pruning's reduction, and the time ratio.
 """
@@ -143,8 +143,10 @@ def table(rows: list[dict]) -> str:
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
 
     def ok(r, tool):
+        if f"{tool}_runs" not in r and "error" not in r:
+            return "not run"
         if not r.get(f"{tool}_runs"):
-            return "fails"
+            return "timeout" if "timeout" in str(r.get(f"{tool}_error", r.get("error", ""))) else "fails"
         return ("yes" if r.get(f"{tool}_exports") else "no" if r.get(f"{tool}_exports") is False else "n/a")
 
     lines = [("| model | input | effdnn MAC red. | TP MAC red. | effdnn runs / exports | TP runs / exports | "
@@ -165,10 +167,25 @@ def summary(rows: list[dict]) -> str:
              if r["effdnn_macs"] < 0.95 * r["tp_macs"]]
     slower = [f"{r['model']} ({r['effdnn_s']:.1f} vs {r['tp_s']:.1f} s)" for r in both if r["effdnn_s"] > r["tp_s"]]
     te, tt = sum(r["effdnn_s"] for r in both), sum(r["tp_s"] for r in both)
-    return (f"effdnn prunable: {len(ok)}/{n}; Torch-Pruning prunable: {len(tp_ok)}/{n}\n"
+    not_run = [r["model"] for r in rows if "tp_runs" not in r and "error" not in r]
+    return (f"effdnn prunable: {len(ok)}/{n}; Torch-Pruning prunable: {len(tp_ok)}/{n - len(not_run)} "
+            f"(not run: {', '.join(not_run) or 'none'})\n"
             f"not prunable by effdnn: {', '.join(sorted({r['model'] for r in rows} - set(ok))) or 'none'}\n"
             f"both run: {len(both)}; effdnn below 0.95x TP's MAC reduction: {len(below)} {'; '.join(below)}\n"
             f"time (both run): effdnn {te:.1f} s, TP {tt:.1f} s; effdnn slower on {len(slower)}: {'; '.join(slower)}")
+
+
+def _run_one(name: str, tool: str, timeout: int) -> dict:
+    cmd = [sys.executable, __file__, "--one", name, "--tools", tool]
+    try:
+        p = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    except subprocess.TimeoutExpired:
+        return {f"{tool}_runs": False, f"{tool}_error": f"timeout {timeout} s", f"{tool}_s": float(timeout)}
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if lines:
+        return json.loads(lines[-1])
+    return {f"{tool}_runs": False, f"{tool}_error": (p.stderr.strip().splitlines() or ["?"])[-1][:200]}
 
 
 def main() -> None:
@@ -202,15 +219,9 @@ def main() -> None:
     rows = []
     print(f"command: python {' '.join(sys.argv)}", flush=True)
     for name in names:
-        cmd = [sys.executable, __file__, "--one", name, "--tools", args.tools]
-        try:
-            p = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
-            lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-            row = json.loads(lines[-1]) if lines else {"model": name, "input": "-",
-                                                        "error": (p.stderr.strip().splitlines() or ["?"])[-1][:200]}
-        except subprocess.TimeoutExpired:
-            row = {"model": name, "input": "-", "error": f"timeout {args.timeout} s"}
+        row = {"model": name, "input": "-"}
+        for tool in tools:  # one process per tool: a tool that hangs costs its own column only
+            row.update({k: v for k, v in _run_one(name, tool, args.timeout).items() if k not in row or k == "input"})
         rows.append(row)
         with out.open("a") as f:
             f.write(json.dumps(row) + "\n")

@@ -20,12 +20,19 @@ removes or keeps; surgery (:mod:`.surgery`) slices every slot by the surviving u
 """
 from __future__ import annotations
 
+import gc
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules.module import (
+    register_module_forward_hook,
+    register_module_forward_pre_hook,
+)
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -57,6 +64,8 @@ class DepGraph:
     edges: list[np.ndarray] = field(default_factory=list)  # each (2, k) int64
     blocked: list[tuple[np.ndarray, str]] = field(default_factory=list)
     used: set[str] = field(default_factory=set)  # slot names whose tensors met an op
+    heads: list = field(default_factory=list)  # attention.HeadSite: head splits and the modules owning them
+    narrow: set[str] = field(default_factory=set)  # grouped convolutions pruned within their groups
 
 
 def tensors_in(obj: Any) -> list[torch.Tensor]:
@@ -72,6 +81,9 @@ def tensors_in(obj: Any) -> list[torch.Tensor]:
 
 def compact(lab: torch.Tensor) -> torch.Tensor:
     """``lab`` with every dim along which it is constant narrowed to size 1."""
+    for d in range(lab.dim()):  # expanded dims first: constant there by construction, and free to drop
+        if lab.shape[d] > 1 and lab.stride(d) == 0:
+            lab = lab.narrow(d, 0, 1)
     for d in range(lab.dim()):
         if lab.shape[d] > 1:
             first = lab.narrow(d, 0, 1)
@@ -94,6 +106,11 @@ class Recorder(TorchDispatchMode):
         self.keep: list[torch.Tensor] = []  # keeps labelled tensors alive, so ids are not reused
         self.slot_names: dict[int, str] = {}
         self.adaptive: set[int] = set()  # unlabelled tensors whose sizes follow labelled ones (x.norm(dim=1))
+        self.deferred: list[tuple[torch.Tensor, torch.Tensor]] = []  # reshape joins, applied unless claimed
+        self.claimed = np.zeros(graph.num_nodes, dtype=bool)  # labels split into attention heads
+        self.stack: list[str] = []  # the modules running now (outermost first)
+        self.sites: list = []  # attention.HeadSite
+        self.grouped: list = []  # grouped.GroupedConv, resolved after the pass
         for tid, entries in slot_of.items():
             self.fields[tid] = [self._slot_field(s, ndim) for ndim, s in entries]
             self.slot_names[tid] = entries[0][1].module + "." + entries[0][1].param
@@ -129,9 +146,36 @@ class Recorder(TorchDispatchMode):
         a, b = torch.broadcast_tensors(a, b)
         a, b = a.reshape(-1), b.reshape(-1)
         ok = (a >= 0) & (b >= 0) & (a != b)
-        if bool(ok.any()):
-            code = torch.unique(a[ok] * self.graph.num_nodes + b[ok])  # distinct pairs, one sort
-            self.graph.edges.append(torch.stack([code // self.graph.num_nodes, code % self.graph.num_nodes]).numpy())
+        a, b = a[ok], b[ok]
+        if a.numel() > 65536:  # many repeats (a field broadcast over positions): distinct pairs, one sort
+            code = torch.unique(a * self.graph.num_nodes + b)
+            a, b = code // self.graph.num_nodes, code % self.graph.num_nodes
+        if a.numel():
+            self.graph.edges.append(torch.stack([a, b]).numpy())
+
+    def defer(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        """A join made at the end of the pass, unless its labels were split into heads by then."""
+        self.deferred.append((a, b))
+
+    def claim(self, lab: torch.Tensor) -> None:
+        flat = lab.reshape(-1)
+        self.claimed[flat[flat >= 0].numpy()] = True
+
+    def is_claimed(self, lab: torch.Tensor) -> bool:
+        flat = lab.reshape(-1)
+        return bool(self.claimed[flat[flat >= 0].numpy()].any())
+
+    def apply_deferred(self) -> None:
+        """The deferred reshape joins whose labels no attention split into heads."""
+        for a, b in self.deferred:
+            a, b = torch.broadcast_tensors(a, b)
+            a, b = a.reshape(-1), b.reshape(-1)
+            ok = (a >= 0) & (b >= 0) & (a != b)
+            a, b = a[ok], b[ok]
+            free = ~torch.as_tensor(self.claimed[a.numpy()] | self.claimed[b.numpy()])
+            if bool(free.any()):
+                self.union(a[free], b[free])
+        self.deferred = []
 
     def union_all(self, lab: torch.Tensor) -> None:
         """Join every label of ``lab`` into one unit."""
@@ -189,8 +233,36 @@ def _slots(model: nn.Module) -> tuple[list[Slot], dict[int, list[tuple[int, Slot
     return slots, slot_of, base
 
 
-def trace_graph(model: nn.Module, example_input: Any) -> tuple[DepGraph, Any]:
-    """Run ``model`` once on ``example_input`` recording the dependency graph; returns (graph, output)."""
+@contextmanager
+def _module_stack(model: nn.Module, stack: list[str]) -> Iterator[None]:
+    """Keep ``stack`` = the names of the modules running now (attention sites name their module)."""
+    names = {id(m): n for n, m in model.named_modules()}
+
+    def pre(mod: nn.Module, args: Any) -> None:
+        if id(mod) in names:
+            stack.append(names[id(mod)])
+
+    def post(mod: nn.Module, args: Any, out: Any) -> None:
+        if id(mod) in names and stack:
+            stack.pop()
+
+    hooks = [register_module_forward_pre_hook(pre), register_module_forward_hook(post, always_call=True)]
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _run(model: nn.Module, x: Any) -> Any:
+    return model(**x) if isinstance(x, dict) else model(*x) if isinstance(x, (tuple, list)) else model(x)
+
+
+def trace_graph(model: nn.Module, example_input: Any,
+                ratio: Callable[[str], float] | None = None) -> tuple[DepGraph, Any]:
+    """Run ``model`` once on ``example_input`` recording the dependency graph; returns (graph, output).
+    ``ratio(layer)``: the fraction of channels to be removed there (grouped convolutions choose between
+    fewer and narrower groups by it; default 0.5)."""
     slots, slot_of, n = _slots(model)
     graph = DepGraph(n, slots)
     rec = Recorder(graph, slot_of)
@@ -201,26 +273,30 @@ def trace_graph(model: nn.Module, example_input: Any) -> tuple[DepGraph, Any]:
             graph.num_nodes += s.size
             rec.fields[id(t)] = [Recorder._slot_field(s, t.dim())]
             rec.block(rec.fields[id(t)][0], "model input")
-    from .rules import tie_qkv
+    rec.claimed = np.zeros(graph.num_nodes, dtype=bool)
+    from .attention import resolve_heads, tie_qkv
+    from .grouped import resolve_grouped
 
     tie_qkv(rec, model)
     was = model.training
     model.eval()
     fast = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA kernel hides q / k / v from the rules
+    gc_was = gc.isenabled()
+    gc.disable()  # the pass allocates many small objects and frees none: collections only cost time
     try:
-        with torch.no_grad(), rec:
-            if isinstance(example_input, dict):
-                out = model(**example_input)
-            elif isinstance(example_input, (tuple, list)):
-                out = model(*example_input)
-            else:
-                out = model(example_input)
+        with torch.no_grad(), _module_stack(model, rec.stack), rec:
+            out = _run(model, example_input)
     except Exception as e:  # noqa: BLE001 (any failure of user code is reported in one line)
         raise EffdnnError(f"structured pruning: the model does not run on the example input "
                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     finally:
+        if gc_was:
+            gc.enable()
         torch.backends.mha.set_fastpath_enabled(fast)
         model.train(was)
     rec.block_inputs(out, "model output")
+    graph.heads = resolve_heads(rec, model)
+    rec.apply_deferred()
+    graph.narrow = resolve_grouped(rec, ratio or (lambda name: 0.5))
     return graph, out

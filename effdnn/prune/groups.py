@@ -44,7 +44,7 @@ def components(graph: DepGraph) -> np.ndarray:
         e = np.concatenate(graph.edges, axis=1)
     else:
         e = np.zeros((2, 0), dtype=np.int64)
-    adj = coo_matrix((np.ones(e.shape[1], dtype=np.int8), (e[0], e[1])), shape=(n, n))
+    adj = coo_matrix((np.ones(e.shape[1], dtype=bool), (e[0], e[1])), shape=(n, n))
     return connected_components(adj, directed=False)[1]
 
 
@@ -57,29 +57,46 @@ def couple(graph: DepGraph) -> Coupling:
         reason = np.concatenate([np.full(len(n), i) for i, (n, _) in enumerate(graph.blocked)])
         comps, first = np.unique(comp[nodes], return_index=True)
         why = {int(c): graph.blocked[int(r)][1] for c, r in zip(comps, reason[first])}
-    producers_of: dict[int, list[str]] = {}
     slot_nodes: dict[str, list[tuple[Slot, np.ndarray]]] = {}
+    names: list[str] = []  # producer modules in definition order
+    pairs = []
     for s in graph.slots:
         comps = comp[s.base:s.base + s.size]
         slot_nodes.setdefault(s.module, []).append((s, comps))
         if s.producer and s.name in graph.used:
-            for c in np.unique(comps):
-                lst = producers_of.setdefault(int(c), [])
-                if s.module not in lst:
-                    lst.append(s.module)
-    groups: dict[tuple[str, ...], Group] = {}
-    for c, prods in producers_of.items():
-        key = tuple(prods)
-        g = groups.setdefault(key, Group(list(prods)))
-        g.size += 1
-        g.all_units.append(c)
-        if c in why:
-            g.blocked = g.blocked or why[c]
-        else:
-            g.units.append(c)
-    order = {s.module: i for i, s in enumerate(graph.slots)}
-    ordered = sorted(groups.values(), key=lambda g: min(order[p] for p in g.producers))
+            if not names or names[-1] != s.module:
+                names.append(s.module)
+            pairs.append(np.stack([comps, np.full(len(comps), len(names) - 1)]))
+    groups = _group_units(comp, pairs, names, why)
+    return Coupling(comp, groups, slot_nodes)
+
+
+def _group_units(comp: np.ndarray, pairs: list[np.ndarray], names: list[str], why: dict[int, str]) -> list[Group]:
+    """Units with the same set of producers form a group (sets compared by a random 64-bit signature
+    each, the sum over their producers); groups ordered by their producers' definition, units by
+    their first node."""
+    if not pairs:
+        return []
+    code = np.unique(np.concatenate(pairs, axis=1).T.astype(np.int64) @ np.array([len(names), 1]))
+    cs, ps = code // len(names), code % len(names)  # distinct (unit, producer), by unit then producer
+    units, inv = np.unique(cs, return_inverse=True)
+    rnd = np.random.default_rng(0).integers(1, 2 ** 62, size=len(names), dtype=np.int64)
+    sig = np.zeros(len(units), dtype=np.int64)
+    np.add.at(sig, inv, rnd[ps])
+    _, rep, ginv = np.unique(sig, return_index=True, return_inverse=True)
     first = np.unique(comp, return_index=True)[1]
-    for g in ordered:
-        g.units.sort(key=lambda c: first[c])
-    return Coupling(comp, ordered, slot_nodes)
+    blocked = np.array([int(c) in why for c in units]) if why else np.zeros(len(units), dtype=bool)
+    order = np.argsort(ginv, kind="stable")
+    cuts = np.flatnonzero(np.diff(ginv[order])) + 1
+    out = []
+    for k, members in enumerate(np.split(order, cuts)):
+        c0 = units[rep[k]]
+        prods = ps[np.searchsorted(cs, c0):np.searchsorted(cs, c0, side="right")]
+        g = Group([names[i] for i in prods], all_units=units[members].tolist(), size=len(members))
+        free = units[members][~blocked[members]]
+        g.units = free[np.argsort(first[free], kind="stable")].tolist()
+        stuck = units[members][blocked[members]]
+        g.blocked = why[int(stuck[0])] if len(stuck) else ""
+        out.append((tuple(prods.tolist()), g))
+    return [g for _, g in sorted(out, key=lambda kg: kg[0])]
+

@@ -7,8 +7,9 @@ Families (by the op's name, or its ``pointwise`` tag):
   (a channel mean still runs when channels go);
 - spatial per-channel ops (pooling, upsampling): the channel field passes;
 - contractions (convolution, mm / bmm / addmm / baddbmm, scaled-dot-product attention): the labels
-  summed over are joined index by index, across every other dim (so attention heads share one
-  head_dim layout, and a grouped convolution's groups go whole); the others pass to the output;
+  summed over are joined index by index, across every other dim, or, split into attention heads,
+  head by head (attention.py); grouped convolutions lose whole groups or the same channels in every
+  group (grouped.py); the others pass to the output;
 - norms (batch / layer / group / instance): the affine parameters and statistics join the channels;
 - embedding: the output carries the table's feature dim;
 - anything else blocks the labels of its inputs.
@@ -19,7 +20,9 @@ from typing import Any
 
 import torch
 
+from .attention import contract, merge, sdpa
 from .graph import Recorder, compact, tensors_in, var_dims
+from .grouped import GroupedConv
 
 aten = torch.ops.aten
 
@@ -93,7 +96,7 @@ def apply_rule(rec: Recorder, func: Any, args: tuple, kwargs: dict, out: Any) ->
     elif name in CONTRACT:
         _contract_op(rec, name, args, out)
     elif name in SDPA:
-        _sdpa(rec, args, kwargs, out)
+        sdpa(rec, args, kwargs, out)
     elif name == "embedding":
         _embedding(rec, args, out)
     elif name in SPATIAL:
@@ -118,7 +121,8 @@ def _full(rec: Recorder, t: torch.Tensor) -> list[torch.Tensor]:
 
 def _rearrange(rec: Recorder, func: Any, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     """Run the op on each label field; a reshape that spreads one field over several dims joins it
-    across all but its last such dim (channel shuffle, heads: positions stay consistent after pruning)."""
+    across all but its last such dim (channel shuffle: positions stay consistent after pruning), at the
+    end of the pass, unless an attention split those labels into heads (attention.py)."""
     src = args[0]
     results = []
     if name == "constant_pad_nd":  # pad only the dims a field changes along (-1: no channel there)
@@ -146,7 +150,7 @@ def _rearrange(rec: Recorder, func: Any, name: str, args: tuple, kwargs: dict, o
                     g = f
                     for d in dims[:-1]:
                         g = g.narrow(d, 0, 1)
-                    rec.union(f, g)
+                    rec.defer(f, g)
         rec.set(o, fields)
 
 
@@ -293,8 +297,8 @@ def _group_norm(rec: Recorder, args: tuple, out: Any) -> None:
 
 
 def _conv(rec: Recorder, args: tuple, out: torch.Tensor) -> None:
-    """Convolution: input channels join the kernel's input dim (groups == 1), or, grouped, each group's
-    input and output channels go whole (the group count shrinks and stays a divisor)."""
+    """Convolution: input channels join the kernel's input dim (groups == 1); a grouped one is recorded
+    and loses whole groups or the same channels in every group (grouped.py)."""
     x, w, b, transposed, groups = args[0], args[1], args[2], bool(args[6]), int(args[8])
     xin = _vec(rec, x, 1, "convolution input labelled off the channel dim")
     w_out_dim, w_in_dim = (1, 0) if transposed else (0, 1)
@@ -307,50 +311,13 @@ def _conv(rec: Recorder, args: tuple, out: torch.Tensor) -> None:
     if groups == 1:
         if xin is not None and win is not None:
             rec.union(xin, win)
-    else:
-        if win is not None:
-            rec.block(win, "grouped convolution kernel input dim")
-        if wout is not None:
-            rows = [wout.reshape(groups, -1)] + ([xin.reshape(groups, -1)] if xin is not None else [])
-            joined = torch.cat(rows, 1)
-            rec.union(joined, joined[:, :1])
+    else:  # fewer or narrower groups: decided after the pass (grouped.py)
+        name = rec.slot_names.get(id(w), "").rsplit(".", 1)[0]
+        rec.grouped.append(GroupedConv(name, groups, xin, win, wout))
     bias = _vec(rec, b, 0, "convolution bias")
     if bias is not None and wout is not None:
         rec.union(bias, wout)
     rec.set(out, [] if wout is None else [wout.reshape([1, -1] + [1] * (out.dim() - 2))])
-
-
-def _contract(rec: Recorder, a: torch.Tensor, b: torch.Tensor, out_shape: torch.Size) -> list[torch.Tensor]:
-    """a (..., n, k) @ b (..., k, m): fields changing along k join index by index (all other positions
-    folded in); the others broadcast to the (..., n, m) output."""
-    passing, reps = [], [[], []]
-    for side, t in enumerate((a, b)):
-        kdim = t.dim() - 1 if side == 0 else t.dim() - 2
-        for f in rec.get(t):
-            if f.shape[kdim] > 1:
-                rows = f.expand(t.shape).movedim(kdim, -1).reshape(-1, t.shape[kdim])
-                rec.union(rows, rows[:1])
-                reps[side].append(rows[0])
-            else:
-                passing.append(compact(f.expand(out_shape)))
-    for r in reps[0][1:] + reps[1][1:]:
-        rec.block(r, "contraction over several label fields")
-    if reps[0] and reps[1]:
-        rec.union(reps[0][0], reps[1][0])
-    elif reps[0] or reps[1]:
-        rec.block((reps[0] or reps[1])[0], "contraction with an unlabelled operand")
-    return passing
-
-
-def _merge(rec: Recorder, fields: list[torch.Tensor]) -> list[torch.Tensor]:
-    by_dims: dict[tuple[int, ...], torch.Tensor] = {}
-    for f in fields:
-        dims = var_dims(f)
-        if dims in by_dims:
-            rec.union(by_dims[dims], f)
-        else:
-            by_dims[dims] = f
-    return list(by_dims.values())
 
 
 def _contract_op(rec: Recorder, name: str, args: tuple, out: torch.Tensor) -> None:
@@ -362,26 +329,10 @@ def _contract_op(rec: Recorder, name: str, args: tuple, out: torch.Tensor) -> No
         rec.block_inputs(args, f"{name} with a vector operand")
         rec.set(out, [])
         return
-    fields = _contract(rec, a, b, out.shape)
+    fields = contract(rec, a, b, out.shape)
     if bias is not None:
         fields += [compact(f.expand(bias.shape).expand(out.shape)) for f in rec.get(bias)]
-    rec.set(out, _merge(rec, fields))
-
-
-def _sdpa(rec: Recorder, args: tuple, kwargs: dict, out: Any) -> None:
-    """softmax(q k^T) v: q and k join along head_dim (across heads), the output carries v's fields."""
-    q, k, v = args[0], args[1], args[2]
-    kt = torch.empty(k.transpose(-1, -2).shape, device="meta")
-    rec.set(kt, [f.transpose(-1, -2) for f in rec.get(k)])
-    scores_shape = torch.Size([*q.shape[:-1], k.shape[-2]])
-    s_fields = _contract(rec, q, kt, scores_shape)
-    scores = torch.empty(scores_shape, device="meta")
-    rec.set(scores, s_fields)
-    o = _outs(out)[0]
-    rec.set(o, _merge(rec, _contract(rec, scores, v, o.shape)))
-    mask = args[3] if len(args) > 3 and isinstance(args[3], torch.Tensor) else kwargs.get("attn_mask")
-    if isinstance(mask, torch.Tensor):
-        rec.block_inputs(mask, "attention mask")
+    rec.set(out, merge(rec, fields))
 
 
 def _embedding(rec: Recorder, args: tuple, out: torch.Tensor) -> None:
@@ -390,17 +341,3 @@ def _embedding(rec: Recorder, args: tuple, out: torch.Tensor) -> None:
     rec.set(out, [] if feat is None else [feat.reshape([1] * (out.dim() - 1) + [-1])])
 
 
-def tie_qkv(rec: Recorder, model: torch.nn.Module) -> None:
-    """Attention code derives head_dim from the input width (nn.MultiheadAttention, torchvision's Swin
-    and MaxViT): the q / k / v projections must stay as wide as their input, so q, k and v column j
-    goes with input channel j (then heads keep their count and lose head_dim columns together)."""
-    for mod in model.modules():
-        w = None
-        if isinstance(mod, torch.nn.MultiheadAttention) and mod._qkv_same_embed_dim:
-            w = mod.in_proj_weight
-        elif isinstance(mod, torch.nn.Linear) and mod.out_features == 3 * mod.in_features:
-            w = mod.weight
-        fields = {var_dims(f): f.reshape(-1) for f in rec.fields.get(id(w), [])} if w is not None else {}
-        rows, cols = fields.get((0,)), fields.get((1,))
-        if rows is not None and cols is not None:
-            rec.union(rows.reshape(3, -1), cols.reshape(1, -1))

@@ -25,7 +25,8 @@ Channel saliencies (one score per output channel of a conv / linear layer):
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -227,7 +228,9 @@ def group_l1(producers: list[nn.Module], norms: list[nn.Module], consumers: list
 
 
 def channel_l1(layers: dict[str, nn.Module], norms: dict[str, nn.Module | None], **_: Any) -> dict[str, torch.Tensor]:
-    return {n: per_channel(m.weight.detach().abs()) for n, m in layers.items()}
+    """L1 norm of each output channel's weights (no |w| copy of the whole tensor)."""
+    return {n: torch.linalg.vector_norm(m.weight.detach().reshape(m.weight.shape[0], -1), 1, dim=1)
+            for n, m in layers.items()}
 
 
 def channel_bn_gamma(layers: dict[str, nn.Module], norms: dict[str, nn.Module | None], **_: Any) -> dict[str, torch.Tensor]:

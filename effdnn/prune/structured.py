@@ -1,17 +1,18 @@
 """Structured pruning: remove whole channels and return a smaller dense model.
 
     prune: {method: channel, saliency: l1 | group_l1 | bn_gamma | taylor | magnitude | obd, sparsity: 0.5, round_to: 1,
-            layer_sparsity: {"features.0": 0.5}, bn_recalibration: 16, strict: false}
+            scope: group | global, layer_sparsity: {"features.0": 0.5}, bn_recalibration: 16, strict: false}
 
 One forward pass, traced at the aten level (graph.py, rules.py), says which parameter dimensions must
 shrink together; groups.py turns that into *units* (what is removed at once: a channel with every
 weight that touches it, through norms, residual adds, SE gates, concatenations and splits, channel
-shuffles, reshapes and permutes, depthwise and grouped convolutions, LayerNorm, embeddings, attention
-head_dim columns, class tokens / position embeddings / layer scales) and *groups* (units that share
+shuffles, reshapes and permutes, depthwise and grouped convolutions (fewer or narrower groups), LayerNorm,
+embeddings, whole attention heads, class tokens / position embeddings / layer scales) and *groups* (units that share
 their producer layers: one ratio applies to them). Units reaching the model input or output, or an op
 no rule knows, stay, and a group left whole says so in one warning line (``strict: true``: an error).
 Each group loses the ``sparsity`` fraction (or its ``layer_sparsity`` entry's) of its units with the
-lowest saliency (summed over the unit's output channels of its producers; ``group_l1`` scores every
+lowest saliency (``scope: global``: one threshold over every group's saliencies, each over its group's
+mean, as DepGraph's global ranking) (summed over the unit's output channels of its producers; ``group_l1`` scores every
 weight the unit holds); surgery.py slices every parameter and fixes the modules' size attributes;
 the pruned model is run once to check it keeps its output shape. ``bn_recalibration: n`` then
 re-estimates every BatchNorm's running statistics on n calibration batches (EagleEye's adaptive BN,
@@ -26,7 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from ..errors import EffdnnError
@@ -34,6 +35,7 @@ from ..registry import PRUNE, StrictModel
 from ..transform import TransformContext
 from ..utils.batches import batch_input, model_device
 from ..utils.batchnorm import recalibrate_batchnorm
+from .attention import set_head_counts
 from .graph import trace_graph
 from .groups import Coupling, Group, couple
 from .masks import channel_keep
@@ -91,6 +93,9 @@ class StructuredConfig(StrictModel):
     layer_sparsity: dict[str, float] = Field(default_factory=dict, description="pattern -> fraction of channels removed "
                                              "from the groups it matches a producer of (first match wins; the others "
                                              "get 'sparsity')")
+    scope: Literal["group", "global"] = Field("group", description="group: every group loses 'sparsity' of its "
+                                             "channels; global: one threshold over all groups' saliencies, each "
+                                             "over its group's mean (at least one channel per group stays)")
     round_to: int = Field(1, ge=1, description="kept channels rounded up to a multiple of this")
     layers: list[str] | None = Field(None, description="patterns: a group is pruned only if all its producers match")
     exclude: list[str] = Field(default_factory=list)
@@ -108,6 +113,12 @@ class StructuredConfig(StrictModel):
             if not 0.0 <= r < 1.0:
                 raise ValueError(f"[{pat!r}]: must be in [0, 1), got {r}")
         return v
+
+    @model_validator(mode="after")
+    def _global_ratios(self) -> StructuredConfig:
+        if self.scope == "global" and self.layer_sparsity:
+            raise ValueError("layer_sparsity sets per-group ratios: use it with scope: group, not global")
+        return self
 
 
 def _norm_after(coup: Coupling, model: nn.Module, producers: dict[str, nn.Module]) -> dict[str, nn.Module | None]:
@@ -170,13 +181,34 @@ def _run(model: nn.Module, x: Any) -> Any:
         return model(**x) if isinstance(x, dict) else model(*x) if isinstance(x, (tuple, list)) else model(x)
 
 
+def global_ratios(groups: list[Group], score: np.ndarray, sparsity: float) -> list[float]:
+    """scope: global: each group's unit saliencies over their mean, one threshold over all of them
+    removing ``sparsity`` of all units (the lowest first; a group keeps at least one); returns the
+    fraction each group loses."""
+    norm = [score[np.asarray(g.units)] / max(float(score[np.asarray(g.units)].mean()), 1e-12) for g in groups]
+    flat = np.concatenate(norm) if norm else np.zeros(0)
+    owner = np.concatenate([np.full(len(n), i) for i, n in enumerate(norm)]) if norm else np.zeros(0, dtype=int)
+    left = np.array([len(n) for n in norm])
+    gone = np.zeros(len(norm), dtype=int)
+    want = round(sparsity * len(flat))
+    for i in np.argsort(flat, kind="stable"):
+        if want == 0:
+            break
+        if left[owner[i]] > 1:
+            left[owner[i]] -= 1
+            gone[owner[i]] += 1
+            want -= 1
+    return [gone[i] / max(len(n), 1) for i, n in enumerate(norm)]
+
+
 def prune_channels(model: nn.Module, example_input: torch.Tensor, config: StructuredConfig, data: Any = None,
                    measure: bool = True) -> dict[str, Any]:
     """Remove channels in place; returns what was done (groups, channels before / after, groups kept whole,
     requested and achieved channel reductions, and with ``measure`` the MACs before / after)."""
     was = model.training
     model.eval()
-    graph, out = trace_graph(model, example_input)  # one line if the model does not run
+    graph, out = trace_graph(model, example_input,  # one line if the model does not run
+                             lambda name: layer_ratio(config.layer_sparsity, [name], config.sparsity))
     want = _out_shapes(out)
     coup = couple(graph)
     macs_before = _macs(model, example_input) if measure else float("nan")
@@ -184,19 +216,21 @@ def prune_channels(model: nn.Module, example_input: torch.Tensor, config: Struct
     todo = [g for g in coup.groups if g.units and all(p in selected for p in g.producers)]
     check_ratio_patterns(config.layer_sparsity, [p for g in todo for p in g.producers])
     score = _unit_scores(coup, model, todo, config, data)
+    ratios = global_ratios(todo, score, config.sparsity) if config.scope == "global" else \
+        [layer_ratio(config.layer_sparsity, g.producers, config.sparsity) for g in todo]
     removed = np.zeros(len(score), dtype=bool)
     done = []
-    for g in todo:
+    for g, ratio in zip(todo, ratios):
         units = np.asarray(g.units)
-        keep = channel_keep(torch.as_tensor(score[units]), layer_ratio(config.layer_sparsity, g.producers, config.sparsity),
-                            config.round_to).numpy()
+        keep = channel_keep(torch.as_tensor(score[units]), ratio, config.round_to).numpy()
         gone = np.setdiff1d(np.arange(len(units)), keep)
         removed[units[gone]] = True
         done.append({"producers": g.producers, "channels": g.size, "kept": int(g.size - len(gone))})
     whole = [{"producers": g.producers, "channels": g.size, "why": g.blocked or "not selected"}
              for g in coup.groups if g not in todo]
     _say_whole(whole, config.strict)
-    remove_units(model, coup.slot_nodes, removed)
+    set_head_counts(model, graph.heads, coup.comp, removed)
+    remove_units(model, coup.slot_nodes, removed, graph.narrow)
     _fix_models(model)
     try:
         got = _out_shapes(_run(model, example_input))
@@ -233,17 +267,10 @@ def _summary(model: nn.Module, x: Any, done: list[dict], whole: list[dict],
 
 
 def _fix_models(model: nn.Module) -> None:
-    """Size attributes some model classes keep outside their layers (torchvision ViT, Hugging Face attention)."""
+    """A size attribute torchvision's ViT keeps outside its layers (its patch embedding width)."""
     for mod in model.modules():
         if type(mod).__name__ == "VisionTransformer" and hasattr(mod, "conv_proj"):
             mod.hidden_dim = mod.conv_proj.out_channels
-        qkv = getattr(mod, "to_qkv", None)
-        if isinstance(qkv, nn.Linear) and hasattr(mod, "n_heads") and hasattr(mod, "head_dim"):
-            mod.head_dim = qkv.out_features // 3 // mod.n_heads
-        q = getattr(mod, "query", None)
-        if isinstance(q, nn.Linear) and hasattr(mod, "num_attention_heads") and hasattr(mod, "attention_head_size"):
-            mod.attention_head_size = q.out_features // mod.num_attention_heads
-            mod.all_head_size = q.out_features
 
 
 def structured_transform(model: nn.Module, config: StructuredConfig, ctx: TransformContext) -> nn.Module:

@@ -62,9 +62,11 @@ def keep_inputs(mod: nn.Module, idx: torch.Tensor, spatial: int = 1) -> None:
 
 
 @torch.no_grad()
-def remove_units(model: nn.Module, slot_nodes: dict, comp_removed: np.ndarray) -> list[str]:
+def remove_units(model: nn.Module, slot_nodes: dict, comp_removed: np.ndarray,
+                 narrow: set[str] = frozenset()) -> list[str]:
     """Slice every parameter / buffer dim (slot) down to the nodes whose unit survives, then fix the
-    size attributes of the modules touched (:func:`fix_attributes`). Returns the modules changed."""
+    size attributes of the modules touched (:func:`fix_attributes`; ``narrow``: grouped convolutions
+    that keep their group count). Returns the modules changed."""
     mods = dict(model.named_modules())
     changed = []
     for mname, slots in slot_nodes.items():
@@ -77,23 +79,23 @@ def remove_units(model: nn.Module, slot_nodes: dict, comp_removed: np.ndarray) -
             t = getattr(mod, s.param)
             olds.setdefault(s.param, tuple(t.shape))
             idx = torch.as_tensor((~gone).nonzero()[0], dtype=torch.long, device=t.device)
-            new = t.index_select(s.dim, idx).clone().contiguous()
+            new = t.index_select(s.dim, idx)  # a new contiguous tensor
             if isinstance(t, nn.Parameter):
                 mod._parameters[s.param] = nn.Parameter(new, requires_grad=t.requires_grad)
             else:
                 mod._buffers[s.param] = new
         if olds:
-            fix_attributes(mod, olds)
+            fix_attributes(mod, olds, mname in narrow)
             changed.append(mname)
     return changed
 
 
-def fix_attributes(mod: nn.Module, olds: dict[str, tuple[int, ...]]) -> None:
+def fix_attributes(mod: nn.Module, olds: dict[str, tuple[int, ...]], keep_groups: bool = False) -> None:
     """The size attributes of a sliced module (in / out channels, groups, features, heads ...)."""
     w = getattr(mod, "weight", None)
     if isinstance(mod, nn.modules.conv._ConvNd):
         old_out = olds.get("weight", tuple(w.shape))[1 if mod.transposed else 0] * (mod.groups if mod.transposed else 1)
-        if mod.groups > 1 and not mod.transposed:
+        if mod.groups > 1 and not mod.transposed and not keep_groups:
             mod.groups = mod.groups * w.shape[0] // old_out
         if mod.transposed:
             mod.in_channels, mod.out_channels = w.shape[0], w.shape[1] * mod.groups
@@ -120,7 +122,7 @@ def fix_attributes(mod: nn.Module, olds: dict[str, tuple[int, ...]]) -> None:
 
 
 def _fix_mha(mod: nn.MultiheadAttention) -> None:
-    """nn.MultiheadAttention after its q / k / v columns (head_dim across heads) or embed dim shrank."""
+    """nn.MultiheadAttention after whole heads (num_heads already lowered) or its embed dim went."""
     w = mod.in_proj_weight
     if w is not None:
         mod.head_dim = w.shape[0] // 3 // mod.num_heads
