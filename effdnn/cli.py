@@ -18,13 +18,14 @@ err_console = Console(stderr=True)
 
 
 def _print_table(report: dict) -> None:
-    from .report.markdown import COLUMNS, _cell
+    from .report.markdown import _cell, columns
 
     table = Table(title=report.get("name"))
-    for _, head, _ in COLUMNS:
+    cols = columns(report)
+    for _, head, _ in cols:
         table.add_column(head, justify="left" if head == "experiment" else "right")
     for row in [report["baseline"], *report["experiments"]]:
-        table.add_row(*(_cell(k, f, row) for k, _, f in COLUMNS))
+        table.add_row(*(_cell(k, f, row) for k, _, f in cols))
     out_console.print(table)
 
 

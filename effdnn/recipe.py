@@ -5,7 +5,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import (Field, SerializerFunctionWrapHandler, ValidationError, field_validator, model_serializer,
+                      model_validator)
 
 from .composition import check_composition
 from .errors import EffdnnError
@@ -21,6 +22,17 @@ class DataSpec(StrictModel):
     root: str | None = None
     batch_size: int = Field(128, ge=1)
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    tokenizer: str | None = Field(None, description="text: 'file.py:fn' or a tokenizer folder (default: the model file's tokenizer())")
+    max_length: int | None = Field(None, ge=1, description="text: sentences are truncated to this many tokens")
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_text(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)  # cache keys of existing (image) runs stay what they were
+        if isinstance(data, dict):
+            for key in ("tokenizer", "max_length"):
+                if data.get(key) is None:
+                    data.pop(key, None)
+        return data
 
 
 class ModelSpec(StrictModel):
