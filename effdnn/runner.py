@@ -22,6 +22,7 @@ from .cost import EnergyTable, cost, fp32_bytes
 from .data import DataBundle, load_data
 from .data.text import resolve_tokenizer
 from .errors import EffdnnError
+from .export import OnnxModel, export_onnx
 from .models import build_model
 from .recipe import BLOCKS, ExperimentSpec, Recipe
 from .registry import REGISTRIES
@@ -128,17 +129,21 @@ class Runner:
         stats = cosine_stats(emb, self.reference)
         return {"accuracy": stats["cosine_mean"], "metric": "cosine", **stats}
 
-    def measure(self, model: nn.Module, name: str, wall: float, extra: dict[str, Any]) -> dict[str, Any]:
+    def measure(self, model: nn.Module, name: str, wall: float, extra: dict[str, Any],
+                scored: nn.Module | None = None, size: int | None = None) -> dict[str, Any]:
+        """The row of ``model``; ``scored`` / ``size``: what the metric and the size are taken from instead
+        (an experiment's exported file)."""
         r = self.recipe
-        scores = self.score(model)
+        scores = self.score(scored if scored is not None else model)
         acc = scores["accuracy"]
         example = self.ctx().example_input(r.cost.example_batch)
         c = cost(model, example, table=self.table, skip_zeros=r.cost.skip_zeros)
         fp32 = self.fp32_size or c.fp32_size_bytes
+        size = size or c.size_bytes
         row = {
             "name": name, **scores,
             "accuracy_delta": acc - self.baseline_accuracy if self.baseline_accuracy is not None else 0.0,
-            "size_bytes": c.size_bytes, "compression_ratio": fp32 / c.size_bytes if c.size_bytes else float("inf"),
+            "size_bytes": size, "compression_ratio": fp32 / size if size else float("inf"),
             "params": c.params, "macs": c.macs, "effective_macs": c.effective_macs, "bitops": c.bitops,
             "energy_pj": c.energy_pj, "compute_energy_pj": c.compute_energy_pj, "memory_energy_pj": c.memory_energy_pj,
             "weight_sparsity": c.weight_sparsity, "activation_sparsity": c.activation_sparsity,
@@ -283,7 +288,13 @@ class Runner:
             extra.update(cb.report())
         if ctx.train_result is not None:
             extra["epoch_time_s"] = ctx.train_result.epoch_time_s
-        row = self.measure(model, exp.name, time.perf_counter() - t0, extra)
+        scored, size = model, None
+        if exp.export is not None:  # the row is the file's: scored in onnxruntime, its size on disk
+            path = export_onnx(model, self.ctx().example_input(self.recipe.data.batch_size), edir / "model.onnx",
+                               embeddings=exp.export.embeddings)
+            scored, size = OnnxModel(path, torch.get_num_threads()), path.stat().st_size
+            extra.update({"onnx_file": str(path), "onnx_bytes": size})
+        row = self.measure(model, exp.name, time.perf_counter() - t0, extra, scored=scored, size=size)
         if ddp.is_main():
             edir.mkdir(parents=True, exist_ok=True)
             _write_json({"key": key, "row": row}, result_path)

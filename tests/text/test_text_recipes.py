@@ -107,3 +107,17 @@ def test_a_missing_optional_package_is_one_line(tmp_path, capsys):
         main(["run", str(folder / "r.yaml")])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and len(err.splitlines()) == 1 and "not installed" in err
+
+
+def test_an_export_row_is_scored_in_onnxruntime_on_the_file(tmp_path):
+    pytest.importorskip("onnxruntime")
+    folder = write(tmp_path)
+    exps = [{"name": "onnx-fp32", "export": {"format": "onnx"}},
+            {"name": "onnx-int8", "quantize": {"method": "ptq", "act": {"calibrator": "max"}},
+             "export": {"format": "onnx", "embeddings": "int8"}}]
+    report = effdnn.run(_recipe(folder, experiments=exps))
+    f32, i8 = report["experiments"]
+    assert f32["cosine_mean"] == pytest.approx(1.0, abs=1e-4)  # the same function, run by onnxruntime
+    assert 0.9 < i8["cosine_mean"] < 1.0
+    assert i8["size_bytes"] == (tmp_path / "run" / "experiments" / "onnx-int8" / "model.onnx").stat().st_size
+    assert i8["size_bytes"] < 0.5 * f32["size_bytes"]
