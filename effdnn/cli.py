@@ -59,9 +59,17 @@ def demo(
     out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: runs/demo)"),
     resume: bool = typer.Option(False, "--resume"),
 ) -> None:
-    """Run the built-in recipe on scikit-learn's digits (no download)."""
+    """Run the built-in recipe on scikit-learn's digits (no download), then, when transformers is
+    installed, the small text recipe (a random BERT; its report in OUT-text)."""
     with resources.as_file(resources.files("effdnn") / "recipes" / "demo.yaml") as path:
         _run(path, out, resume)
+    try:
+        from transformers import BertModel  # noqa: F401  (optional: the text part needs it)
+    except Exception as e:  # not installed, or installed but not importable here: one line, no text part
+        out_console.print(f"text demo: skipped (transformers does not import: {type(e).__name__}: {' '.join(str(e).split())[:120]})")
+        return
+    with resources.as_file(resources.files("effdnn") / "recipes" / "demo_text.yaml") as path:
+        _run(path, out.with_name(out.name + "-text") if out is not None else None, resume)
 
 
 @app.command()

@@ -71,7 +71,7 @@ def test_the_metric_is_the_cosine_of_mean_pooled_embeddings(tmp_path):
 
 def test_labelled_sentences_train_and_report_accuracy(tmp_path):
     folder = write(tmp_path)
-    report = effdnn.run(_recipe(folder, data="tiny_text.py:labelled", baseline={"epochs": 2, "lr": 1e-3},
+    report = effdnn.run(_recipe(folder, data="tiny_text.py:labelled", baseline={"epochs": 1, "lr": 1e-3},
                                 experiments=[{"name": "w8", "quantize": {"method": "ptq", "act": None}}]))
     assert report["metric"] == "accuracy" and "cosine_mean" not in report["baseline"]
     assert 0.0 <= report["experiments"][0]["accuracy"] <= 1.0
@@ -121,3 +121,13 @@ def test_an_export_row_is_scored_in_onnxruntime_on_the_file(tmp_path):
     assert 0.9 < i8["cosine_mean"] < 1.0
     assert i8["size_bytes"] == (tmp_path / "run" / "experiments" / "onnx-int8" / "model.onnx").stat().st_size
     assert i8["size_bytes"] < 0.5 * f32["size_bytes"]
+
+
+def test_the_demos_text_part_runs(tmp_path):
+    from pathlib import Path
+
+    report = effdnn.run(Path(effdnn.__file__).parent / "recipes" / "demo_text.yaml", out=tmp_path / "demo-text")
+    rows = {r["name"]: r for r in report["experiments"]}
+    assert report["metric"] == "cosine" and set(rows) == {"w8a8-per-token-smoothquant", "gptq-int4-g32", "wanda-50"}
+    assert rows["w8a8-per-token-smoothquant"]["cosine_mean"] > 0.99
+    assert 0.5 < rows["wanda-50"]["cosine_mean"] < 0.999 and rows["wanda-50"]["weight_sparsity"] > 0.4

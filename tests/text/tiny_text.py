@@ -40,7 +40,7 @@ def sentences(n, seed):
 def text(n_train=32, n_test=24):
     return sentences(n_train, 1), sentences(n_test, 0)
 
-def labelled(n_train=64, n_test=32):
+def labelled(n_train=32, n_test=32):
     label = lambda s: int("cat" in s.split() or "dog" in s.split())
     tr, te = sentences(n_train, 1), sentences(n_test, 0)
     return [(s, label(s)) for s in tr], [(s, label(s)) for s in te]
