@@ -14,14 +14,20 @@ example is a dict of its token tensors; a labelled one is ``(dict, label)``.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
 from ..errors import EffdnnError
-from ..utils.user_code import call_user, is_user_ref, load_user_function, resolve_user_file
+from ..utils.user_code import (
+    call_user,
+    is_user_ref,
+    load_user_function,
+    resolve_user_file,
+)
 from .bundle import DataBundle
 
 LABEL_KEYS = ("labels", "label")
@@ -113,7 +119,7 @@ def _from_sentences(ref: str, split: str, items: list[Any], tokenizer: Any, max_
         raise EffdnnError(f"data {ref!r}: the {split} split must hold sentences (str) or (sentence, label) pairs")
     try:
         enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001  (a user tokenizer may raise anything: one line)
         raise EffdnnError(f"data {ref!r}: the tokenizer failed on the {split} sentences: {type(e).__name__}: {e}") from None
     labels = torch.as_tensor([int(s[1]) for s in items]) if labelled else None
     return TokenDataset({k: v for k, v in dict(enc).items() if isinstance(v, torch.Tensor)}, labels)

@@ -10,9 +10,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-WORDS = ("the a one my our cat dog bird child farmer pilot river engine garden book storm song city "
-         "sat ran flew read sang built found lost painted crossed near under over behind beside "
-         "quickly slowly today yesterday again old new red green small large quiet bright").split()
+WORDS = ["the", "a", "one", "my", "our", "cat", "dog", "bird", "child", "farmer", "pilot", "river", "engine", "garden", "book", "storm", "song", "city", "sat", "ran", "flew", "read", "sang", "built", "found", "lost", "painted", "crossed", "near", "under", "over", "behind", "beside", "quickly", "slowly", "today", "yesterday", "again", "old", "new", "red", "green", "small", "large", "quiet", "bright"]
 
 
 def tokenizer():

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-WORDS = ("the a cat dog bird sat ran flew on under near mat roof tree door quickly slowly today again "
-         "red green big small old new happy sad river car book").split()
+WORDS = ["the", "a", "cat", "dog", "bird", "sat", "ran", "flew", "on", "under", "near", "mat", "roof", "tree", "door", "quickly", "slowly", "today", "again", "red", "green", "big", "small", "old", "new", "happy", "sad", "river", "car", "book"]
 
 MODEL_FILE = '''
 import os, random
