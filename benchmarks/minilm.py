@@ -109,6 +109,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", default="", help="comma-separated substrings of the variants to run")
+    ap.add_argument("--no-ort", action="store_true", help="leave out onnxruntime's dynamic int8 peer")
     ap.add_argument("--fake-only", default="int_mm kernel", help="variants measured as fake-quant cosine only (slow kernels)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -161,7 +162,7 @@ def main() -> None:
         import torchao  # noqa: F401
     except ImportError:
         print("torchao: not installed (no row)")
-    if not args.only:
+    if not args.no_ort:
         variants["onnxruntime quantize_dynamic (QInt8)"], rows["onnxruntime quantize_dynamic (QInt8)"] = \
             ort_dynamic(fp32, lat, args.threads)
     for name, m in variants.items():

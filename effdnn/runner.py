@@ -288,13 +288,13 @@ class Runner:
             extra.update(cb.report())
         if ctx.train_result is not None:
             extra["epoch_time_s"] = ctx.train_result.epoch_time_s
-        scored, size = model, None
+        file: dict[str, Any] = {}
         if exp.export is not None:  # the row is the file's: scored in onnxruntime, its size on disk
             path = export_onnx(model, self.ctx().example_input(self.recipe.data.batch_size), edir / "model.onnx",
                                embeddings=exp.export.embeddings)
-            scored, size = OnnxModel(path, torch.get_num_threads()), path.stat().st_size
-            extra.update({"onnx_file": str(path), "onnx_bytes": size})
-        row = self.measure(model, exp.name, time.perf_counter() - t0, extra, scored=scored, size=size)
+            file = {"scored": OnnxModel(path, torch.get_num_threads()), "size": path.stat().st_size}
+            extra.update({"onnx_file": str(path), "onnx_bytes": file["size"]})
+        row = self.measure(model, exp.name, time.perf_counter() - t0, extra, **file)
         if ddp.is_main():
             edir.mkdir(parents=True, exist_ok=True)
             _write_json({"key": key, "row": row}, result_path)

@@ -90,7 +90,7 @@ def test_recipe_block_prunes_and_keeps_the_function_better_than_wanda(group):
     wd = effdnn.prune(model, {"method": "wanda", "sparsity": 0.5, "batches": 4}, data)
     for m in (sg.a, sg.b):
         assert (m.weight == 0).float().mean().item() == pytest.approx(0.5, abs=0.01)
-    err = lambda m: float((m(x) - ref).pow(2).mean())  # noqa: E731
+    err = lambda m: float((m(x) - ref).pow(2).mean())
     assert err(sg) < err(wd)
 
 
