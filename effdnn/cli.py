@@ -65,7 +65,7 @@ def demo(
         _run(path, out, resume)
     try:
         from transformers import BertModel  # noqa: F401  (optional: the text part needs it)
-    except Exception as e:  # not installed, or installed but not importable here: one line, no text part
+    except Exception as e:  # noqa: BLE001  (not installed, or not importable here: one line, no text part)
         out_console.print(f"text demo: skipped (transformers does not import: {type(e).__name__}: {' '.join(str(e).split())[:120]})")
         return
     with resources.as_file(resources.files("effdnn") / "recipes" / "demo_text.yaml") as path:

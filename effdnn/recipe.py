@@ -5,8 +5,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (Field, SerializerFunctionWrapHandler, ValidationError, field_validator, model_serializer,
-                      model_validator)
+from pydantic import (
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from .composition import check_composition
 from .errors import EffdnnError
