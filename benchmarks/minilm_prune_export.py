@@ -1,12 +1,13 @@
 """all-MiniLM-L6-v2: Wanda against magnitude pruning (50%, 2:4; no fine-tuning) and the int8 ONNX file.
 
+Pruning also by SparseGPT (one pass, and sequential in groups of 6 layers = one transformer block).
 Protocol (issue 20): 256 fixed sentences (recipes/minilm_data.py), mean-pooled last hidden state,
 cosine against the FP32 model per sentence (mean / min); 4 batches of 32 calibrate. ONNX: FP32 export
 against effdnn's W8A8 PTQ (per-channel int8 weights stored as int8 initializers, static per-tensor int8
 activations, int8 embedding rows), file size ratio, onnxruntime latency on a batch of 32 sentences x 45
 tokens at --threads intra-op threads (the two sessions interleaved, median of --reps), cosine.
 
-    .venv/bin/python benchmarks/minilm_prune_export.py [--threads 2] [--reps 10] [--calibrator mse]
+    .venv/bin/python benchmarks/minilm_prune_export.py [--threads 2] [--reps 10] [--calibrator mse] [--prune-only]
 """
 from __future__ import annotations
 
@@ -68,6 +69,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--calibrator", default="mse")
+    ap.add_argument("--prune-only", action="store_true", help="the pruning table only (no ONNX export)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
@@ -83,14 +85,20 @@ def main() -> None:
     rows = []
     for name, spec in [("magnitude 50%", {"method": "magnitude", "sparsity": 0.5}),
                        ("wanda 50%", {"method": "wanda", "sparsity": 0.5, "batches": 4}),
+                       ("sparsegpt 50%", {"method": "sparsegpt", "sparsity": 0.5, "batches": 4}),
+                       ("sparsegpt 50% sequential (group 6)", {"method": "sparsegpt", "sparsity": 0.5, "batches": 4,
+                                                               "group": 6}),
                        ("magnitude 2:4", {"method": "magnitude", "nm": "2:4"}),
-                       ("wanda 2:4", {"method": "wanda", "nm": "2:4", "batches": 4})]:
+                       ("wanda 2:4", {"method": "wanda", "nm": "2:4", "batches": 4}),
+                       ("sparsegpt 2:4", {"method": "sparsegpt", "nm": "2:4", "batches": 4})]:
         t = time.perf_counter()
         pruned = effdnn.prune(model, {**spec, "exclude": ["pooler*"]}, calib)
         rows.append((name, *cosine(torch_embed(pruned), batches, ref), time.perf_counter() - t))
     print(f"| pruning (no fine-tuning) | cosine mean | cosine min | time s |\n|---|---|---|---|")
     for name, mean, low, t in rows:
-        print(f"| {name} | {mean:.4f} | {low:.4f} | {t:.1f} |")
+        print(f"| {name} | {mean:.4f} | {low:.4f} | {t:.1f} |", flush=True)
+    if args.prune_only:
+        return
 
     t = time.perf_counter()
     q = effdnn.quantize(model, {"method": "ptq", "act": {"calibrator": args.calibrator}}, calib)

@@ -18,13 +18,14 @@ err_console = Console(stderr=True)
 
 
 def _print_table(report: dict) -> None:
-    from .report.markdown import COLUMNS, _cell
+    from .report.markdown import _cell, columns
 
     table = Table(title=report.get("name"))
-    for _, head, _ in COLUMNS:
+    cols = columns(report)
+    for _, head, _ in cols:
         table.add_column(head, justify="left" if head == "experiment" else "right")
     for row in [report["baseline"], *report["experiments"]]:
-        table.add_row(*(_cell(k, f, row) for k, _, f in COLUMNS))
+        table.add_row(*(_cell(k, f, row) for k, _, f in cols))
     out_console.print(table)
 
 
@@ -58,9 +59,17 @@ def demo(
     out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: runs/demo)"),
     resume: bool = typer.Option(False, "--resume"),
 ) -> None:
-    """Run the built-in recipe on scikit-learn's digits (no download)."""
+    """Run the built-in recipe on scikit-learn's digits (no download), then, when transformers is
+    installed, the small text recipe (a random BERT; its report in OUT-text)."""
     with resources.as_file(resources.files("effdnn") / "recipes" / "demo.yaml") as path:
         _run(path, out, resume)
+    try:
+        from transformers import BertModel  # noqa: F401  (optional: the text part needs it)
+    except Exception as e:  # noqa: BLE001  (not installed, or not importable here: one line, no text part)
+        out_console.print(f"text demo: skipped (transformers does not import: {type(e).__name__}: {' '.join(str(e).split())[:120]})")
+        return
+    with resources.as_file(resources.files("effdnn") / "recipes" / "demo_text.yaml") as path:
+        _run(path, out.with_name(out.name + "-text") if out is not None else None, resume)
 
 
 @app.command()

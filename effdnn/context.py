@@ -10,12 +10,12 @@ from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from .data import DataBundle
 from .errors import EffdnnError
 from .train import Callback, TrainResult, TrainSpec, evaluate, fit
-from .utils.batches import batch_input
+from .utils.batches import batch_input, move
 
 
 @dataclass
@@ -67,14 +67,16 @@ class ExperimentContext:
     def evaluate(self, model: nn.Module) -> float | None:
         return evaluate(model, self.data.test, batch_size=512) if self.data is not None else None
 
-    def example_input(self, n: int = 64) -> torch.Tensor:
-        """``n`` test images; from the Python API, the first ``n`` inputs of the first given batch."""
+    def example_input(self, n: int = 64) -> Any:
+        """``n`` test images (text: a dict batch of ``n`` test examples); from the Python API, the first ``n`` inputs of the first given batch."""
         if self.data is None and self.calib_data is not None:
             first = next(iter(self.calib_data), None)
             x = batch_input(first) if first is not None else None
             if isinstance(x, torch.Tensor):
                 return x[:n].to(self.device)
         test = self._need_data("an example input").test
+        if self.data is not None and self.data.text:  # token examples: one dict batch (labels left out)
+            return move(batch_input(default_collate([test[i] for i in range(min(n, len(test)))])), self.device)
         return torch.stack([test[i][0] for i in range(min(n, len(test)))]).to(self.device)
 
     def train_set(self) -> torch.utils.data.Dataset:

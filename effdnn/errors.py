@@ -7,3 +7,7 @@ class EffdnnError(Exception):
 
 class NotAvailableYet(EffdnnError):
     """A recipe block names a technique that this version of effdnn does not implement."""
+
+
+class MissingDependency(EffdnnError):
+    """The recipe's code needs an optional package that is not installed (the run is skipped)."""

@@ -2,10 +2,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from .composition import check_composition
 from .errors import EffdnnError
@@ -21,6 +28,17 @@ class DataSpec(StrictModel):
     root: str | None = None
     batch_size: int = Field(128, ge=1)
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    tokenizer: str | None = Field(None, description="text: 'file.py:fn' or a tokenizer folder (default: the model file's tokenizer())")
+    max_length: int | None = Field(None, ge=1, description="text: sentences are truncated to this many tokens")
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_text(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)  # cache keys of existing (image) runs stay what they were
+        if isinstance(data, dict):
+            for key in ("tokenizer", "max_length"):
+                if data.get(key) is None:
+                    data.pop(key, None)
+        return data
 
 
 class ModelSpec(StrictModel):
@@ -34,6 +52,14 @@ class CostSpec(StrictModel):
     example_batch: int = Field(64, ge=1, description="test images the cost model traces")
 
 
+class ExportSpec(StrictModel):
+    """The experiment's final model written as ONNX and scored in onnxruntime: the row's metric and size
+    are the file's (``effdnn.export_onnx``: int8 initializers for quantized weights)."""
+
+    format: Literal["onnx"] = "onnx"
+    embeddings: Literal["float", "int8"] = Field("float", description="int8: embedding tables as int8 rows")
+
+
 class ExperimentSpec(StrictModel):
     name: str
     quantize: dict[str, Any] | None = None
@@ -43,6 +69,14 @@ class ExperimentSpec(StrictModel):
     compress: dict[str, Any] | None = None
     finetune: TrainSpec | None = None
     calib_batches: int = Field(16, ge=1, description="training batches used for calibration")
+    export: ExportSpec | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_export(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)  # cache keys of existing experiments stay what they were
+        if isinstance(data, dict) and data.get("export") is None:
+            data.pop("export", None)
+        return data
 
     @field_validator("name")
     @classmethod

@@ -20,15 +20,19 @@ from . import __version__
 from .context import ExperimentContext
 from .cost import EnergyTable, cost, fp32_bytes
 from .data import DataBundle, load_data
+from .data.text import resolve_tokenizer
 from .errors import EffdnnError
+from .export import OnnxModel, export_onnx
 from .models import build_model
 from .recipe import BLOCKS, ExperimentSpec, Recipe
 from .registry import REGISTRIES
 from .report import render_report
 from .utils import distributed as ddp
+from .utils.batches import forward, move
 from .utils.paths import check_output_dir
 from .utils.user_code import resolve_user_file
 from .train import evaluate, fit, load_weights, save_atomic
+from .train.embed import cosine_stats, embeddings
 
 REPORT_FILES = ("report.json", "report.md", "accuracy_vs_size.png", "accuracy_vs_energy.png")
 
@@ -114,16 +118,32 @@ class Runner:
                             base_dir=r.base_dir, **r.model.kwargs)
         return model.to(self.device)
 
-    def measure(self, model: nn.Module, name: str, wall: float, extra: dict[str, Any]) -> dict[str, Any]:
+    def score(self, model: nn.Module) -> dict[str, Any]:
+        """The metric on the test split: top-1 accuracy with labels; for unlabelled text, the cosine of the
+        sentence embeddings against the baseline's (``accuracy`` then holds the mean cosine)."""
+        if not (self.data.text and self.data.num_classes == 0):
+            return {"accuracy": evaluate(model, self.data.test, batch_size=512)}
+        emb = embeddings(model, self.data.test, batch_size=self.recipe.data.batch_size)
+        if self.reference is None:
+            self.reference = emb
+        stats = cosine_stats(emb, self.reference)
+        return {"accuracy": stats["cosine_mean"], "metric": "cosine", **stats}
+
+    def measure(self, model: nn.Module, name: str, wall: float, extra: dict[str, Any],
+                scored: nn.Module | None = None, size: int | None = None) -> dict[str, Any]:
+        """The row of ``model``; ``scored`` / ``size``: what the metric and the size are taken from instead
+        (an experiment's exported file)."""
         r = self.recipe
-        acc = evaluate(model, self.data.test, batch_size=512)
+        scores = self.score(scored if scored is not None else model)
+        acc = scores["accuracy"]
         example = self.ctx().example_input(r.cost.example_batch)
         c = cost(model, example, table=self.table, skip_zeros=r.cost.skip_zeros)
         fp32 = self.fp32_size or c.fp32_size_bytes
+        size = size or c.size_bytes
         row = {
-            "name": name, "accuracy": acc,
+            "name": name, **scores,
             "accuracy_delta": acc - self.baseline_accuracy if self.baseline_accuracy is not None else 0.0,
-            "size_bytes": c.size_bytes, "compression_ratio": fp32 / c.size_bytes if c.size_bytes else float("inf"),
+            "size_bytes": size, "compression_ratio": fp32 / size if size else float("inf"),
             "params": c.params, "macs": c.macs, "effective_macs": c.effective_macs, "bitops": c.bitops,
             "energy_pj": c.energy_pj, "compute_energy_pj": c.compute_energy_pj, "memory_energy_pj": c.memory_energy_pj,
             "weight_sparsity": c.weight_sparsity, "activation_sparsity": c.activation_sparsity,
@@ -143,21 +163,24 @@ class Runner:
 
     # -- baseline ---------------------------------------------------------------------------------
     def check_forward(self, model: nn.Module) -> None:
-        """One forward pass on two training examples before any training: a model that does not fit
+        """One forward pass on two test examples before any training: a model that does not fit
         the data (a user's model, a wrong input size) is one line naming the input, not a traceback."""
-        x = torch.stack([self.data.train[i][0] for i in range(min(2, len(self.data.train)))]).to(self.device)
+        x = move(self.ctx().example_input(2), self.device)
         was = model.training
         model.eval()
         try:
             with torch.no_grad():
-                out = model(x)
+                out = forward(model, x)
         except (Exception, SystemExit) as e:
             what = f"called sys.exit({e.code!r})" if isinstance(e, SystemExit) else f"{type(e).__name__}: {' '.join(str(e).split())}"
-            raise EffdnnError(f"model: its forward fails on the data (input {tuple(x.shape)}): {what}") from None
+            shape = {k: tuple(v.shape) for k, v in x.items()} if isinstance(x, dict) else tuple(x.shape)
+            raise EffdnnError(f"model: its forward fails on the data (input {shape}): {what}") from None
         finally:
             model.train(was)
+        if self.data.num_classes == 0:  # unlabelled text: any output; the metric reads its hidden states
+            return
         logits = out.logits if hasattr(out, "logits") else out
-        want = (x.shape[0], self.data.num_classes)
+        want = (2 if isinstance(x, dict) else x.shape[0], self.data.num_classes)
         if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != want:
             got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise EffdnnError(f"model: its output on the data is {got}, expected logits of shape {want}")
@@ -172,6 +195,11 @@ class Runner:
         if spec.checkpoint:
             load_weights(model, self._path(spec.checkpoint))
             extra["checkpoint"] = spec.checkpoint
+        elif spec.epochs == 0:  # the model as built (a pretrained one): nothing to train or cache
+            extra["epochs"] = 0
+        elif self.data.num_classes == 0:
+            raise EffdnnError("baseline: the data has no labels, so the baseline cannot be trained: use "
+                              "baseline: {epochs: 0} (the model as built, e.g. pretrained) or a checkpoint")
         else:
             key = _hash(r.data.model_dump(), r.model.model_dump(), spec.model_dump(exclude={"checkpoint"}), r.seed,
                         ddp.world_size())
@@ -195,16 +223,19 @@ class Runner:
             ddp.barrier()
         self.fp32_size = fp32_bytes(model)
         self.baseline_accuracy = None
+        self.reference = None  # unlabelled text: the baseline's embeddings, what every row is compared with
         row = self.measure(model, "baseline", time.perf_counter() - t0, extra)
         self.baseline_accuracy = row["accuracy"]
-        _say(f"baseline: accuracy {row['accuracy']:.4f}  size {row['size_bytes'] / 1024:.1f} KiB")
+        _say(f"baseline: {row.get('metric', 'accuracy')} {row['accuracy']:.4f}  size {row['size_bytes'] / 1024:.1f} KiB")
         return model, row
 
     def load_baseline(self) -> tuple[nn.Module, dict[str, Any]]:
         """Load the data, then train the baseline or reuse the cached one: where ``run`` and the
         ``effdnn sensitivity`` sweep start."""
         r = self.recipe
-        self.data: DataBundle = load_data(r.data.name, root=r.data.root, base_dir=r.base_dir, **r.data.kwargs)
+        tokenizer = resolve_tokenizer(r.data.tokenizer, r.model.name, r.base_dir)
+        self.data: DataBundle = load_data(r.data.name, root=r.data.root, base_dir=r.base_dir, tokenizer=tokenizer,
+                                          max_length=r.data.max_length, **r.data.kwargs)
         self.fp32_size = None
         self.baseline_accuracy = None
         return self.baseline()
@@ -250,18 +281,24 @@ class Runner:
             model = fin(model)
         before: dict[str, Any] = {}
         if exp.compress is not None:  # what the encoding itself costs: the same weights, before the file
-            before["accuracy_before_compress"] = evaluate(model, self.data.test, batch_size=512)
+            before["accuracy_before_compress"] = self.score(model)["accuracy"]
         model = apply("compress", model)  # last: it encodes the final (fine-tuned, converted) weights
         extra: dict[str, Any] = {"techniques": used, **before, **ctx.extra}
         for cb in ctx.callbacks:
             extra.update(cb.report())
         if ctx.train_result is not None:
             extra["epoch_time_s"] = ctx.train_result.epoch_time_s
-        row = self.measure(model, exp.name, time.perf_counter() - t0, extra)
+        file: dict[str, Any] = {}
+        if exp.export is not None:  # the row is the file's: scored in onnxruntime, its size on disk
+            path = export_onnx(model, self.ctx().example_input(self.recipe.data.batch_size), edir / "model.onnx",
+                               embeddings=exp.export.embeddings)
+            file = {"scored": OnnxModel(path, torch.get_num_threads()), "size": path.stat().st_size}
+            extra.update({"onnx_file": str(path), "onnx_bytes": file["size"]})
+        row = self.measure(model, exp.name, time.perf_counter() - t0, extra, **file)
         if ddp.is_main():
             edir.mkdir(parents=True, exist_ok=True)
             _write_json({"key": key, "row": row}, result_path)
-        _say(f"{exp.name}: accuracy {row['accuracy']:.4f} ({row['accuracy_delta'] * 100:+.2f} pts)  "
+        _say(f"{exp.name}: {row.get('metric', 'accuracy')} {row['accuracy']:.4f} ({row['accuracy_delta'] * 100:+.2f} pts)  "
              f"size {row['size_bytes'] / 1024:.1f} KiB  ({row['compression_ratio']:.1f}x)")
         return row
 
@@ -276,7 +313,7 @@ class Runner:
         self.base_key = _hash(base_row["accuracy"], r.data.model_dump(), r.model.model_dump(), r.baseline.model_dump(), r.seed)
         rows = [self.experiment(i, e, base) for i, e in enumerate(r.experiments)]
         report = {
-            "name": r.name, "recipe": r.model_dump(mode="json", exclude={"base_dir"}),
+            "name": r.name, "metric": base_row.get("metric", "accuracy"), "recipe": r.model_dump(mode="json", exclude={"base_dir"}),
             "baseline": base_row, "experiments": rows,
             "environment": environment(self.device), "total_time_s": time.perf_counter() - t0,
         }

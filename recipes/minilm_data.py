@@ -1,7 +1,8 @@
 """256 fixed English sentences for all-MiniLM-L6-v2 (generated deterministically: nothing is downloaded).
 
 ``sentences()`` returns the list; ``load()`` (the recipe's ``data: {name: "minilm_data.py:load"}``) returns
-them as text (effdnn tokenizes them with the model's tokenizer)."""
+(calibration sentences, evaluation sentences) as text: 128 others made with another seed, then the 256
+(effdnn tokenizes them with the model's tokenizer)."""
 from __future__ import annotations
 
 import random
@@ -33,5 +34,5 @@ def sentences(n: int = 256, seed: int = 0) -> list[str]:
     return out
 
 
-def load(n: int = 256) -> list[str]:
-    return sentences(n)
+def load(n: int = 256, calib: int = 128) -> tuple[list[str], list[str]]:
+    return sentences(calib, seed=1), sentences(n)

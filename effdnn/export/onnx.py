@@ -122,3 +122,18 @@ def run_onnx(path: str | Path | Any, x: Any, threads: int | None = None, all_out
     sess = path if hasattr(path, "get_inputs") else onnx_session(path, threads)
     out = sess.run(None, _feed(sess, x))
     return out if all_outputs else out[0]
+
+
+class OnnxModel(nn.Module):
+    """An exported file as a module: ``forward`` runs it in onnxruntime and returns its first output as a
+    tensor, so the code that scores a torch model scores the file the same way (``effdnn run``'s
+    ``export`` rows). Inference only."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.session = onnx_session(self.path, threads)
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        x = kwargs if kwargs else (args[0] if len(args) == 1 else args)
+        return torch.from_numpy(np.asarray(run_onnx(self.session, x)))

@@ -1,6 +1,6 @@
 """Pruning: saliency (which weights / channels matter), schedules (how many, when), masks and
 structured surgery (how they are removed), activation sparsity. Importing registers the methods."""
-from . import activation, structured, unstructured, wanda  # noqa: F401  (registers the methods)
+from . import activation, sparsegpt, structured, unstructured, wanda  # noqa: F401  (registers the methods)
 from .masks import channel_keep, global_masks, nm_mask, topk_mask
 from .saliency import channel_saliency, weight_saliency
 from .rigl import rigl_drop_fraction, rigl_update

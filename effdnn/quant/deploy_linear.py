@@ -97,15 +97,17 @@ class Int8Linear(_Deployed):
 
     def _codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(x / scale, scale): the codes before rounding (fbgemm rounds half-to-even as it reads them,
-        ``_gemm`` rounds for ``_int_mm``), in two passes over x; |x / s| <= qmax needs no clamp."""
+        ``_gemm`` rounds for ``_int_mm``); |x / s| <= qmax needs no clamp. max|x| per token is
+        max(max x, -min x): two reductions that write nothing (on 1440 x 1536 activations 0.5 ms against
+        59 ms for ``vector_norm(x, inf, dim=-1)`` and 1.7 ms for ``x.abs().amax(-1)``, 1 thread)."""
         if self.act_kind == "static":
             return torch.clamp(torch.round(x / self.act_scale), self.act_qmin, self.act_qmax), self.act_scale
         qmax = 2 ** (self.act_bits - 1) - 1
         if self.act_kind == "per_token":
-            amax = torch.linalg.vector_norm(x, float("inf"), dim=-1, keepdim=True)
+            amax = torch.maximum(x.amax(-1, keepdim=True), x.amin(-1, keepdim=True).neg_())
         else:
-            amax = torch.linalg.vector_norm(x, float("inf"))
-        s = amax.clamp_min(1e-12 * qmax) / qmax
+            amax = torch.maximum(x.max(), x.min().neg())
+        s = amax.clamp_min_(1e-12 * qmax).div_(qmax)
         return torch.div(x, s), s
 
     def _gemm(self, q: torch.Tensor) -> torch.Tensor:

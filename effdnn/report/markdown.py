@@ -18,6 +18,14 @@ COLUMNS = [
 ]
 
 
+def columns(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The table's columns: accuracy, or for unlabelled text the embeddings' cosine against the baseline."""
+    if report.get("metric") != "cosine":
+        return COLUMNS
+    cos = [("accuracy", "cosine mean", "{:.4f}"), ("cosine_min", "cosine min", "{:.4f}")]
+    return [COLUMNS[0], *cos, *COLUMNS[2:]]
+
+
 def _cell(key: str, fmt: str, row: dict[str, Any]) -> str:
     v = row.get(key)
     if v is None:
@@ -32,10 +40,10 @@ def _cell(key: str, fmt: str, row: dict[str, Any]) -> str:
 
 
 def markdown_table(report: dict[str, Any]) -> str:
-    rows = [report["baseline"], *report["experiments"]]
-    lines = ["| " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    rows, cols = [report["baseline"], *report["experiments"]], columns(report)
+    lines = ["| " + " | ".join(h for _, h, _ in cols) + " |", "|" + "---|" * len(cols)]
     for row in rows:
-        lines.append("| " + " | ".join(_cell(k, f, row) for k, _, f in COLUMNS) + " |")
+        lines.append("| " + " | ".join(_cell(k, f, row) for k, _, f in cols) + " |")
     return "\n".join(lines)
 
 
@@ -44,7 +52,8 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
     parts = [
         f"# {report.get('name', 'effdnn report')}",
         "",
-        "Accuracy on the test split; size = deployed storage; energy per example (Horowitz 45 nm table).",
+        ("Cosine of the mean-pooled sentence embeddings against the baseline's, on the test sentences"
+         if report.get("metric") == "cosine" else "Accuracy on the test split") + "; size = deployed storage; energy per example (Horowitz 45 nm table).",
         "",
         markdown_table(report),
         "",

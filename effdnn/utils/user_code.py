@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import EffdnnError
+from ..errors import EffdnnError, MissingDependency
 
 
 def is_user_ref(name: str) -> bool:
@@ -39,6 +39,9 @@ def load_user_function(ref: str, base_dir: str | Path | None = None) -> Callable
         module = importlib.util.module_from_spec(spec)
         sys.modules[mod_name] = module
         spec.loader.exec_module(module)
+    except ModuleNotFoundError as e:
+        raise MissingDependency(f"{ref}: needs the Python package {e.name!r}, which is not installed; "
+                                "skipped") from None
     except (Exception, SystemExit) as e:  # a user file may raise anything, or exit: report it in one line
         raise EffdnnError(f"{ref}: importing {path} failed: {_what(e)}") from None
     fn = getattr(module, fn_name, None)
@@ -53,6 +56,9 @@ def call_user(ref: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> An
         return fn(*args, **kwargs)
     except EffdnnError:
         raise
+    except ModuleNotFoundError as e:  # an optional package the user's code needs: say which, skip
+        raise MissingDependency(f"{ref}: needs the Python package {e.name!r}, which is not installed; "
+                                "skipped") from None
     except (Exception, SystemExit) as e:
         raise EffdnnError(f"{ref}: {_what(e)}") from None
 
