@@ -66,4 +66,7 @@ def call_user(ref: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> An
 def _what(e: BaseException) -> str:
     if isinstance(e, SystemExit):
         return f"called sys.exit({e.code!r})"
-    return f"raised {type(e).__name__}: {' '.join(str(e).split())}"
+    text = ' '.join(str(e).split())
+    if "torchvision::" in text:  # a torchvision wheel built for another torch (e.g. CUDA's beside the CPU torch)
+        text += " (the installed torchvision was built for another torch; install the matching release or remove it)"
+    return f"raised {type(e).__name__}: {text}"
