@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("binary_kernels.cpp")
@@ -84,10 +85,11 @@ def _declare(so: ctypes.CDLL) -> ctypes.CDLL:
     return so
 
 
-def lib() -> ctypes.CDLL | None:
-    """The loaded kernel library, built on first call; None (after one warning line) when unavailable."""
-    if "lib" in _state:
-        return _state["lib"]
+def _load(key: str, source: Path, declare: Callable[[ctypes.CDLL], ctypes.CDLL], flags: tuple[str, ...],
+          what: str, fallback: str) -> ctypes.CDLL | None:
+    """Build (once, cached) and load one kernel library; None after one warning line naming the fallback."""
+    if key in _state:
+        return _state[key]
     so, why = None, ""
     if os.environ.get("EFFDNN_NO_KERNELS", "") not in ("", "0"):
         why = "EFFDNN_NO_KERNELS is set"
@@ -95,14 +97,19 @@ def lib() -> ctypes.CDLL | None:
         why = "no C++ compiler found ($CXX, g++, c++, clang++)"
     else:
         try:
-            so = _declare(ctypes.CDLL(str(_build(cxx))))
+            so = declare(ctypes.CDLL(str(_build(cxx, source, flags))))
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:
             why = f"build failed: {e}"
     if so is None:
-        warnings.warn(f"effdnn: fast binary kernels unavailable ({why}); packed layers use the numpy reference path",
-                      RuntimeWarning, stacklevel=2)
-    _state["lib"] = so
+        warnings.warn(f"effdnn: {what} unavailable ({why}); {fallback}", RuntimeWarning, stacklevel=3)
+    _state[key] = so
     return so
+
+
+def lib() -> ctypes.CDLL | None:
+    """The loaded kernel library, built on first call; None (after one warning line) when unavailable."""
+    return _load("lib", SOURCE, _declare, (),
+                 "fast binary kernels", "packed layers use the numpy reference path")
 
 
 def _declare_fq(so: ctypes.CDLL) -> ctypes.CDLL:
@@ -122,25 +129,9 @@ def _declare_fq(so: ctypes.CDLL) -> ctypes.CDLL:
 def fq_lib() -> ctypes.CDLL | None:
     """The fused fake-quant kernels, built on first call; None (after one warning line) when unavailable,
     and QAT then runs its reference autograd path (same values, more passes)."""
-    if "fq" in _state:
-        return _state["fq"]
-    so, why = None, ""
-    if os.environ.get("EFFDNN_NO_KERNELS", "") not in ("", "0"):
-        why = "EFFDNN_NO_KERNELS is set"
-    elif (cxx := _compiler()) is None:
-        why = "no C++ compiler found ($CXX, g++, c++, clang++)"
-    else:
-        try:
-            # IEEE float32 op by op: no FMA contraction; errno / trap flags only (values unchanged)
-            so = _declare_fq(ctypes.CDLL(str(_build(cxx, FQ_SOURCE, ("-ffp-contract=off", "-fno-math-errno",
-                                                                      "-fno-trapping-math")))))
-        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-            why = f"build failed: {e}"
-    if so is None:
-        warnings.warn(f"effdnn: fused fake-quant kernels unavailable ({why}); QAT uses the reference autograd path",
-                      RuntimeWarning, stacklevel=2)
-    _state["fq"] = so
-    return so
+    # IEEE float32 op by op: no FMA contraction; errno / trap flags only (values unchanged)
+    return _load("fq", FQ_SOURCE, _declare_fq, ("-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"),
+                 "fused fake-quant kernels", "QAT uses the reference autograd path")
 
 
 def isa() -> str:
