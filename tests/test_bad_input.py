@@ -207,7 +207,7 @@ DATA_CASES = [
     c("data", "missing-file", "file 'nope.py' not found", "run", "r.yaml", r__yaml=recipe(data={"name": "nope.py:data"})),
     c("data", "missing-function", "has no function 'absent'", "run", "r.yaml", u__py=USER,
       r__yaml=recipe(data={"name": "u.py:absent"})),
-    c("data", "import-error", "importing", "run", "r.yaml", u__py="import not_a_module_anywhere\n",
+    c("data", "import-error", "needs the Python package", "run", "r.yaml", u__py="import not_a_module_anywhere\n",
       r__yaml=recipe(data={"name": "u.py:data"})),
     c("data", "syntax-error", "SyntaxError", "run", "r.yaml", u__py="def data(:\n", r__yaml=recipe(data={"name": "u.py:data"})),
 ]
