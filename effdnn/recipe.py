@@ -7,10 +7,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import (
     Field,
-    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
-    model_serializer,
     model_validator,
 )
 
@@ -31,14 +29,7 @@ class DataSpec(StrictModel):
     tokenizer: str | None = Field(None, description="text: 'file.py:fn' or a tokenizer folder (default: the model file's tokenizer())")
     max_length: int | None = Field(None, ge=1, description="text: sentences are truncated to this many tokens")
 
-    @model_serializer(mode="wrap")
-    def _omit_unset_text(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data = handler(self)  # cache keys of existing (image) runs stay what they were
-        if isinstance(data, dict):
-            for key in ("tokenizer", "max_length"):
-                if data.get(key) is None:
-                    data.pop(key, None)
-        return data
+    omit_if_none = ("tokenizer", "max_length")
 
 
 class ModelSpec(StrictModel):
@@ -71,12 +62,7 @@ class ExperimentSpec(StrictModel):
     calib_batches: int = Field(16, ge=1, description="training batches used for calibration")
     export: ExportSpec | None = None
 
-    @model_serializer(mode="wrap")
-    def _omit_unset_export(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data = handler(self)  # cache keys of existing experiments stay what they were
-        if isinstance(data, dict) and data.get("export") is None:
-            data.pop("export", None)
-        return data
+    omit_if_none = ("export",)
 
     @field_validator("name")
     @classmethod

@@ -8,9 +8,15 @@ value is reported with its full key path (``experiments[1].quantize.weight.bits:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+)
 
 from .errors import EffdnnError, NotAvailableYet
 
@@ -21,6 +27,18 @@ class StrictModel(BaseModel):
     """Base for every config: unknown keys are errors, models are immutable once validated."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # keys a dump leaves out while unset (None): fields added later keep the dumps, and so the cache
+    # keys hashed from them, of configs that do not use them what they were
+    omit_if_none: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            for key in self.omit_if_none:
+                if data.get(key) is None:
+                    data.pop(key, None)
+        return data
 
 
 def format_validation_error(err: ValidationError, prefix: str = "") -> str:

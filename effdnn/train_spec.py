@@ -1,9 +1,12 @@
 """Training settings: the ``baseline`` and ``finetune`` blocks of a recipe."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
+from pydantic import (
+    Field,
+    model_validator,
+)
 
 from .registry import StrictModel
 
@@ -23,12 +26,7 @@ class DistillSpec(StrictModel):
     temperature: float = Field(4.0, gt=0)
     feature: Literal["cosine", "mse"] | None = Field(None, description="label-free feature distillation")
 
-    @model_serializer(mode="wrap")
-    def _omit_unset_feature(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data = handler(self)  # cache keys of existing runs stay what they were
-        if isinstance(data, dict) and data.get("feature") is None:
-            data.pop("feature", None)
-        return data
+    omit_if_none = ("feature",)
 
 
 class SWASpec(StrictModel):
@@ -65,16 +63,7 @@ class TrainSpec(StrictModel):
     distill: DistillSpec | None = Field(None, description="finetune only: learn from the baseline model's soft outputs")
     swa: SWASpec | None = Field(None, description="average the weights of the run's last epochs (SWA)")
 
-    @model_serializer(mode="wrap")
-    def _omit_unset_blocks(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Without distillation or averaging the dump is what it was before those fields existed: the
-        cache keys of trained baselines and finished experiments are hashes of these dumps."""
-        data = handler(self)
-        if isinstance(data, dict):
-            for key in ("distill", "swa"):
-                if data.get(key) is None:
-                    data.pop(key, None)
-        return data
+    omit_if_none = ("distill", "swa")
 
     @property
     def schedule_epochs(self) -> int:
