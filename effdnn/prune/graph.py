@@ -66,6 +66,7 @@ class DepGraph:
     used: set[str] = field(default_factory=set)  # slot names whose tensors met an op
     heads: list = field(default_factory=list)  # attention.HeadSite: head splits and the modules owning them
     narrow: set[str] = field(default_factory=set)  # grouped convolutions pruned within their groups
+    coarse: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # grouped convs' nodes: rounded up
 
 
 def tensors_in(obj: Any) -> list[torch.Tensor]:
@@ -298,5 +299,5 @@ def trace_graph(model: nn.Module, example_input: Any,
     rec.block_inputs(out, "model output")
     graph.heads = resolve_heads(rec, model)
     rec.apply_deferred()
-    graph.narrow = resolve_grouped(rec, ratio or (lambda name: 0.5))
+    graph.narrow, graph.coarse = resolve_grouped(rec, ratio or (lambda name: 0.5))
     return graph, out

@@ -108,13 +108,17 @@ def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return keep.reshape(scores.shape)
 
 
-def channel_keep(scores: torch.Tensor, ratio: float, round_to: int = 1, min_keep: int = 1) -> torch.Tensor:
+def channel_keep(scores: torch.Tensor, ratio: float, round_to: int = 1, min_keep: int = 1,
+                 at_least: bool = False) -> torch.Tensor:
     """Indices (sorted) of the channels to keep when a ``ratio`` of ``len(scores)`` channels is removed.
 
-    The kept count is rounded up to a multiple of ``round_to`` (fast kernels like multiples of 4 / 8)."""
+    The removed count is rounded to the nearest (``at_least``: up, never less than asked: coarse units
+    such as a grouped convolution's groups); the kept count is rounded up to a multiple of ``round_to``
+    (fast kernels like multiples of 4 / 8)."""
     check_sparsity(ratio, "channel ratio")
     c = scores.numel()
-    keep = max(min_keep, c - int(round(c * ratio)))
+    gone = math.ceil(c * ratio - 1e-9) if at_least else int(round(c * ratio))
+    keep = max(min_keep, c - gone)
     if round_to > 1:
         keep = min(c, int(math.ceil(keep / round_to) * round_to))
     order = torch.sort(scores.detach().float(), descending=True, stable=True).indices[:keep]

@@ -219,10 +219,13 @@ def prune_channels(model: nn.Module, example_input: torch.Tensor, config: Struct
     ratios = global_ratios(todo, score, config.sparsity) if config.scope == "global" else \
         [layer_ratio(config.layer_sparsity, g.producers, config.sparsity) for g in todo]
     removed = np.zeros(len(score), dtype=bool)
+    coarse = np.zeros(len(score), dtype=bool)  # units of grouped convolutions: never less than asked (grouped.py)
+    coarse[coup.comp[graph.coarse]] = True
     done = []
     for g, ratio in zip(todo, ratios):
         units = np.asarray(g.units)
-        keep = channel_keep(torch.as_tensor(score[units]), ratio, config.round_to).numpy()
+        keep = channel_keep(torch.as_tensor(score[units]), ratio, config.round_to,
+                            at_least=bool(coarse[units].any())).numpy()
         gone = np.setdiff1d(np.arange(len(units)), keep)
         removed[units[gone]] = True
         done.append({"producers": g.producers, "channels": g.size, "kept": int(g.size - len(gone))})

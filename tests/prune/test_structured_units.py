@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from effdnn.errors import EffdnnError
-from effdnn.prune.grouped import narrow_is_closer
+from effdnn.prune.grouped import prefer_narrow, removed_count
 from effdnn.prune.groups import Group
 from effdnn.prune.structured import StructuredConfig, global_ratios, prune_channels
 
@@ -130,12 +130,52 @@ def test_grouped_convolution_loses_the_same_channels_in_every_group():
 
 
 def test_grouped_split_choice():
-    """The split whose removed share of channels comes closer to the ratio (ties: narrower groups)."""
-    assert narrow_is_closer(2, 16, 16, 0.3)  # one group of two is 50%; 5 of 16 per group 31%
-    assert narrow_is_closer(4, 4, 4, 0.25)  # a tie: one group, or one channel per group
-    assert not narrow_is_closer(32, 4, 4, 0.3)  # ResNeXt's 32x4d: 10 of 32 groups (31%), not 1 of 4 (25%)
-    assert not narrow_is_closer(16, 1, 1, 0.3)  # depthwise: only whole groups
-    assert not narrow_is_closer(64, 2, 2, 0.3)  # 2 per group at 30%: one of two would be 50%
+    """Never less than requested: the smaller removed share that reaches the ratio (ties: narrower
+    groups); neither reaching it, the larger."""
+    assert removed_count(55, 0.3) == 17 and removed_count(8, 0.3) == 3 and removed_count(10, 0.3) == 3
+    assert removed_count(2, 0.9) == 1  # a group keeps one unit
+    assert prefer_narrow(2, 16, 0.3)  # one group of two is 50%; 5 of 16 per group 31%
+    assert prefer_narrow(4, 4, 0.25)  # a tie: one group, or one channel per group
+    assert not prefer_narrow(32, 4, 0.3)  # ResNeXt's 32x4d: 10 of 32 groups (31%), not 2 of 4 (50%)
+    assert not prefer_narrow(55, 8, 0.3)  # RegNetY-400MF: 17 of 55 groups (30.9%), not 3 of 8 (37.5%)
+    assert not prefer_narrow(16, 1, 0.3)  # depthwise: only whole groups
+    assert not prefer_narrow(64, 2, 0.3)  # 2 per group at 30%: one of two would be 50%
+    assert prefer_narrow(2, 4, 0.8)  # neither reaches 80%: 3 of 4 per group (75%) beats one group (50%)
+    assert not prefer_narrow(3, 2, 0.8)  # 2 of 3 groups (67%) beats one of two per group (50%)
+
+
+class EightPairs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 1)
+        self.b = nn.Conv2d(16, 16, 3, padding=1, groups=8)  # 8 groups of 2
+        self.c = nn.Conv2d(16, 6, 1)
+
+    def forward(self, x):
+        return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+def test_grouped_convolution_loses_whole_groups_never_fewer_than_asked():
+    """30% of 8 groups of 2: 3 whole groups (37.5%; to the nearest it would be 2, 25%); the weakest
+    groups go, the group count shrinks, the output equals the dense model's with those groups
+    silenced, and the report says 5 of 8 units kept."""
+    torch.manual_seed(0)
+    m = EightPairs().eval()
+    weak = [2, 3, 8, 9, 12, 13]  # groups 1, 4 and 6
+    with torch.no_grad():
+        m.a.weight[weak] *= 1e-3
+        m.b.weight[weak] *= 1e-3
+    ref = copy.deepcopy(m)
+    with torch.no_grad():
+        for conv in (ref.a, ref.b):
+            conv.weight[weak] = 0
+            conv.bias[weak] = 0
+    x = torch.randn(2, 3, 8, 8)
+    info = prune_channels(m, x, StructuredConfig(sparsity=0.3))
+    assert (m.b.groups, m.b.in_channels, m.b.out_channels) == (5, 10, 10)
+    assert m.a.out_channels == 10 and m.c.in_channels == 10
+    torch.testing.assert_close(m(x), ref(x), rtol=1e-5, atol=1e-6)
+    assert [(g["channels"], g["kept"]) for g in info["groups"]] == [(8, 5)]  # units: whole groups
 
 
 def test_global_scope_compares_normalised_saliencies_across_groups():
