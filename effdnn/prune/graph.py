@@ -73,11 +73,17 @@ def tensors_in(obj: Any) -> list[torch.Tensor]:
     """The tensors inside nested tuples / lists / dicts (a cheap tree_flatten for op arguments)."""
     if isinstance(obj, torch.Tensor):
         return [obj]
-    if isinstance(obj, (tuple, list)):
-        return [t for o in obj for t in tensors_in(o)]
     if isinstance(obj, dict):
-        return [t for o in obj.values() for t in tensors_in(o)]
-    return []
+        obj = list(obj.values())
+    elif not isinstance(obj, (tuple, list)):
+        return []
+    out = []
+    for o in obj:  # scalars and None, most of an op's arguments, without a call each
+        if isinstance(o, torch.Tensor):
+            out.append(o)
+        elif isinstance(o, (tuple, list, dict)):
+            out += tensors_in(o)
+    return out
 
 
 def compact(lab: torch.Tensor) -> torch.Tensor:
@@ -120,7 +126,7 @@ class Recorder(TorchDispatchMode):
     def _slot_field(s: Slot, ndim: int) -> torch.Tensor:
         shape = [1] * ndim
         shape[s.dim] = s.size
-        return (torch.arange(s.size, dtype=torch.int64) + s.base).reshape(shape)
+        return torch.arange(s.base, s.base + s.size, dtype=torch.int64).view(shape)
 
     def get(self, t: Any) -> list[torch.Tensor]:
         if not isinstance(t, torch.Tensor):
@@ -145,14 +151,15 @@ class Recorder(TorchDispatchMode):
     def union(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """Join labels ``a`` and ``b`` element-wise (broadcast); -1 entries are ignored."""
         a, b = torch.broadcast_tensors(a, b)
-        a, b = a.reshape(-1), b.reshape(-1)
+        a, b = a.reshape(-1).numpy(), b.reshape(-1).numpy()  # numpy: a few us per op on small label vectors
         ok = (a >= 0) & (b >= 0) & (a != b)
-        a, b = a[ok], b[ok]
-        if a.numel() > 65536:  # many repeats (a field broadcast over positions): distinct pairs, one sort
-            code = torch.unique(a * self.graph.num_nodes + b)
+        if not ok.all():
+            a, b = a[ok], b[ok]
+        if a.size > 65536:  # many repeats (a field broadcast over positions): distinct pairs, one sort
+            code = np.unique(a * self.graph.num_nodes + b)
             a, b = code // self.graph.num_nodes, code % self.graph.num_nodes
-        if a.numel():
-            self.graph.edges.append(torch.stack([a, b]).numpy())
+        if a.size:
+            self.graph.edges.append(np.stack([a, b]))
 
     def defer(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """A join made at the end of the pass, unless its labels were split into heads by then."""
@@ -180,16 +187,16 @@ class Recorder(TorchDispatchMode):
 
     def union_all(self, lab: torch.Tensor) -> None:
         """Join every label of ``lab`` into one unit."""
-        flat = lab.reshape(-1)
-        flat = torch.unique(flat[flat >= 0])
-        if flat.numel() > 1:
-            self.graph.edges.append(torch.stack([flat[:-1], flat[1:]]).numpy())
+        flat = lab.reshape(-1).numpy()
+        flat = np.unique(flat[flat >= 0])
+        if flat.size > 1:
+            self.graph.edges.append(np.stack([flat[:-1], flat[1:]]))
 
     def block(self, lab: torch.Tensor, why: str) -> None:
-        flat = lab.reshape(-1)
-        flat = torch.unique(flat[flat >= 0])
-        if flat.numel():
-            self.graph.blocked.append((flat.numpy(), why))
+        flat = lab.reshape(-1).numpy()
+        flat = np.unique(flat[flat >= 0])
+        if flat.size:
+            self.graph.blocked.append((flat, why))
 
     def block_inputs(self, args: Any, why: str) -> None:
         for t in tensors_in(args):
@@ -259,6 +266,20 @@ def _run(model: nn.Module, x: Any) -> Any:
     return model(**x) if isinstance(x, dict) else model(*x) if isinstance(x, (tuple, list)) else model(x)
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode inside, each module's own mode back after: only the modules in train
+    mode have their flag switched (a model already in eval costs nothing; mixed modes survive)."""
+    training = [m for m in model.modules() if m.training]
+    for m in training:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m in training:
+            m.training = True
+
+
 def trace_graph(model: nn.Module, example_input: Any,
                 ratio: Callable[[str], float] | None = None) -> tuple[DepGraph, Any]:
     """Run ``model`` once on ``example_input`` recording the dependency graph; returns (graph, output).
@@ -279,14 +300,12 @@ def trace_graph(model: nn.Module, example_input: Any,
     from .grouped import resolve_grouped
 
     tie_qkv(rec, model)
-    was = model.training
-    model.eval()
     fast = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA kernel hides q / k / v from the rules
     gc_was = gc.isenabled()
     gc.disable()  # the pass allocates many small objects and frees none: collections only cost time
     try:
-        with torch.no_grad(), _module_stack(model, rec.stack), rec:
+        with torch.no_grad(), eval_mode(model), _module_stack(model, rec.stack), rec:
             out = _run(model, example_input)
     except Exception as e:  # noqa: BLE001 (any failure of user code is reported in one line)
         raise EffdnnError(f"structured pruning: the model does not run on the example input "
@@ -295,7 +314,6 @@ def trace_graph(model: nn.Module, example_input: Any,
         if gc_was:
             gc.enable()
         torch.backends.mha.set_fastpath_enabled(fast)
-        model.train(was)
     rec.block_inputs(out, "model output")
     graph.heads = resolve_heads(rec, model)
     rec.apply_deferred()

@@ -36,7 +36,7 @@ from ..transform import TransformContext
 from ..utils.batches import batch_input, model_device
 from ..utils.batchnorm import recalibrate_batchnorm
 from .attention import set_head_counts
-from .graph import trace_graph
+from .graph import eval_mode, trace_graph
 from .groups import Coupling, Group, couple
 from .masks import channel_keep
 from .saliency import channel_saliency
@@ -125,9 +125,13 @@ def _norm_after(coup: Coupling, model: nn.Module, producers: dict[str, nn.Module
     """The BatchNorm whose channels are a producer's outputs, index by index (for ``bn_gamma``)."""
     mods = dict(model.named_modules())
     out_comps = {m: c for m in producers for s, c in coup.slot_nodes[m] if s.producer}
-    norms = {m: c for m, slots in coup.slot_nodes.items() if isinstance(mods.get(m), nn.modules.batchnorm._BatchNorm)
-             for s, c in slots if s.param == "weight"}
-    return {p: next((mods[n] for n, c in norms.items() if np.array_equal(c, oc)), None) for p, oc in out_comps.items()}
+    norms: dict[bytes, nn.Module] = {}  # a BatchNorm by its weight's components (the first one on a tie)
+    for m, slots in coup.slot_nodes.items():
+        if isinstance(mods.get(m), nn.modules.batchnorm._BatchNorm):
+            for s, c in slots:
+                if s.param == "weight":
+                    norms.setdefault(c.astype(np.int64).tobytes(), mods[m])
+    return {p: norms.get(oc.astype(np.int64).tobytes()) for p, oc in out_comps.items()}
 
 
 def _group_l1_scores(coup: Coupling, model: nn.Module) -> np.ndarray:
@@ -205,8 +209,12 @@ def prune_channels(model: nn.Module, example_input: torch.Tensor, config: Struct
                    measure: bool = True) -> dict[str, Any]:
     """Remove channels in place; returns what was done (groups, channels before / after, groups kept whole,
     requested and achieved channel reductions, and with ``measure`` the MACs before / after)."""
-    was = model.training
-    model.eval()
+    with eval_mode(model):
+        return _prune_channels(model, example_input, config, data, measure)
+
+
+def _prune_channels(model: nn.Module, example_input: Any, config: StructuredConfig, data: Any,
+                    measure: bool) -> dict[str, Any]:
     graph, out = trace_graph(model, example_input,  # one line if the model does not run
                              lambda name: layer_ratio(config.layer_sparsity, [name], config.sparsity))
     want = _out_shapes(out)
@@ -240,8 +248,6 @@ def prune_channels(model: nn.Module, example_input: torch.Tensor, config: Struct
     except Exception as e:  # noqa: BLE001 (any failure of user code is reported in one line)
         raise EffdnnError(f"structured pruning: the pruned model does not run ({type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''})") from None
-    finally:
-        model.train(was)
     if got != want:
         raise EffdnnError(f"structured pruning: the pruned model's output shape {got} differs from {want}")
     return _summary(model, example_input if measure else None, done, whole, config, macs_before)
