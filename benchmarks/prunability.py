@@ -3,6 +3,7 @@
     nice python benchmarks/prunability.py [--models resnet18,vit_b_16] [--out runs/prunability.jsonl]
                                           [--tools effdnn,tp] [--timeout 900]
     python benchmarks/prunability.py --summarize runs/prunability.jsonl [more.jsonl]   # table of finished rows
+    nice -n -10 python benchmarks/prunability.py --timing mnasnet0_5,mobilenet_v3_small --repeats 15
 
 Every torchvision classification model (random weights; BatchNorm statistics set on 3 random batches;
 64x64 inputs where the model allows it) loses 30% of its channels by L1 norm, the classifier's
@@ -175,6 +176,30 @@ def summary(rows: list[dict]) -> str:
             f"time (both run): effdnn {te:.1f} s, TP {tt:.1f} s; effdnn slower on {len(slower)}: {'; '.join(slower)}")
 
 
+def timing(names: list[str], repeats: int) -> str:
+    """Graph + prune seconds of both tools, interleaved in one process (2 warm-up rounds; medians of
+    wall-clock and process CPU time: CPU time is what a loaded machine disturbs least)."""
+    import statistics
+
+    torch.set_num_threads(1)
+    lines = ["| model | effdnn s (wall) | TP s (wall) | effdnn / TP | effdnn s (CPU) | TP s (CPU) | effdnn / TP |",
+             "|---|---|---|---|---|---|---|"]
+    for name in names:
+        model, x = build(name)
+        got: dict[str, list[tuple[float, float]]] = {"effdnn": [], "tp": []}
+        for i in range(repeats + 2):
+            for tool, fn in (("effdnn", prune_effdnn), ("tp", prune_tp)):
+                m = copy.deepcopy(model)
+                w, c = time.perf_counter(), time.process_time()
+                fn(m, x)
+                if i >= 2:
+                    got[tool].append((time.perf_counter() - w, time.process_time() - c))
+        med = {t: [statistics.median(v[k] for v in got[t]) for k in (0, 1)] for t in got}
+        lines.append(f"| {name} | {med['effdnn'][0]:.3f} | {med['tp'][0]:.3f} | {med['effdnn'][0] / med['tp'][0]:.2f} | "
+                     f"{med['effdnn'][1]:.3f} | {med['tp'][1]:.3f} | {med['effdnn'][1] / med['tp'][1]:.2f} |")
+    return "\n".join(lines)
+
+
 def _run_one(name: str, tool: str, timeout: int) -> dict:
     cmd = [sys.executable, __file__, "--one", name, "--tools", tool]
     try:
@@ -196,14 +221,24 @@ def main() -> None:
     ap.add_argument("--timeout", type=int, default=900)
     ap.add_argument("--one", default="", help=argparse.SUPPRESS)
     ap.add_argument("--summarize", nargs="*", default=None, help="print the table and summary of these jsonl files")
+    ap.add_argument("--timing", default="", help="models: graph + prune seconds of both tools, interleaved in one "
+                    "process, medians of --repeats")
+    ap.add_argument("--repeats", type=int, default=15)
     args = ap.parse_args()
     tools = args.tools.split(",")
+    if args.timing:
+        import torch_pruning  # noqa: F401
+
+        import effdnn.prune.structured  # noqa: F401  (imports outside the timings)
+
+        print(timing(args.timing.split(","), args.repeats))
+        return
     if args.summarize is not None:
         rows = {}
         for f in args.summarize or [args.out]:
             for line in Path(f).read_text().splitlines():
                 row = json.loads(line)
-                rows[row["model"]] = row
+                rows[row["model"]] = {**rows.get(row["model"], {}), **row}  # a later run's fields win
         rows = [rows[k] for k in sorted(rows)]
         print(table(rows))
         print(summary(rows))
