@@ -4,6 +4,7 @@
                                           [--tools effdnn,tp] [--timeout 900]
     python benchmarks/prunability.py --summarize runs/prunability.jsonl [more.jsonl]   # table of finished rows
     nice -n -10 python benchmarks/prunability.py --timing mnasnet0_5,mobilenet_v3_small --repeats 15
+    nice python benchmarks/prunability.py --gap regnet_y_400mf,resnext50_32x4d   # the MAC gap, layer by layer
 
 Every torchvision classification model (random weights; BatchNorm statistics set on 3 random batches;
 64x64 inputs where the model allows it) loses 30% of its channels by L1 norm, the classifier's
@@ -200,6 +201,63 @@ def timing(names: list[str], repeats: int) -> str:
     return "\n".join(lines)
 
 
+def _layer_macs(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
+    """MACs of every Conv2d / Linear on ``x`` (forward hooks)."""
+    out: dict[str, int] = {}
+
+    def hook(name: str):
+        return lambda mod, i, o: out.__setitem__(name, o.numel() * (mod.weight[0].numel() if isinstance(mod, nn.Conv2d)
+                                                                      else mod.in_features))
+    hs = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model(x)
+    for h in hs:
+        h.remove()
+    return out
+
+
+def _width(m: nn.Module, side: str) -> int:
+    if isinstance(m, nn.Conv2d):
+        return m.in_channels if side == "in" else m.out_channels
+    return m.in_features if side == "in" else m.out_features
+
+
+def mac_gap(names: list[str]) -> str:
+    """Where effdnn's and Torch-Pruning's MAC reductions differ, layer by layer: the share of the grouped
+    convolutions' channels each removes (more than one input per group), and the difference of
+    remaining MACs (effdnn minus TP, millions) in the grouped convolutions, in the other layers of a
+    grouped convolution's width (input or output: the 1x1s that feed and read them), and in the rest
+    (with the largest difference of output widths there)."""
+    torch.set_num_threads(1)
+    lines = []
+    for name in names:
+        model, x = build(name)
+        base = dict(model.named_modules())
+        m0 = _layer_macs(model, x)
+        pruned = {t: fn(copy.deepcopy(model), x) for t, fn in (("effdnn", prune_effdnn), ("tp", prune_tp))}
+        macs = {t: _layer_macs(m, x) for t, m in pruned.items()}
+        mods = {t: dict(m.named_modules()) for t, m in pruned.items()}
+        grouped = [n for n in m0 if isinstance(base[n], nn.Conv2d) and base[n].groups > 1
+                   and base[n].in_channels // base[n].groups > 1]
+        widths = {base[n].in_channels for n in grouped}
+        around = [n for n in m0 if n not in grouped and (_width(base[n], "in") in widths or _width(base[n], "out") in widths)]
+        rest = [n for n in m0 if n not in grouped and n not in around]
+
+        def gap(ns: list[str]) -> float:
+            return sum(macs["effdnn"][n] - macs["tp"][n] for n in ns) / 1e6
+
+        share = {t: 1 - sum(mods[t][n].out_channels for n in grouped) / max(1, sum(base[n].out_channels for n in grouped))
+                 for t in mods}
+        dev = max((abs(_width(mods["effdnn"][n], "out") - _width(mods["tp"][n], "out")) for n in rest), default=0)
+        red = {t: sum(m0.values()) / sum(macs[t].values()) for t in macs}
+        lines.append(f"{name}: conv/linear MAC reduction effdnn {red['effdnn']:.2f}, TP {red['tp']:.2f}; grouped "
+                     f"convolutions' channels removed effdnn {share['effdnn']:.1%}, TP {share['tp']:.1%}; MACs left "
+                     f"effdnn - TP (M): grouped {gap(grouped):.2f}, their width's other layers {gap(around):.2f}, "
+                     f"rest {gap(rest):.2f} (output widths there differ by <= {dev})")
+        print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
 def _run_one(name: str, tool: str, timeout: int) -> dict:
     cmd = [sys.executable, __file__, "--one", name, "--tools", tool]
     try:
@@ -224,8 +282,12 @@ def main() -> None:
     ap.add_argument("--timing", default="", help="models: graph + prune seconds of both tools, interleaved in one "
                     "process, medians of --repeats")
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--gap", default="", help="models: where effdnn's and TP's MAC reductions differ, layer by layer")
     args = ap.parse_args()
     tools = args.tools.split(",")
+    if args.gap:
+        mac_gap(args.gap.split(","))
+        return
     if args.timing:
         import torch_pruning  # noqa: F401
 
