@@ -229,3 +229,18 @@ def test_recalibrate_batchnorm_without_batches_is_an_error_and_keeps_the_statist
     with pytest.raises(EffdnnError, match="no batch"):
         recalibrate_batchnorm(m, [], limit=4)
     assert m[1].running_mean.tolist() == [3.0, 3.0] and m[1].momentum == 0.1
+
+
+def test_pruning_keeps_each_modules_train_or_eval_mode():
+    """The pass runs in eval mode (BatchNorm statistics untouched) and every module gets its own mode
+    back, mixed modes included."""
+    m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    m.train()
+    m[1].eval()
+    before = [mod.training for mod in m.modules()]
+    with torch.no_grad():
+        m[0].weight[4:] *= 1e-3  # the last 4 filters go (l1)
+    stats = m[1].running_mean.clone()
+    prune_channels(m, torch.randn(2, 3, 6, 6), StructuredConfig(sparsity=0.5))
+    assert [mod.training for mod in m.modules()] == before
+    torch.testing.assert_close(m[1].running_mean, stats[:4])  # sliced, not updated by the traced pass
