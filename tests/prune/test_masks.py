@@ -51,6 +51,16 @@ def test_channel_keep_rounds_up():
     assert channel_keep(s, 0.75, round_to=4).tolist() == [1, 3, 4, 6]
 
 
+def test_channel_keep_at_least_removes_never_less_than_asked():
+    """55 coarse units at 30%: 16.5 rounds to 16 removed (29.1%), at_least removes 17 (30.9%), the
+    lowest scores first; an exact count is not pushed up by float error; one unit always stays."""
+    s = torch.arange(55, dtype=torch.float32)
+    assert len(channel_keep(s, 0.3)) == 39
+    assert channel_keep(s, 0.3, at_least=True).tolist() == list(range(17, 55))
+    assert len(channel_keep(torch.ones(10), 0.7, at_least=True)) == 3  # 10 * 0.7 = 7.000000000000001
+    assert len(channel_keep(torch.ones(2), 0.9, at_least=True)) == 1
+
+
 @pytest.mark.parametrize("bad", [1.0, 1.5, -0.1, float("nan")])
 def test_sparsity_outside_range_is_an_error(bad):
     with pytest.raises(EffdnnError, match=r"\[0, 1\)"):
