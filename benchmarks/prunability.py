@@ -243,7 +243,7 @@ def mac_gap(names: list[str]) -> str:
         around = [n for n in m0 if n not in grouped and (_width(base[n], "in") in widths or _width(base[n], "out") in widths)]
         rest = [n for n in m0 if n not in grouped and n not in around]
 
-        def gap(ns: list[str]) -> float:
+        def gap(ns: list[str], macs: dict = macs) -> float:
             return sum(macs["effdnn"][n] - macs["tp"][n] for n in ns) / 1e6
 
         share = {t: 1 - sum(mods[t][n].out_channels for n in grouped) / max(1, sum(base[n].out_channels for n in grouped))
