@@ -246,12 +246,12 @@ def mac_gap(names: list[str]) -> str:
         def gap(ns: list[str], macs: dict = macs) -> float:
             return sum(macs["effdnn"][n] - macs["tp"][n] for n in ns) / 1e6
 
-        share = {t: 1 - sum(mods[t][n].out_channels for n in grouped) / max(1, sum(base[n].out_channels for n in grouped))
-                 for t in mods}
+        share = {t: (f"{1 - sum(mods[t][n].out_channels for n in grouped) / sum(base[n].out_channels for n in grouped):.1%}"
+                     if grouped else "n/a (none)") for t in mods}
         dev = max((abs(_width(mods["effdnn"][n], "out") - _width(mods["tp"][n], "out")) for n in rest), default=0)
         red = {t: sum(m0.values()) / sum(macs[t].values()) for t in macs}
         lines.append(f"{name}: conv/linear MAC reduction effdnn {red['effdnn']:.2f}, TP {red['tp']:.2f}; grouped "
-                     f"convolutions' channels removed effdnn {share['effdnn']:.1%}, TP {share['tp']:.1%}; MACs left "
+                     f"convolutions' channels removed effdnn {share['effdnn']}, TP {share['tp']}; MACs left "
                      f"effdnn - TP (M): grouped {gap(grouped):.2f}, their width's other layers {gap(around):.2f}, "
                      f"rest {gap(rest):.2f} (output widths there differ by <= {dev})")
         print(lines[-1], flush=True)
