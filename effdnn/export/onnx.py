@@ -52,7 +52,7 @@ def _rewrite(path: Path, int8_weights: bool, embeddings: str) -> None:
 
 def export_onnx(model: nn.Module, example_input: Any, path: str | Path, opset: int = OPSET, int8_weights: bool = True,
                 embeddings: Literal["float", "int8"] = "float",
-                dynamic_activations: Literal["integer", "float"] = "integer") -> Path:
+                dynamic_activations: Literal["integer", "ort", "float"] = "integer") -> Path:
     """Write ``model`` as ONNX to ``path``; returns the path.
 
     ``example_input``: a tensor (graph input ``input``, output ``output``), a tuple of positional tensors,
@@ -69,9 +69,9 @@ def export_onnx(model: nn.Module, example_input: Any, path: str | Path, opset: i
         raise EffdnnError(f"export_onnx: model must be a torch.nn.Module, got {type(model).__name__}")
     if embeddings not in ("float", "int8"):
         raise EffdnnError(f"export_onnx: embeddings must be 'float' or 'int8', got {embeddings!r}")
-    if dynamic_activations not in ("integer", "float"):
-        raise EffdnnError(f"export_onnx: dynamic_activations must be 'integer' or 'float', got {dynamic_activations!r}")
-    integer = dynamic_activations == "integer"
+    if dynamic_activations not in ("integer", "ort", "float"):
+        raise EffdnnError(f"export_onnx: dynamic_activations must be 'integer', 'ort' or 'float', got {dynamic_activations!r}")
+    integer = dynamic_activations != "float"
     if integer and (late := saturating_layers(model)):
         warnings.warn(f"export_onnx: {len(late)} layers ({late[0]}, ...) can saturate int16 pair sums on x86 CPUs "
                       "without VNNI (8-bit weights x 8-bit activations); 7-bit weights or activations stay exact")
@@ -87,7 +87,7 @@ def export_onnx(model: nn.Module, example_input: Any, path: str | Path, opset: i
             raise
         except Exception as e:
             raise EffdnnError(f"export_onnx: the model's forward fails on example_input: {type(e).__name__}: {_first_line(e)}") from None
-        with warnings.catch_warnings(), integer_dynamic_linears(integer):
+        with warnings.catch_warnings(), integer_dynamic_linears(integer, "ort" if dynamic_activations == "ort" else "onnx"):
             warnings.simplefilter("ignore")
             torch.onnx.export(ExportWrapper(model, inputs), inputs.args, str(tmp), dynamo=False, opset_version=opset,
                               input_names=inputs.names, output_names=outputs,

@@ -31,18 +31,21 @@ from ..errors import EffdnnError
 from ..formats import IntFormat
 from .dynamic import DynamicQuantizer, dynamic_codes
 
-_STATE = {"integer": False}
+_STATE = {"integer": False, "kernel": "onnx"}
 INT16_MAX = 32767
 
 
 @contextlib.contextmanager
-def integer_dynamic_linears(enabled: bool = True) -> Iterator[None]:
-    """Within the block, ONNX export writes dynamically quantized Linears as integer ops (module doc)."""
-    before, _STATE["integer"] = _STATE["integer"], enabled
+def integer_dynamic_linears(enabled: bool = True, kernel: str = "onnx") -> Iterator[None]:
+    """Within the block, ONNX export writes dynamically quantized Linears as integer ops (module doc);
+    ``kernel``: ``"onnx"`` (MatMulInteger, Cast, Mul: standard ops) or ``"ort"`` (onnxruntime's
+    ``com.microsoft.MatMulIntegerToFloat``, which applies the weight scales inside the GEMM)."""
+    before = dict(_STATE)
+    _STATE.update(integer=enabled, kernel=kernel)
     try:
         yield
     finally:
-        _STATE["integer"] = before
+        _STATE.update(before)
 
 
 def exports_integer(layer: nn.Module) -> bool:
@@ -93,15 +96,24 @@ class _DynamicIntLinear(torch.autograd.Function):
     def symbolic(g, x, codes_t, w_scale, bias, bits: int, kind: str):  # type: ignore[no-untyped-def]
         qmax, zero = 2 ** (bits - 1) - 1, 2 ** (bits - 1)
         const = lambda v, dt=torch.float32: g.op("Constant", value_t=torch.tensor(v, dtype=dt))  # noqa: E731
-        red = {"axes_i": [-1], "keepdims_i": 1} if kind == "per_token" else {"keepdims_i": 0}
-        amax = g.op("Max", g.op("ReduceMax", x, **red), g.op("Neg", g.op("ReduceMin", x, **red)))
-        s = g.op("Div", g.op("Max", amax, const(1e-12 * qmax)), const(float(qmax)))
+        x2 = g.op("Reshape", x, const([-1, codes_t.type().sizes()[0]], torch.int64))  # (tokens, K)
+        red = {"axes_i": [1], "keepdims_i": 1} if kind == "per_token" else {"keepdims_i": 0}
+        amax = g.op("Max", g.op("ReduceMax", x2, **red), g.op("Neg", g.op("ReduceMin", x2, **red)))
+        s = g.op("Div", g.op("Max", amax, const(1e-12 * qmax)), const(float(qmax)))  # (tokens, 1) or ()
         zp = const(zero, torch.uint8)
-        a = g.op("QuantizeLinear", g.op("Div", x, s), const(1.0), zp)
-        acc = g.op("MatMulInteger", a, codes_t, zp)
-        y = g.op("Mul", g.op("Mul", g.op("Cast", acc, to_i=1), s), w_scale)  # to_i=1: FLOAT
-        return g.op("Add", y, bias) if bias is not None else y
-
+        if kind == "per_token":  # one pass: QuantizeLinear with one scale per row (axis 0)
+            s1 = g.op("Reshape", s, const([-1], torch.int64))
+            a = g.op("QuantizeLinear", x2, s1, g.op("Expand", zp, g.op("Shape", s1)), axis_i=0)
+        else:
+            a = g.op("QuantizeLinear", x2, s, zp)
+        if _STATE["kernel"] == "ort":  # onnxruntime's fused kernel: acc * 1 * w inside the GEMM
+            y = g.op("com.microsoft::MatMulIntegerToFloat", a, codes_t, const(1.0), w_scale, zp)
+        else:
+            y = g.op("Mul", g.op("Cast", g.op("MatMulInteger", a, codes_t, zp), to_i=1), w_scale)  # to_i=1: FLOAT
+        y = g.op("Mul", y, s)  # the row scale after the GEMM (a per-row scale inside it is not onnxruntime's)
+        y = g.op("Add", y, bias) if bias is not None else y
+        lead = g.op("Slice", g.op("Shape", x), const([0], torch.int64), const([-1], torch.int64))
+        return g.op("Reshape", y, g.op("Concat", lead, const([codes_t.type().sizes()[1]], torch.int64), axis_i=0))
 
 def integer_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The exported integer form of a dynamically quantized Linear (module doc); ``x``: its input."""
