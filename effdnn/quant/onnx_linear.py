@@ -96,24 +96,23 @@ class _DynamicIntLinear(torch.autograd.Function):
     def symbolic(g, x, codes_t, w_scale, bias, bits: int, kind: str):  # type: ignore[no-untyped-def]
         qmax, zero = 2 ** (bits - 1) - 1, 2 ** (bits - 1)
         const = lambda v, dt=torch.float32: g.op("Constant", value_t=torch.tensor(v, dtype=dt))  # noqa: E731
-        x2 = g.op("Reshape", x, const([-1, codes_t.type().sizes()[0]], torch.int64))  # (tokens, K)
-        red = {"axes_i": [1], "keepdims_i": 1} if kind == "per_token" else {"keepdims_i": 0}
-        amax = g.op("Max", g.op("ReduceMax", x2, **red), g.op("Neg", g.op("ReduceMin", x2, **red)))
-        s = g.op("Div", g.op("Max", amax, const(1e-12 * qmax)), const(float(qmax)))  # (tokens, 1) or ()
+        red = {"axes_i": [-1], "keepdims_i": 1} if kind == "per_token" else {"keepdims_i": 0}
+        amax = g.op("Max", g.op("ReduceMax", x, **red), g.op("Neg", g.op("ReduceMin", x, **red)))
+        s = g.op("Div", g.op("Max", amax, const(1e-12 * qmax)), const(float(qmax)))  # (..., 1) or ()
         zp = const(zero, torch.uint8)
-        if kind == "per_token":  # one pass: QuantizeLinear with one scale per row (axis 0)
+        if kind == "per_token":  # one pass: QuantizeLinear of the (tokens, K) view, one scale per row (axis 0)
             s1 = g.op("Reshape", s, const([-1], torch.int64))
+            x2 = g.op("Reshape", x, const([-1, codes_t.type().sizes()[0]], torch.int64))
             a = g.op("QuantizeLinear", x2, s1, g.op("Expand", zp, g.op("Shape", s1)), axis_i=0)
+            a = g.op("Reshape", a, g.op("Shape", x))
         else:
-            a = g.op("QuantizeLinear", x2, s, zp)
+            a = g.op("QuantizeLinear", x, s, zp)
         if _STATE["kernel"] == "ort":  # onnxruntime's fused kernel: acc * 1 * w inside the GEMM
             y = g.op("com.microsoft::MatMulIntegerToFloat", a, codes_t, const(1.0), w_scale, zp)
         else:
             y = g.op("Mul", g.op("Cast", g.op("MatMulInteger", a, codes_t, zp), to_i=1), w_scale)  # to_i=1: FLOAT
         y = g.op("Mul", y, s)  # the row scale after the GEMM (a per-row scale inside it is not onnxruntime's)
-        y = g.op("Add", y, bias) if bias is not None else y
-        lead = g.op("Slice", g.op("Shape", x), const([0], torch.int64), const([-1], torch.int64))
-        return g.op("Reshape", y, g.op("Concat", lead, const([codes_t.type().sizes()[1]], torch.int64), axis_i=0))
+        return g.op("Add", y, bias) if bias is not None else y  # last: onnxruntime fuses Add -> Gelu (BiasGelu)
 
 def integer_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The exported integer form of a dynamically quantized Linear (module doc); ``x``: its input."""
