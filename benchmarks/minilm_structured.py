@@ -15,7 +15,6 @@ median of --reps.
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import statistics
 import sys
@@ -86,7 +85,8 @@ def main() -> None:
     enc = lambda ss, **kw: dict(tok(ss, return_tensors="pt", truncation=True, **({"padding": True} | kw)))  # noqa: E731
     sents = minilm_data.sentences()
     batches = [enc(sents[i:i + 32]) for i in range(0, 256, 32)]
-    calib = [enc(c) for c in (lambda s: [s[i:i + 32] for i in range(0, 128, 32)])(minilm_data.sentences(128, seed=1))]
+    other = minilm_data.sentences(128, seed=1)
+    calib = [enc(other[i:i + 32]) for i in range(0, 128, 32)]
     train = enc(minilm_data.sentences(args.train, seed=7), padding="max_length", max_length=64)
     items = [{k: v[i] for k, v in train.items()} for i in range(args.train)]
     fixed = enc(sents[:32], padding="max_length", max_length=45)

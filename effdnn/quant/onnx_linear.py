@@ -22,7 +22,7 @@ kernel has; on x86 without VNNI it sums pairs of products in int16 (``vpmaddubsw
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -129,4 +129,4 @@ def integer_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return _DynamicIntLinear.apply(x.float(), codes_t, scale, bias, int(aq.fmt.bits), aq.kind)
 
 
-__all__ = ["integer_dynamic_linears", "exports_integer", "integer_linear", "saturating_layers", "weight_codes"]
+__all__ = ["exports_integer", "integer_dynamic_linears", "integer_linear", "saturating_layers", "weight_codes"]
