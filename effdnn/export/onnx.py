@@ -26,11 +26,7 @@ from ..errors import EffdnnError
 from ..quant.onnx_linear import integer_dynamic_linears, saturating_layers
 from ..utils.paths import check_output_file
 from .inputs import ExportWrapper, export_inputs, output_names
-from .int8_graph import (
-    fold_weight_quantizers,
-    quantize_embedding_tables,
-    unshare_activation_quantizers,
-)
+from .int8_graph import fold_weight_quantizers, quantize_embedding_tables, unshare_activation_quantizers
 from .qdq_placement import quantize_layer_outputs
 
 OPSET = 17
