@@ -3,11 +3,13 @@
 Pruning also by SparseGPT (one pass, and sequential in groups of 6 layers = one transformer block).
 Protocol (issue 20): 256 fixed sentences (recipes/minilm_data.py), mean-pooled last hidden state,
 cosine against the FP32 model per sentence (mean / min); 4 batches of 32 calibrate. ONNX: FP32 export
-against effdnn's W8A8 PTQ (per-channel int8 weights stored as int8 initializers, static per-tensor int8
-activations, int8 embedding rows), file size ratio, onnxruntime latency on a batch of 32 sentences x 45
-tokens at --threads intra-op threads (the two sessions interleaved, median of --reps), cosine.
+against effdnn's int8 files (int8 weight initializers, int8 embedding rows): static per-tensor W8A8 as
+QDQ, and per-token dynamic activations + SmoothQuant written as integer ops (``dynamic_activations=
+"integer"``: uint8 codes x int8 weights in MatMulInteger); file size ratio, the integer kernels in
+onnxruntime's optimized graph, latency on a batch of 32 sentences x 45 tokens at --threads intra-op
+threads (all sessions interleaved, median of --reps), cosine of what onnxruntime computes.
 
-    .venv/bin/python benchmarks/minilm_prune_export.py [--threads 2] [--reps 10] [--calibrator mse] [--prune-only]
+    .venv/bin/python benchmarks/minilm_prune_export.py [--threads 2] [--reps 10] [--prune-only | --onnx-only [--only W7A8]]
 """
 from __future__ import annotations
 
@@ -68,8 +70,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--calibrator", default="mse")
     ap.add_argument("--prune-only", action="store_true", help="the pruning table only (no ONNX export)")
+    ap.add_argument("--onnx-only", action="store_true", help="the ONNX table only (no pruning)")
+    ap.add_argument("--only", default="", help="comma-separated substrings of the ONNX variants to run")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
@@ -82,6 +85,8 @@ def main() -> None:
     calib = batches[:4]
     with torch.no_grad():
         ref = [torch_embed(model)(b) for b in batches]
+    if args.onnx_only:
+        return onnx_table(model, tok, sents, batches, calib, ref, args)
     rows = []
     for name, spec in [("magnitude 50%", {"method": "magnitude", "sparsity": 0.5}),
                        ("wanda 50%", {"method": "wanda", "sparsity": 0.5, "batches": 4}),
@@ -100,28 +105,51 @@ def main() -> None:
     if args.prune_only:
         return
 
-    t = time.perf_counter()
-    q = effdnn.quantize(model, {"method": "ptq", "act": {"calibrator": args.calibrator}}, calib)
-    calib_s = time.perf_counter() - t
-    fixed = dict(tok(sents[:32], padding="max_length", max_length=45, truncation=True, return_tensors="pt"))
-    with tempfile.TemporaryDirectory() as tmp:
-        f32 = effdnn.export_onnx(model, fixed, Path(tmp) / "f32.onnx")
-        i8 = effdnn.export_onnx(q, fixed, Path(tmp) / "int8.onnx", embeddings="int8")
-        fused = ort_fused_ops(i8, Path(tmp) / "opt.onnx")
-        ratio = os.path.getsize(i8) / os.path.getsize(f32)
-        sessions = {"fp32": onnx_session(f32, args.threads), "int8": onnx_session(i8, args.threads)}
-        lat = latency(sessions, fixed, args.reps)
-        c32, c8 = cosine(onnx_embed(sessions["fp32"]), batches, ref), cosine(onnx_embed(sessions["int8"]), batches, ref)
-        ctorch = cosine(torch_embed(q), batches, ref)
-        print(f"\nW8A8 PTQ ({args.calibrator} activations) calibrated in {calib_s:.1f} s; fake-quantized torch cosine "
-              f"{ctorch[0]:.4f} / {ctorch[1]:.4f}; onnxruntime fused {fused.get('MatMulIntegerToFloat', 0)} "
-              f"MatMulIntegerToFloat, {fused.get('QLinearMatMul', 0)} QLinearMatMul")
-        print("| onnxruntime | file MB | file ratio | latency ms | latency ratio | cosine mean | cosine min |\n|---|---|---|---|---|---|---|")
-        print(f"| FP32 | {os.path.getsize(f32) / 1e6:.1f} | 1 | {lat['fp32']:.0f} | 1 | {c32[0]:.4f} | {c32[1]:.4f} |")
-        print(f"| effdnn int8 QDQ | {os.path.getsize(i8) / 1e6:.1f} | {ratio:.3f} | {lat['int8']:.0f} | "
-              f"{lat['int8'] / lat['fp32']:.3f} | {c8[0]:.4f} | {c8[1]:.4f} |")
-    print(f"\nthreads {args.threads}, torch {torch.__version__}, load average {os.getloadavg()[0]:.1f}")
+    onnx_table(model, tok, sents, batches, calib, ref, args)
 
+
+W7A8_SQ = {"method": "smoothquant", "alpha": 0.5, "weight": {"bits": 7, "granularity": "per_channel"},
+           "act": {"bits": 8, "dynamic": "per_token"}}
+W8A7_SQ = {"method": "smoothquant", "alpha": 0.5, "act": {"bits": 7, "dynamic": "per_token"}}
+ONNX_SPECS = {  # name: (quantization spec, export options)
+    "static W8A8 (MSE activations), QDQ": ({"method": "ptq", "act": {"calibrator": "mse"}}, {}),
+    "W7A8 per-token + SmoothQuant a=0.5, integer (standard ops)": (W7A8_SQ, {"dynamic_activations": "integer"}),
+    "W7A8 per-token + SmoothQuant a=0.5, integer (ort kernel)": (W7A8_SQ, {"dynamic_activations": "ort"}),
+    "W8A7 per-token + SmoothQuant a=0.5, integer (ort kernel)": (W8A7_SQ, {"dynamic_activations": "ort"}),
+}
+
+def onnx_table(model, tok, sents, batches, calib, ref, args) -> None:
+    """FP32 against effdnn's int8 ONNX files: size, fused kernels, cosine, interleaved latency."""
+    fixed = dict(tok(sents[:32], padding="max_length", max_length=45, truncation=True, return_tensors="pt"))
+    keep = [k for k in args.only.split(",") if k]
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {"FP32": effdnn.export_onnx(model, fixed, Path(tmp) / "f32.onnx")}
+        notes, quantized = {}, {}
+        for i, (name, (spec, opts)) in enumerate(ONNX_SPECS.items()):
+            if keep and not any(k in name for k in keep):
+                continue
+            key = repr(spec)
+            if key not in quantized:  # one PTQ per spec, exported each way
+                t = time.perf_counter()
+                quantized[key] = (effdnn.quantize(model, spec, calib), time.perf_counter() - t)
+            q, secs = quantized[key]
+            files[name] = effdnn.export_onnx(q, fixed, Path(tmp) / f"q{i}.onnx", embeddings="int8", **opts)
+            fused = ort_fused_ops(files[name], Path(tmp) / f"opt{i}.onnx")
+            kernels = {k: v for k, v in fused.items() if "Integer" in k or k.startswith("QLinear") or k in ("MatMul", "FusedMatMul", "Attention")}
+            notes[name] = (notes.get(name, (None,))[0] or cosine(torch_embed(q), batches, ref), secs, kernels)
+        sessions = {k: onnx_session(f, args.threads) for k, f in files.items()}
+        lat = latency(sessions, fixed, args.reps)
+        size32 = os.path.getsize(files["FP32"])
+        print("| onnxruntime | file MB (x FP32) | latency ms (x FP32) | cosine mean / min | torch fake-quant cosine | PTQ s | kernels |")
+        print("|---|---|---|---|---|---|---|")
+        for k, f in files.items():
+            c = cosine(onnx_embed(sessions[k]), batches, ref)
+            (ct, secs, kern) = notes.get(k, ((1.0, 1.0), 0.0, {}))
+            print(f"| {k} | {os.path.getsize(f) / 1e6:.1f} ({os.path.getsize(f) / size32:.3f}x) | {lat[k]:.0f} "
+                  f"({lat[k] / lat['FP32']:.3f}x) | {c[0]:.4f} / {c[1]:.4f} | {ct[0]:.4f} / {ct[1]:.4f} | {secs:.1f} | "
+                  f"{', '.join(f'{n} {v}' for n, v in sorted(kern.items()))} |", flush=True)
+    print(f"\nthreads {args.threads}, {args.reps} interleaved reps (median), torch {torch.__version__}, "
+          f"load average {os.getloadavg()[0]:.1f}")
 
 if __name__ == "__main__":
     main()

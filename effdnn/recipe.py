@@ -49,6 +49,9 @@ class ExportSpec(StrictModel):
 
     format: Literal["onnx"] = "onnx"
     embeddings: Literal["float", "int8"] = Field("float", description="int8: embedding tables as int8 rows")
+    dynamic_activations: Literal["integer", "ort", "float"] = Field(
+        "integer", description="layers with dynamic (per-token) activations: integer ops (MatMulInteger), "
+        "onnxruntime's MatMulIntegerToFloat (ort), or the fake quantization as float ops")
 
 
 class ExperimentSpec(StrictModel):

@@ -291,7 +291,7 @@ class Runner:
         file: dict[str, Any] = {}
         if exp.export is not None:  # the row is the file's: scored in onnxruntime, its size on disk
             path = export_onnx(model, self.ctx().example_input(self.recipe.data.batch_size), edir / "model.onnx",
-                               embeddings=exp.export.embeddings)
+                               embeddings=exp.export.embeddings, dynamic_activations=exp.export.dynamic_activations)
             file = {"scored": OnnxModel(path, torch.get_num_threads()), "size": path.stat().st_size}
             extra.update({"onnx_file": str(path), "onnx_bytes": file["size"]})
         row = self.measure(model, exp.name, time.perf_counter() - t0, extra, **file)

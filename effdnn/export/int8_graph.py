@@ -240,6 +240,8 @@ def unshare_activation_quantizers(model: Any) -> int:
     for q in model.graph.node:
         if q.op_type != "QuantizeLinear" or q.input[0] in g.inits or len(q.input) < 3:
             continue
+        if not any(n.op_type == "DequantizeLinear" for n in g.consumers.get(q.output[0], [])):
+            continue  # integer ops read it (MatMulInteger): one quantized tensor may serve several layers
         s, z = g.value(q.input[1]), g.value(q.input[2])
         if s is not None and z is not None and s.size == 1:
             groups[(q.input[0], s.tobytes(), z.tobytes())].append(q)

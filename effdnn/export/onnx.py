@@ -7,6 +7,10 @@ Quantized models: fake-quantizers export as QuantizeLinear / DequantizeLinear th
 initializers (``int8_graph.py``) and each layer's output is quantized where the layer ends
 (``qdq_placement.py``), so the file holds int8 weights and onnxruntime fuses the integer kernels.
 ``embeddings="int8"`` also stores embedding tables as int8 rows with per-row scales.
+Linears with dynamic (per-token / per-tensor) activation quantizers are written, by default
+(``dynamic_activations="integer"``), as integer ops: per-row scale from ReduceMax / ReduceMin,
+QuantizeLinear to uint8, MatMulInteger on the int8 weight codes, Cast, Mul by row scale x per-channel
+weight scale (``quant/onnx_linear.py``); ``"float"`` writes the fake quantization as float ops.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import EffdnnError
+from ..quant.onnx_linear import integer_dynamic_linears, saturating_layers
 from ..utils.paths import check_output_file
 from .inputs import ExportWrapper, export_inputs, output_names
 from .int8_graph import fold_weight_quantizers, quantize_embedding_tables, unshare_activation_quantizers
@@ -46,19 +51,30 @@ def _rewrite(path: Path, int8_weights: bool, embeddings: str) -> None:
 
 
 def export_onnx(model: nn.Module, example_input: Any, path: str | Path, opset: int = OPSET, int8_weights: bool = True,
-                embeddings: Literal["float", "int8"] = "float") -> Path:
+                embeddings: Literal["float", "int8"] = "float",
+                dynamic_activations: Literal["integer", "ort", "float"] = "integer") -> Path:
     """Write ``model`` as ONNX to ``path``; returns the path.
 
     ``example_input``: a tensor (graph input ``input``, output ``output``), a tuple of positional tensors,
     or a dict of keyword tensors (inputs named by the keys, outputs by the output's keys); batch and
     sequence axes are dynamic. ``int8_weights``: fake-quantized weights stored as integer initializers
     + DequantizeLinear (else float + QuantizeLinear + DequantizeLinear). ``embeddings="int8"``: Gather
-    tables as int8 rows with per-row scales.
+    tables as int8 rows with per-row scales. ``dynamic_activations``: layers whose activations are
+    quantized at run time (``act: {dynamic: per_token}``) as ``"integer"`` ops (uint8 codes x int8
+    weights in MatMulInteger, the file stores int8 weights; exact on x86 without VNNI only when
+    2 (2^b_a - 1) max|c_w| <= 32767, e.g. W7A8 or W8A7: a warning names the layers otherwise) or
+    ``"float"`` ops (the fake quantization as PyTorch computes it).
     """
     if not isinstance(model, nn.Module):
         raise EffdnnError(f"export_onnx: model must be a torch.nn.Module, got {type(model).__name__}")
     if embeddings not in ("float", "int8"):
         raise EffdnnError(f"export_onnx: embeddings must be 'float' or 'int8', got {embeddings!r}")
+    if dynamic_activations not in ("integer", "ort", "float"):
+        raise EffdnnError(f"export_onnx: dynamic_activations must be 'integer', 'ort' or 'float', got {dynamic_activations!r}")
+    integer = dynamic_activations != "float"
+    if integer and (late := saturating_layers(model)):
+        warnings.warn(f"export_onnx: {len(late)} layers ({late[0]}, ...) can saturate int16 pair sums on x86 CPUs "
+                      "without VNNI (8-bit weights x 8-bit activations); 7-bit weights or activations stay exact")
     path = check_output_file(path, "export_onnx: path")
     inputs = export_inputs(model, example_input)
     was_training = model.training
@@ -71,7 +87,7 @@ def export_onnx(model: nn.Module, example_input: Any, path: str | Path, opset: i
             raise
         except Exception as e:
             raise EffdnnError(f"export_onnx: the model's forward fails on example_input: {type(e).__name__}: {_first_line(e)}") from None
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), integer_dynamic_linears(integer, "ort" if dynamic_activations == "ort" else "onnx"):
             warnings.simplefilter("ignore")
             torch.onnx.export(ExportWrapper(model, inputs), inputs.args, str(tmp), dynamo=False, opset_version=opset,
                               input_names=inputs.names, output_names=outputs,

@@ -33,7 +33,7 @@ from torch import nn
 from ..errors import EffdnnError
 from ..registry import PRUNE, StrictModel
 from ..transform import TransformContext
-from ..utils.batches import batch_input, model_device
+from ..utils.batches import batch_input, head, model_device, move
 from ..utils.batchnorm import recalibrate_batchnorm
 from .attention import set_head_counts
 from .graph import eval_mode, trace_graph
@@ -289,7 +289,7 @@ def structured_transform(model: nn.Module, config: StructuredConfig, ctx: Transf
         example = ctx.example_input(8)
     else:
         calib = list(itertools.islice(iter(ctx.calib_loader(config.batches)), config.batches))
-        example = batch_input(calib[0])[:8].to(model_device(model))
+        example = move(head(batch_input(calib[0]), 8), model_device(model))  # a tensor or a dict (Hugging Face)
     if config.saliency not in ("l1", "group_l1", "bn_gamma") and calib is None:
         calib = list(itertools.islice(iter(ctx.calib_loader(config.batches)), config.batches))
     info = prune_channels(model, example, config, calib)

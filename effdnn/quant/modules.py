@@ -23,6 +23,7 @@ from ..cost.precision import LayerPrecision
 from ..models.layers import Add
 from .fake_quant import Quantizer, compute_precision
 from .observers import MaxObserver
+from .onnx_linear import exports_integer, integer_linear
 
 
 def _label(fmt) -> str:
@@ -96,6 +97,8 @@ class QuantLayerMixin:
 
 class QuantLinear(QuantLayerMixin, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
+        if exports_integer(self):  # ONNX export of dynamic activations as integer ops (onnx_linear.py)
+            return integer_linear(self, x)
         return self._observe_out(F.linear(self._q_input(x), self._q_weight(), self.bias))
 
 

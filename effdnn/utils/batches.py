@@ -18,6 +18,17 @@ def batch_input(batch: Any) -> Any:
     raise EffdnnError(f"a batch must be a tensor, a (input, label) tuple or a dict, got {type(batch).__name__}")
 
 
+def head(x: Any, n: int) -> Any:
+    """The first ``n`` examples of a model input: a tensor, or each tensor of a dict / tuple / list."""
+    if isinstance(x, torch.Tensor):
+        return x[:n] if x.dim() > 0 else x
+    if isinstance(x, dict):
+        return {k: head(v, n) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(head(v, n) for v in x)
+    return x
+
+
 def move(x: Any, device: torch.device | str) -> Any:
     if isinstance(x, torch.Tensor):
         return x.to(device)

@@ -97,3 +97,41 @@ def test_plain_cnn_export_is_unchanged(tmp_path) -> None:
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["input"] and sess.get_inputs()[0].shape[1:] == [1, 28, 28]
+
+
+def _per_token(m: torch.nn.Module, weight_bits: int) -> torch.nn.Module:
+    calib = [_batch(4, 8, seed=i) for i in range(2)]
+    spec = {"method": "smoothquant", "alpha": 0.5, "weight": {"bits": weight_bits, "granularity": "per_channel"},
+            "act": {"bits": 8, "dynamic": "per_token"}, "embedding": {"bits": 8}}
+    return effdnn.quantize(m, spec, calib)
+
+
+def test_per_token_activations_export_as_integer_matmuls(tmp_path) -> None:
+    import onnx
+
+    q = _per_token(_bert(), weight_bits=7)  # W7A8: u8 x s8 pair sums stay inside int16 on every CPU
+    path = effdnn.export_onnx(q, _batch(2, 8), tmp_path / "q.onnx", embeddings="int8")
+    ops = op_counts(path)
+    assert ops["MatMulInteger"] == 13 and "DequantizeLinear" not in ops  # every linear, pooler included
+    inits = onnx.load(str(path)).graph.initializer
+    assert not [i for i in inits if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2 and min(i.dims) > 1]
+    assert ort_fused_ops(path, tmp_path / "opt.onnx").get("MatMulInteger", 0) == 13  # onnxruntime keeps them integer
+    x = _batch(8, 16, seed=3)
+    x["attention_mask"][3, 5:] = 0
+    out = run_onnx(path, x)
+    ref = q(**x).last_hidden_state.detach().numpy()
+    np.testing.assert_allclose(out, ref, atol=2e-4 * np.abs(ref).max())  # the fake-quantized model's values
+    fused = effdnn.export_onnx(q, _batch(2, 8), tmp_path / "o.onnx", dynamic_activations="ort")
+    assert op_counts(fused)["MatMulIntegerToFloat"] == 13  # onnxruntime's kernel, weight scales inside the GEMM
+    np.testing.assert_allclose(run_onnx(fused, x), ref, atol=2e-4 * np.abs(ref).max())
+    flt = effdnn.export_onnx(q, _batch(2, 8), tmp_path / "f.onnx", dynamic_activations="float")
+    assert "MatMulInteger" not in op_counts(flt)
+    np.testing.assert_allclose(run_onnx(flt, x), ref, atol=2e-4 * np.abs(ref).max())
+
+
+def test_integer_export_names_saturating_layers_and_bad_option(tmp_path) -> None:
+    q = _per_token(_bert(), weight_bits=8)  # W8A8: 2 * 255 * 127 > 32767
+    with pytest.warns(UserWarning, match="can saturate int16 pair sums"):
+        effdnn.export_onnx(q, _batch(2, 8), tmp_path / "q.onnx")
+    with pytest.raises(EffdnnError, match="dynamic_activations must be 'integer', 'ort' or 'float'"):
+        effdnn.export_onnx(q, _batch(2, 8), tmp_path / "x.onnx", dynamic_activations="int4")

@@ -188,3 +188,18 @@ def test_hugging_face_bert_prunes_through_its_attention():
     assert m.encoder.layer[0].attention.output.dense.in_features == 48
     assert m.encoder.layer[0].intermediate.dense.out_features == 90
     assert m(**x).last_hidden_state.shape == shape and info["mac_reduction"] > 1.3
+
+
+def test_hugging_face_bert_prunes_through_the_api_with_dict_batches():
+    """``effdnn.prune(model, {"method": "channel"}, batches)`` with tokenizer-style dict batches: the example
+    input is the first 8 rows of every tensor of the first batch."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                  intermediate_size=128, max_position_embeddings=32)
+    m = transformers.BertModel(cfg).eval()
+    x = {"input_ids": torch.randint(0, 100, (12, 16)), "attention_mask": torch.ones(12, 16, dtype=torch.long)}
+    p = effdnn.prune(m, {"method": "channel", "sparsity": 0.5, "exclude": ["pooler*"]}, [x])
+    assert p.encoder.layer[0].attention.self.num_attention_heads == 2
+    assert p.encoder.layer[0].intermediate.dense.out_features == 64
+    assert p(**x).last_hidden_state.shape == (12, 16, 64)
