@@ -8,16 +8,21 @@ PyTorch model: graph as written, and with onnxruntime's int8 fusion), and effdnn
 (its model run channels-last against contiguous: float summation order alone).
 
     python benchmarks/ptq_zoo.py [--models resnet18 swin_t ...] [--out ptq_zoo.jsonl] [--table-only]
+                                 [--threads 1] [--time-limit 1200] [--mem-limit-gb 14]
 
 Each model runs at the smallest square input its forward accepts (tried in SIZES order); ViTs are
 built with ``image_size=32`` (their position embedding fixes the size). Rows are appended to the JSON
-lines file as they finish, so a long run can be stopped and resumed (done models are skipped).
+lines file as they finish, so a long run can be stopped and resumed (done models are skipped). Each
+model runs in its own process under a wall-clock and an address-space limit; a model that exceeds
+either is a row saying so.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import json
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -150,34 +155,62 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def run_child(name: str, args: argparse.Namespace) -> dict:
+    """``name`` measured in a child process under the time and memory limits; its row."""
+    cmd = [sys.executable, __file__, "--child", name, "--threads", str(args.threads)]
+    limit_bytes = int(args.mem_limit_gb * 2**30)
+
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.time_limit, preexec_fn=limit_memory)
+    except subprocess.TimeoutExpired:
+        return {"model": name, "error": f"exceeds the {args.time_limit:.0f} s time limit"}
+    rows = [l for l in done.stdout.splitlines() if l.startswith("{")]
+    if done.returncode == 0 and rows:
+        return json.loads(rows[-1])
+    err = done.stderr.strip().splitlines()
+    memory = any("MemoryError" in l or "std::bad_alloc" in l or "DefaultCPUAllocator" in l for l in err)
+    why = f"exceeds the {args.mem_limit_gb:g} GiB memory limit" if memory or done.returncode < 0 else \
+        f"exit {done.returncode}: {' '.join((err or [''])[-1].split())[:100]}"
+    return {"model": name, "error": why}
+
+
 def main() -> None:
     import torchvision
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="*", default=None)
     ap.add_argument("--out", default="ptq_zoo.jsonl")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--time-limit", type=float, default=1200.0, help="seconds per model")
+    ap.add_argument("--mem-limit-gb", type=float, default=14.0, help="address space per model")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
+    if args.child:  # one model, its row on stdout (run by run_child)
+        try:
+            row = run_one(args.child)
+        except Exception as e:  # noqa: BLE001 - one model's failure is a row of the table, not the end of the run
+            row = {"model": args.child, "error": f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"}
+            traceback.print_exc()
+        print(json.dumps(row), flush=True)
+        return
     out = Path(args.out)
     done = {json.loads(l)["model"]: json.loads(l) for l in out.read_text().splitlines()} if out.exists() else {}
     names = args.models or torchvision.models.list_models(module=torchvision.models)
     for name in [] if args.table_only else names:
         if name in done:
             continue
-        try:
-            row = run_one(name)
-        except Exception as e:  # noqa: BLE001 - one model's failure is a row of the table, not the end of the run
-            row = {"model": name, "error": f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"}
-            traceback.print_exc()
+        row = run_child(name, args)
         done[name] = row
         with out.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
     print(table([done[n] for n in names if n in done]))
-
 
 if __name__ == "__main__":
     main()
