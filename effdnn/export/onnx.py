@@ -6,6 +6,7 @@ Quantized models: fake-quantizers export as QuantizeLinear / DequantizeLinear th
 ``symbolic`` forward; the weights' QuantizeLinear nodes are then evaluated once and stored as int8
 initializers (``int8_graph.py``) and each layer's output is quantized where the layer ends
 (``qdq_placement.py``), so the file holds int8 weights and onnxruntime fuses the integer kernels.
+Adaptive average pooling exports at any input size (``adaptive_pool.py``).
 ``embeddings="int8"`` also stores embedding tables as int8 rows with per-row scales.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import nn
 
 from ..errors import EffdnnError
 from ..utils.paths import check_output_file
+from .adaptive_pool import register_adaptive_pool
 from .inputs import ExportWrapper, export_inputs, output_names
 from .int8_graph import fold_weight_quantizers, quantize_embedding_tables, unshare_activation_quantizers
 from .qdq_placement import quantize_layer_outputs
@@ -71,6 +73,7 @@ def export_onnx(model: nn.Module, example_input: Any, path: str | Path, opset: i
             raise
         except Exception as e:
             raise EffdnnError(f"export_onnx: the model's forward fails on example_input: {type(e).__name__}: {_first_line(e)}") from None
+        register_adaptive_pool(opset)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(ExportWrapper(model, inputs), inputs.args, str(tmp), dynamo=False, opset_version=opset,
