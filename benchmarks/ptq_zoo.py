@@ -8,13 +8,14 @@ PyTorch model: graph as written, and with onnxruntime's int8 fusion), and effdnn
 (its model run channels-last against contiguous: float summation order alone).
 
     python benchmarks/ptq_zoo.py [--models resnet18 swin_t ...] [--out ptq_zoo.jsonl] [--table-only]
-                                 [--threads 1] [--time-limit 1200] [--mem-limit-gb 14]
+                                 [--threads 1] [--time-limit 1200] [--mem-limit-gb 14] [--shard 0/2]
 
 Each model runs at the smallest square input its forward accepts (tried in SIZES order); ViTs are
 built with ``image_size=32`` (their position embedding fixes the size). Rows are appended to the JSON
 lines file as they finish, so a long run can be stopped and resumed (done models are skipped). Each
 model runs in its own process under a wall-clock and an address-space limit; a model that exceeds
-either is a row saying so.
+either is a row saying so. Models run smallest first (torchvision's parameter counts); ``--shard k/n``
+runs every n-th of them, so n processes can share one file.
 """
 from __future__ import annotations
 
@@ -177,6 +178,18 @@ def run_child(name: str, args: argparse.Namespace) -> dict:
     return {"model": name, "error": why}
 
 
+def by_size(names: list[str]) -> list[str]:
+    """``names`` smallest first, by the parameter counts torchvision's weight metadata lists."""
+    from torchvision.models import get_model_weights
+
+    def params(name: str) -> int:
+        try:
+            return int(get_model_weights(name).DEFAULT.meta["num_params"])
+        except (KeyError, ValueError, AttributeError):
+            return 0
+    return sorted(names, key=params)
+
+
 def main() -> None:
     import torchvision
 
@@ -187,6 +200,7 @@ def main() -> None:
     ap.add_argument("--time-limit", type=float, default=1200.0, help="seconds per model")
     ap.add_argument("--mem-limit-gb", type=float, default=14.0, help="address space per model")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--shard", default="0/1", help="k/n: run the k-th of every n models")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
@@ -200,9 +214,10 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         return
     out = Path(args.out)
-    done = {json.loads(l)["model"]: json.loads(l) for l in out.read_text().splitlines()} if out.exists() else {}
-    names = args.models or torchvision.models.list_models(module=torchvision.models)
-    for name in [] if args.table_only else names:
+    done = {json.loads(l)["model"]: json.loads(l) for l in out.read_text().splitlines() if l.strip()} if out.exists() else {}
+    names = args.models or by_size(torchvision.models.list_models(module=torchvision.models))
+    k, n = (int(v) for v in args.shard.split("/"))
+    for name in [] if args.table_only else names[k::n]:
         if name in done:
             continue
         row = run_child(name, args)
