@@ -5,7 +5,8 @@ effdnn PTQ (int8 per-channel weights, max-calibrated int8 activations, BN folded
 (x86 default qconfig) are calibrated on the same batches; the table gives each one's output cosine
 against FP32 on a held-out batch, the QDQ ONNX export's cosine (onnxruntime against effdnn's
 PyTorch model: graph as written, and with onnxruntime's int8 fusion), and effdnn's own noise floor
-(its model run channels-last against contiguous: float summation order alone).
+(its model run channels-last against contiguous: float summation order alone), with the export's
+cosine against that channels-last run too (a different summation order of the same model).
 
     python benchmarks/ptq_zoo.py [--models resnet18 swin_t ...] [--out ptq_zoo.jsonl] [--table-only]
                                  [--threads 1] [--time-limit 1200] [--mem-limit-gb 14] [--shard 0/2]
@@ -98,14 +99,14 @@ def torch_ao_cosine(model: torch.nn.Module, calib: list[torch.Tensor], x: torch.
         return f"fails: {type(e).__name__}: {' '.join(str(e).split())[:60]}"
 
 
-def ort_cosine(path: Path, x: torch.Tensor, ref: torch.Tensor, optimize: bool) -> float:
+def ort_output(path: Path, x: torch.Tensor, optimize: bool) -> torch.Tensor:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    return cosine(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0], ref)
+    return torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
 
 
 def run_one(name: str) -> dict:
@@ -125,13 +126,16 @@ def run_one(name: str) -> dict:
         out = q(x)
         row["effdnn_cos"] = cosine(out, ref)
         q_cl = copy.deepcopy(q).to(memory_format=torch.channels_last)
-        row["self_noise_cos"] = cosine(q_cl(x.contiguous(memory_format=torch.channels_last)), out)
+        out_cl = q_cl(x.contiguous(memory_format=torch.channels_last))
+        row["self_noise_cos"] = cosine(out_cl, out)
+    del q_cl
     row["torch_ao_cos"] = torch_ao_cosine(model, calib, x, ref)
     with tempfile.TemporaryDirectory() as d:
         try:
             path = export_onnx(q, x, Path(d) / "q.onnx")
-            row["qdq_cos"] = ort_cosine(path, x, out, optimize=False)
-            row["qdq_fused_cos"] = ort_cosine(path, x, out, optimize=True)
+            written = ort_output(path, x, optimize=False)
+            row["qdq_cos"], row["qdq_nhwc_cos"] = cosine(written, out), cosine(written, out_cl)
+            row["qdq_fused_cos"] = cosine(ort_output(path, x, optimize=True), out)
         except Exception as e:  # noqa: BLE001 - the export or onnxruntime refuses: the table says which
             row["qdq_cos"] = row["qdq_fused_cos"] = f"fails: {' '.join(str(e).split())[:80]}"
     row["seconds"] = time.perf_counter() - t0
@@ -143,9 +147,10 @@ def fmt(v) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    cols = ["model", "size", "params_m", "effdnn_cos", "torch_ao_cos", "qdq_cos", "qdq_fused_cos", "self_noise_cos", "seconds"]
-    head = ["model", "input", "params (M)", "effdnn PTQ cos", "torch.ao FX cos", "QDQ cos (ORT, as written)",
-            "QDQ cos (ORT fused)", "effdnn NHWC vs NCHW cos", "s"]
+    cols = ["model", "size", "params_m", "effdnn_cos", "torch_ao_cos", "qdq_cos", "self_noise_cos", "qdq_nhwc_cos",
+            "qdq_fused_cos", "seconds"]
+    head = ["model", "input", "params (M)", "effdnn PTQ cos", "torch.ao FX cos", "QDQ cos (ORT as written)",
+            "effdnn NHWC vs NCHW cos", "QDQ vs effdnn NHWC cos", "QDQ cos (ORT fused)", "s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if "error" in r:
