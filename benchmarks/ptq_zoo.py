@@ -6,7 +6,10 @@ effdnn PTQ (int8 per-channel weights, max-calibrated int8 activations, BN folded
 against FP32 on a held-out batch, the QDQ ONNX export's cosine (onnxruntime against effdnn's
 PyTorch model: graph as written, and with onnxruntime's int8 fusion), and effdnn's own noise floor
 (its model run channels-last against contiguous: float summation order alone), with the export's
-cosine against that channels-last run too (a different summation order of the same model).
+cosine against that channels-last run too (a different summation order of the same model). Where
+the export's cosine is below 0.999, ``first_flip`` names the first quantizer whose codes onnxruntime
+computes differently (``effdnn.export.qdq_divergence``): how many codes, by how much, and how close
+their x / s lie to a rounding boundary (float order: one code, within a few ulps of k + 1/2).
 
     python benchmarks/ptq_zoo.py [--models resnet18 swin_t ...] [--out ptq_zoo.jsonl] [--table-only]
                                  [--threads 1] [--time-limit 1200] [--mem-limit-gb 14] [--shard 0/2]
@@ -42,6 +45,7 @@ import torch  # noqa: E402
 
 import effdnn  # noqa: E402
 from effdnn.export.onnx import export_onnx  # noqa: E402
+from effdnn.export.qdq_divergence import first_divergence  # noqa: E402
 
 SIZES = (32, 64, 75, 96, 128, 160, 224, 299)
 KWARGS = {"vit_b_16": {"image_size": 32}, "vit_b_32": {"image_size": 32}, "vit_l_16": {"image_size": 32},
@@ -109,6 +113,19 @@ def ort_output(path: Path, x: torch.Tensor, optimize: bool) -> torch.Tensor:
     return torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
 
 
+def divergence(q: torch.nn.Module, path: Path, x: torch.Tensor) -> dict:
+    """The first quantizer whose codes onnxruntime computes differently (``first_divergence``)."""
+    try:
+        d = first_divergence(q, path, x)
+    except Exception as e:  # noqa: BLE001 - a diagnostic column: say why it is missing
+        return {"first_flip": f"not measured: {type(e).__name__}"}
+    if d.first is None:
+        return {"first_flip": "none", "float_order": True}
+    f = d.first
+    return {"first_flip": f"{f.name}: {f.flipped}/{f.total} codes, max {f.max_codes} off, |x/s-(k+1/2)| <= {d.boundary_distance:.1e}",
+            "float_order": d.float_order}
+
+
 def run_one(name: str) -> dict:
     row: dict = {"model": name}
     t0 = time.perf_counter()
@@ -136,6 +153,8 @@ def run_one(name: str) -> dict:
             written = ort_output(path, x, optimize=False)
             row["qdq_cos"], row["qdq_nhwc_cos"] = cosine(written, out), cosine(written, out_cl)
             row["qdq_fused_cos"] = cosine(ort_output(path, x, optimize=True), out)
+            if row["qdq_cos"] < 0.999:  # where onnxruntime's codes first differ from effdnn's, and why
+                row.update(divergence(q, path, x))
         except Exception as e:  # noqa: BLE001 - the export or onnxruntime refuses: the table says which
             row["qdq_cos"] = row["qdq_fused_cos"] = f"fails: {' '.join(str(e).split())[:80]}"
     row["seconds"] = time.perf_counter() - t0
@@ -148,9 +167,10 @@ def fmt(v) -> str:
 
 def table(rows: list[dict]) -> str:
     cols = ["model", "size", "params_m", "effdnn_cos", "torch_ao_cos", "qdq_cos", "self_noise_cos", "qdq_nhwc_cos",
-            "qdq_fused_cos", "seconds"]
+            "qdq_fused_cos", "first_flip", "seconds"]
     head = ["model", "input", "params (M)", "effdnn PTQ cos", "torch.ao FX cos", "QDQ cos (ORT as written)",
-            "effdnn NHWC vs NCHW cos", "QDQ vs effdnn NHWC cos", "QDQ cos (ORT fused)", "s"]
+            "effdnn NHWC vs NCHW cos", "QDQ vs effdnn NHWC cos", "QDQ cos (ORT fused)",
+            "first code ORT computes differently", "s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if "error" in r:
