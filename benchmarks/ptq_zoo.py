@@ -12,20 +12,22 @@ computes differently (``effdnn.export.qdq_divergence``): how many codes, by how 
 their x / s lie to a rounding boundary (float order: one code, within a few ulps of k + 1/2).
 
     python benchmarks/ptq_zoo.py [--models resnet18 swin_t ...] [--out ptq_zoo.jsonl] [--table-only]
-                                 [--threads 1] [--time-limit 1200] [--mem-limit-gb 14] [--shard 0/2]
+                                 [--threads 1] [--time-limit 1200] [--mem-limit-gb 14]
 
 Each model runs at the smallest square input its forward accepts (tried in SIZES order); ViTs are
 built with ``image_size=32`` (their position embedding fixes the size). Rows are appended to the JSON
 lines file as they finish, so a long run can be stopped and resumed (done models are skipped). Each
 model runs in its own process under a wall-clock and an address-space limit; a model that exceeds
-either is a row saying so. Models run smallest first (torchvision's parameter counts); ``--shard k/n``
-runs every n-th of them, so n processes can share one file.
+either is a row saying so. Models run smallest first (torchvision's parameter counts); several processes
+can share one file: each claims a model (a file in ``<out>.claims/``, stale once its process is gone)
+before running it.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -215,6 +217,29 @@ def by_size(names: list[str]) -> list[str]:
     return sorted(names, key=params)
 
 
+def claim(claims: Path, name: str) -> bool:
+    """Whether this process may run ``name``: it created its claim file, or the claimant is gone."""
+    claims.mkdir(exist_ok=True)
+    path = claims / name
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            return True
+        except FileExistsError:
+            try:
+                os.kill(int(path.read_text() or 0), 0)
+                return False  # a live process runs it
+            except (ProcessLookupError, ValueError):
+                path.unlink(missing_ok=True)  # stale: its process is gone
+    return False
+
+
+def read_rows(out: Path) -> dict[str, dict]:
+    return {json.loads(l)["model"]: json.loads(l) for l in out.read_text().splitlines() if l.strip()} if out.exists() else {}
+
+
 def main() -> None:
     import torchvision
 
@@ -225,7 +250,6 @@ def main() -> None:
     ap.add_argument("--time-limit", type=float, default=1200.0, help="seconds per model")
     ap.add_argument("--mem-limit-gb", type=float, default=14.0, help="address space per model")
     ap.add_argument("--table-only", action="store_true")
-    ap.add_argument("--shard", default="0/1", help="k/n: run the k-th of every n models")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
@@ -239,18 +263,18 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         return
     out = Path(args.out)
-    done = {json.loads(l)["model"]: json.loads(l) for l in out.read_text().splitlines() if l.strip()} if out.exists() else {}
     names = args.models or by_size(torchvision.models.list_models(module=torchvision.models))
-    k, n = (int(v) for v in args.shard.split("/"))
-    for name in [] if args.table_only else names[k::n]:
-        if name in done:
+    claims = out.with_name(out.name + ".claims")
+    for name in [] if args.table_only else names:
+        if name in read_rows(out) or not claim(claims, name):
             continue
         row = run_child(name, args)
-        done[name] = row
         with out.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
+    done = read_rows(out)
     print(table([done[n] for n in names if n in done]))
+
 
 if __name__ == "__main__":
     main()
