@@ -12,7 +12,7 @@ computes differently (``effdnn.export.qdq_divergence``): how many codes, by how 
 their x / s lie to a rounding boundary (float order: one code, within a few ulps of k + 1/2).
 
     python benchmarks/ptq_zoo.py [--models resnet18 swin_t ...] [--out ptq_zoo.jsonl] [--table-only]
-                                 [--threads 1] [--time-limit 1200] [--mem-limit-gb 14]
+                                 [--threads 1] [--time-limit 1200] [--mem-limit-gb 14] [--seed 0]
 
 Each model runs at the smallest square input its forward accepts (tried in SIZES order); ViTs are
 built with ``image_size=32`` (their position embedding fixes the size). Rows are appended to the JSON
@@ -53,6 +53,7 @@ SIZES = (32, 64, 75, 96, 128, 160, 224, 299)
 KWARGS = {"vit_b_16": {"image_size": 32}, "vit_b_32": {"image_size": 32}, "vit_l_16": {"image_size": 32},
           "vit_l_32": {"image_size": 32}, "vit_h_14": {"image_size": 28}}
 BATCH, CALIB_BATCHES = 8, 4
+SEED = 0  # --seed: the weights' seed; the data's is SEED + 1
 
 
 def cosine(a, b) -> float:
@@ -64,7 +65,7 @@ def build(name: str) -> tuple[torch.nn.Module, int]:
     """The model with random weights and the smallest input size its forward accepts."""
     import torchvision
 
-    torch.manual_seed(0)
+    torch.manual_seed(SEED)
     model = torchvision.models.get_model(name, weights=None, **KWARGS.get(name, {})).eval()
     for size in ([KWARGS[name]["image_size"]] if name in KWARGS else SIZES):
         try:
@@ -133,7 +134,7 @@ def run_one(name: str) -> dict:
     t0 = time.perf_counter()
     model, size = build(name)
     row["size"], row["params_m"] = size, sum(p.numel() for p in model.parameters()) / 1e6
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator().manual_seed(SEED + 1)
     calib = [torch.randn(BATCH, 3, size, size, generator=g) for _ in range(CALIB_BATCHES)]
     x = torch.randn(BATCH, 3, size, size, generator=g)
     set_bn_stats(model, calib)
@@ -185,7 +186,7 @@ def table(rows: list[dict]) -> str:
 
 def run_child(name: str, args: argparse.Namespace) -> dict:
     """``name`` measured in a child process under the time and memory limits; its row."""
-    cmd = [sys.executable, __file__, "--child", name, "--threads", str(args.threads)]
+    cmd = [sys.executable, __file__, "--child", name, "--threads", str(args.threads), "--seed", str(args.seed)]
     limit_bytes = int(args.mem_limit_gb * 2**30)
 
     def limit_memory() -> None:
@@ -250,10 +251,13 @@ def main() -> None:
     ap.add_argument("--time-limit", type=float, default=1200.0, help="seconds per model")
     ap.add_argument("--mem-limit-gb", type=float, default=14.0, help="address space per model")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--seed", type=int, default=0, help="weights' seed (the data's: seed + 1), for the spread between seeds")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
+    global SEED
+    SEED = args.seed
     if args.child:  # one model, its row on stdout (run by run_child)
         try:
             row = run_one(args.child)
