@@ -218,6 +218,33 @@ def by_size(names: list[str]) -> list[str]:
     return sorted(names, key=params)
 
 
+def _num(v) -> bool:
+    return isinstance(v, float)
+
+
+def summary(rows: list[dict], total: int) -> str:
+    """The three targets over the measured rows: PTQ runs, effdnn >= torch.ao, QDQ >= 0.999."""
+    ok = [r for r in rows if _num(r.get("effdnn_cos"))]
+    both = [r for r in ok if _num(r.get("torch_ao_cos"))]
+    beat = [r for r in both if r["effdnn_cos"] >= r["torch_ao_cos"]]
+    exported = [r for r in ok if _num(r.get("qdq_cos"))]
+    agree = [r for r in exported if r["qdq_cos"] >= 0.999]
+    below = [r for r in exported if r["qdq_cos"] < 0.999]
+    order = [r for r in below if r.get("float_order")]
+    within = [r for r in below if r["qdq_cos"] >= r["self_noise_cos"] - 1e-3 or r.get("qdq_nhwc_cos", 0) >= 0.999]
+    lines = ["| target | result |", "|---|---|",
+             f"| PTQ int8 runs on every model | {len(ok)} of {len(rows)} measured ({total} in torchvision; "
+             f"{len(rows) - len(ok)} failed or over the limits) |",
+             f"| effdnn PTQ cosine >= torch.ao FX's where torch.ao runs | {len(beat)} of {len(both)} "
+             f"(torch.ao fails on {len(ok) - len(both)}) |",
+             f"| QDQ export (ORT as written) >= 0.999 against effdnn | {len(agree)} of {len(exported)} that export "
+             f"({len(ok) - len(exported)} do not export) |",
+             f"| ... below 0.999: first differing code is a float-order flip | {len(order)} of {len(below)} |",
+             f"| ... below 0.999: within effdnn's own NHWC-vs-NCHW noise, or >= 0.999 against its NHWC run | "
+             f"{len(within)} of {len(below)} |"]
+    return "\n".join(lines)
+
+
 def claim(claims: Path, name: str) -> bool:
     """Whether this process may run ``name``: it created its claim file, or the claimant is gone."""
     claims.mkdir(exist_ok=True)
@@ -277,6 +304,8 @@ def main() -> None:
             f.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
     done = read_rows(out)
+    print(summary([done[n] for n in names if n in done], len(names)))
+    print()
     print(table([done[n] for n in names if n in done]))
 
 
