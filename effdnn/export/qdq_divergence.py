@@ -52,7 +52,7 @@ class Divergence:
 def _module_name(node_name: str) -> str | None:
     """``/model/a/a.1/b/in_q/QuantizeLinear`` -> ``a.1.b.in_q`` (scopes repeat their parent's prefix)."""
     parts = node_name.split("/")
-    if len(parts) < 4 or not re.fullmatch(r"QuantizeLinear(_\d+)?", parts[-1]):
+    if len(parts) < 4 or not re.fullmatch(r"QuantizeLinear(_\d+)?(_reader\d+)?", parts[-1]):
         return None  # not the exporter's node (the graph passes' own Q nodes: _at_layer)
     full: list[str] = []
     for seg in parts[2:-1]:  # past "" and the export wrapper's "model"
@@ -103,10 +103,14 @@ def first_divergence(model: nn.Module, path: str | Path, x: torch.Tensor, optimi
     names = [o.name for o in sess.get_outputs()]
     got = dict(zip(names, sess.run(None, {sess.get_inputs()[0].name: x.numpy()})))
     calls: dict[str, int] = {}
+    call_of: dict[str, int] = {}  # node name -> which call of its quantizer it is
     layers, first, distance = [], None, 0.0
     for n in nodes:
-        name = _module_name(n.name)
-        i = calls[name] = calls.get(name, -1) + 1
+        name, base = _module_name(n.name), n.name.split("_reader")[0]
+        if base in call_of:  # a copy of one Q per reader (int8_graph.unshare_activation_quantizers):
+            i = call_of[base]  # the quantizers it stands for computed the same codes (same input and scale)
+        else:
+            i = call_of[base] = calls[name] = calls.get(name, -1) + 1
         if i >= len(seen[name]):
             unmatched += 1
             continue
@@ -116,7 +120,7 @@ def first_divergence(model: nn.Module, path: str | Path, x: torch.Tensor, optimi
             unmatched += 1
             continue
         diff = (ort_codes - codes).abs()
-        row = QuantizerFlips(name, int((diff > 0).sum()), diff.numel(), int(diff.max()) if diff.numel() else 0)
+        row = QuantizerFlips(name if base == n.name else f"{name} (a reader's copy)", int((diff > 0).sum()), diff.numel(), int(diff.max()) if diff.numel() else 0)
         layers.append(row)
         if first is None and row.flipped:
             first = row
