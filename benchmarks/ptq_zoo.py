@@ -17,7 +17,7 @@ their x / s lie to a rounding boundary (float order: one code, within a few ulps
 Each model runs at the smallest square input its forward accepts (tried in SIZES order); ViTs are
 built with ``image_size=32`` (their position embedding fixes the size). Rows are appended to the JSON
 lines file as they finish, so a long run can be stopped and resumed (done models are skipped). Each
-model runs in its own process under a wall-clock and an address-space limit; a model that exceeds
+model runs in its own (forked) process under a wall-clock and an address-space limit; a model that exceeds
 either is a row saying so. Models run smallest first (torchvision's parameter counts); several processes
 can share one file: each claims a model (a file in ``<out>.claims/``, stale once its process is gone)
 before running it.
@@ -29,11 +29,9 @@ import copy
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
-import traceback
 import warnings
 from pathlib import Path
 
@@ -184,26 +182,41 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_child(name: str, args: argparse.Namespace) -> dict:
-    """``name`` measured in a child process under the time and memory limits; its row."""
-    cmd = [sys.executable, __file__, "--child", name, "--threads", str(args.threads), "--seed", str(args.seed)]
-    limit_bytes = int(args.mem_limit_gb * 2**30)
-
-    def limit_memory() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
-
+def _forked(name: str, limit_bytes: int, conn) -> None:
+    """A forked child (the imports already done): the row of ``name`` or its error, through ``conn``."""
+    resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.time_limit, preexec_fn=limit_memory)
-    except subprocess.TimeoutExpired:
-        return {"model": name, "error": f"exceeds the {args.time_limit:.0f} s time limit"}
-    rows = [l for l in done.stdout.splitlines() if l.startswith("{")]
-    if done.returncode == 0 and rows:
-        return json.loads(rows[-1])
-    err = done.stderr.strip().splitlines()
-    memory = any("MemoryError" in l or "std::bad_alloc" in l or "DefaultCPUAllocator" in l for l in err)
-    why = f"exceeds the {args.mem_limit_gb:g} GiB memory limit" if memory or done.returncode < 0 else \
-        f"exit {done.returncode}: {' '.join((err or [''])[-1].split())[:100]}"
-    return {"model": name, "error": why}
+        row = run_one(name)
+    except MemoryError:
+        row = {"model": name, "error": "memory"}
+    except Exception as e:  # noqa: BLE001 - one model's failure is a row of the table, not the end of the run
+        memory = any(k in str(e) for k in ("DefaultCPUAllocator", "bad_alloc", "Cannot allocate"))
+        row = {"model": name, "error": "memory" if memory else f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"}
+    conn.send(row)
+    conn.close()
+
+
+def run_child(name: str, args: argparse.Namespace) -> dict:
+    """``name`` measured in a forked child process under the time and memory limits; its row."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_forked, args=(name, int(args.mem_limit_gb * 2**30), send))
+    proc.start()
+    send.close()
+    row = recv.recv() if recv.poll(args.time_limit) else None
+    proc.join(5)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+    if row is None:
+        why = f"exceeds the {args.time_limit:.0f} s time limit" if proc.exitcode in (None, -9) else \
+            f"exceeds the {args.mem_limit_gb:g} GiB memory limit (exit {proc.exitcode})"
+        return {"model": name, "error": why}
+    if row.get("error") == "memory":
+        row["error"] = f"exceeds the {args.mem_limit_gb:g} GiB memory limit"
+    return row
 
 
 def by_size(names: list[str]) -> list[str]:
@@ -279,20 +292,11 @@ def main() -> None:
     ap.add_argument("--mem-limit-gb", type=float, default=14.0, help="address space per model")
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--seed", type=int, default=0, help="weights' seed (the data's: seed + 1), for the spread between seeds")
-    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     global SEED
     SEED = args.seed
-    if args.child:  # one model, its row on stdout (run by run_child)
-        try:
-            row = run_one(args.child)
-        except Exception as e:  # noqa: BLE001 - one model's failure is a row of the table, not the end of the run
-            row = {"model": args.child, "error": f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"}
-            traceback.print_exc()
-        print(json.dumps(row), flush=True)
-        return
     out = Path(args.out)
     names = args.models or by_size(torchvision.models.list_models(module=torchvision.models))
     claims = out.with_name(out.name + ".claims")
