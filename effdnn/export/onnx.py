@@ -24,7 +24,7 @@ from ..utils.paths import check_output_file
 from .adaptive_pool import register_adaptive_pool
 from .inputs import ExportWrapper, export_inputs, output_names
 from .int8_graph import fold_weight_quantizers, quantize_embedding_tables, unshare_activation_quantizers
-from .qdq_placement import quantize_layer_outputs
+from .qdq_placement import quantize_layer_outputs, sort_nodes
 
 OPSET = 17
 
@@ -44,6 +44,7 @@ def _rewrite(path: Path, int8_weights: bool, embeddings: str) -> None:
         if int8_weights else 0
     changed += quantize_embedding_tables(model) if embeddings == "int8" else 0
     if changed:
+        sort_nodes(model)
         onnx.save(model, str(path))
 
 

@@ -90,11 +90,16 @@ def first_divergence(model: nn.Module, path: str | Path, x: torch.Tensor, optimi
     nodes = [n for n in named if _module_name(n.name) in seen]
     unmatched = len(named) - len(nodes)
     outputs = {o.name for o in graph.graph.output}
+    zp_type = {i.name: i.data_type for i in graph.graph.initializer}
+    zp_type.update({c.output[0]: c.attribute[0].t.data_type for c in graph.graph.node if c.op_type == "Constant" and c.attribute})
     for n in nodes:
-        for t in (n.output[0],) if optimize else (n.output[0], n.input[0]):
-            if t not in outputs:
-                graph.graph.output.append(info[t] if t in info else onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
-                outputs.add(t)
+        for t, kind in ((n.output[0], zp_type.get(n.input[2], onnx.TensorProto.UINT8)), (n.input[0], onnx.TensorProto.FLOAT)):
+            if t in outputs or (optimize and kind == onnx.TensorProto.FLOAT and t == n.input[0]):
+                continue
+            known = info.get(t)
+            graph.graph.output.append(known if known is not None and known.type.tensor_type.elem_type else
+                                      onnx.helper.make_tensor_value_info(t, kind, None))
+            outputs.add(t)
     opts = ort.SessionOptions()
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

@@ -45,3 +45,18 @@ def test_readers_of_one_tensor_keep_the_models_scale(tmp_path) -> None:
         assert np.asarray({**inits, **consts}[n.input[1]], dtype=np.float32).tobytes() in scales
     d = first_divergence(q, path, x)
     assert d.first is None and len(d.layers) == 3
+
+
+def test_file_is_topologically_sorted_after_the_graph_passes(tmp_path) -> None:
+    """The Q / DQ pair put where a layer ends (before MaxPool / Flatten) reads its consumer's scale, which
+    the exporter emits later: the written nodes are sorted again, so the checker and shape inference pass."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 5 * 5, 4)).eval()
+    calib = [torch.randn(4, 3, 12, 12) for _ in range(2)]
+    q = effdnn.quantize(model, {"method": "ptq", "act": {"calibrator": "max"}}, calib_data=calib)
+    path = export_onnx(q, torch.randn(2, 3, 12, 12), tmp_path / "q.onnx")
+    m = onnx.load(str(path))
+    assert any(n.name.endswith("_at_layer") for n in m.graph.node)
+    onnx.checker.check_model(m)
+    typed = onnx.shape_inference.infer_shapes(m).graph.value_info
+    assert typed and all(v.type.tensor_type.elem_type for v in typed)
