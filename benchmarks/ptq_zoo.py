@@ -60,6 +60,21 @@ def cosine(a, b) -> float:
     return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
 
 
+def _runs(model: torch.nn.Module, size: int) -> bool:
+    """Whether ``model`` runs at ``size`` both in eval mode (measured) and in train mode (the BatchNorm
+    statistics pass, where auxiliary classifiers run too)."""
+    try:
+        with torch.no_grad():
+            for train in (False, True):
+                model.train(train)
+                model(torch.randn(2, 3, size, size))
+        return True
+    except Exception:  # noqa: BLE001 - too small for this model
+        return False
+    finally:
+        model.eval()
+
+
 def build(name: str) -> tuple[torch.nn.Module, int]:
     """The model with random weights and the smallest input size its forward accepts."""
     import torchvision
@@ -67,12 +82,8 @@ def build(name: str) -> tuple[torch.nn.Module, int]:
     torch.manual_seed(SEED)
     model = torchvision.models.get_model(name, weights=None, **KWARGS.get(name, {})).eval()
     for size in ([KWARGS[name]["image_size"]] if name in KWARGS else SIZES):
-        try:
-            with torch.no_grad():
-                model(torch.randn(1 if "inception" not in name else 2, 3, size, size))
+        if _runs(model, size):
             return model, size
-        except Exception:  # noqa: BLE001 - too small for this model: try the next size
-            continue
     raise RuntimeError(f"{name}: no input size in {SIZES} works")
 
 
