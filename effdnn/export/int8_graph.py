@@ -230,8 +230,12 @@ def unshare_activation_quantizers(model: Any) -> int:
     exporter and onnxruntime's common-subexpression pass then merge their Q -> DQ pairs into one
     QuantizeLinear read by several layers, which onnxruntime's QDQ selectors leave unfused (float
     MatMuls). Each reader gets its own QuantizeLinear, and the i-th of those with the same input, scale
-    and zero point takes the scale i float32 ulps up (a relative change of ~1e-7) so they stay apart;
-    returns how many scales were moved."""
+    and zero point gets ``axis = i + 1`` so they stay apart: a per-tensor (scalar) scale ignores the
+    axis, so every reader computes the model's codes exactly; only past 8 readers of one tensor (the
+    axis range of a 4-d tensor) does the i-th take the scale i float32 ulps up instead. Returns how many
+    quantizers were set apart."""
+    from onnx import helper
+
     g = Graph(model.graph)
     _dup_dq_per_consumer(model, g)
     _split_q_per_dq(model, Graph(model.graph))
@@ -248,14 +252,20 @@ def unshare_activation_quantizers(model: Any) -> int:
     moved = 0
     for qs in groups.values():
         scale = g.value(qs[0].input[1]).astype(np.float32)
+        taken = {a.i for a in qs[0].attribute if a.name == "axis"} or {1}
+        free = [a for a in (2, 3, 0, -1, -2, -3, -4, 1) if a not in taken]
         for j, q in enumerate(qs[1:], 1):
+            moved += 1
+            if j <= len(free):
+                del q.attribute[:]
+                q.attribute.append(helper.make_attribute("axis", free[j - 1]))
+                continue
             s = scale
-            for _ in range(j):
+            for _ in range(j - len(free)):
                 s = np.nextafter(s, np.float32(np.inf))
             name = g.add_init(np.asarray(s, dtype=np.float32), f"{q.output[0]}_scale")
             q.input[1] = name
             for dq in g.consumers.get(q.output[0], []):
                 if dq.op_type == "DequantizeLinear":
                     dq.input[1] = name
-            moved += 1
     return moved

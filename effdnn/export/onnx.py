@@ -6,6 +6,7 @@ Quantized models: fake-quantizers export as QuantizeLinear / DequantizeLinear th
 ``symbolic`` forward; the weights' QuantizeLinear nodes are then evaluated once and stored as int8
 initializers (``int8_graph.py``) and each layer's output is quantized where the layer ends
 (``qdq_placement.py``), so the file holds int8 weights and onnxruntime fuses the integer kernels.
+Adaptive average pooling exports at any input size (``adaptive_pool.py``).
 ``embeddings="int8"`` also stores embedding tables as int8 rows with per-row scales.
 Linears with dynamic (per-token / per-tensor) activation quantizers are written, by default
 (``dynamic_activations="integer"``), as integer ops: per-row scale from ReduceMax / ReduceMin,
@@ -25,9 +26,10 @@ from torch import nn
 from ..errors import EffdnnError
 from ..quant.onnx_linear import integer_dynamic_linears, saturating_layers
 from ..utils.paths import check_output_file
+from .adaptive_pool import register_adaptive_pool
 from .inputs import ExportWrapper, export_inputs, output_names
 from .int8_graph import fold_weight_quantizers, quantize_embedding_tables, unshare_activation_quantizers
-from .qdq_placement import quantize_layer_outputs
+from .qdq_placement import quantize_layer_outputs, sort_nodes
 
 OPSET = 17
 
@@ -47,6 +49,7 @@ def _rewrite(path: Path, int8_weights: bool, embeddings: str) -> None:
         if int8_weights else 0
     changed += quantize_embedding_tables(model) if embeddings == "int8" else 0
     if changed:
+        sort_nodes(model)
         onnx.save(model, str(path))
 
 
@@ -87,6 +90,7 @@ def export_onnx(model: nn.Module, example_input: Any, path: str | Path, opset: i
             raise
         except Exception as e:
             raise EffdnnError(f"export_onnx: the model's forward fails on example_input: {type(e).__name__}: {_first_line(e)}") from None
+        register_adaptive_pool(opset)
         with warnings.catch_warnings(), integer_dynamic_linears(integer, "ort" if dynamic_activations == "ort" else "onnx"):
             warnings.simplefilter("ignore")
             torch.onnx.export(ExportWrapper(model, inputs), inputs.args, str(tmp), dynamo=False, opset_version=opset,

@@ -77,4 +77,37 @@ def quantize_layer_outputs(model: Any) -> int:
     return done
 
 
-__all__ = ["LAYER_OPS", "SELECTING_OPS", "quantize_layer_outputs"]
+def sort_nodes(model: Any) -> None:
+    """Put the graph's nodes in topological order (ONNX requires it; shape inference reads the graph in
+    order), keeping the written order wherever it already is one. The Q / DQ pairs inserted above read
+    their consumer's scale and zero point, which the exporter may emit later as Constant nodes."""
+    nodes = list(model.graph.node)
+    known = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer} | {""}
+    producer = {o: k for k, n in enumerate(nodes) for o in n.output}
+    done: set[int] = set()
+    order: list[int] = []
+
+    def visit(k: int) -> None:
+        stack = [(k, False)]
+        while stack:
+            j, expanded = stack.pop()
+            if j in done:
+                continue
+            if expanded:
+                done.add(j)
+                order.append(j)
+                continue
+            stack.append((j, True))
+            for i in reversed(nodes[j].input):
+                p = producer.get(i)
+                if i not in known and p is not None and p not in done:
+                    stack.append((p, False))
+
+    for k in range(len(nodes)):
+        visit(k)
+    if order != list(range(len(nodes))):
+        del model.graph.node[:]
+        model.graph.node.extend(nodes[k] for k in order)
+
+
+__all__ = ["LAYER_OPS", "SELECTING_OPS", "quantize_layer_outputs", "sort_nodes"]

@@ -51,6 +51,7 @@ def calibrate(model: nn.Module, data: Iterable[Any], max_batches: int | None = N
     if seen == 0:
         raise EffdnnError("calibration: the calibration set is empty (no batches)")
     _functional_weights(model, first)
+    _unreached_layers(model)
     observing = [q for q in model.modules() if isinstance(q, Quantizer) and q.mode == "observe"]
     for q in observing:
         if q.observer is not None and q.observer.count == 0:
@@ -101,6 +102,25 @@ def _functional_weights(model: nn.Module, x: Any) -> None:
         more = f" (and {len(names) - 1} more layers)" if len(names) > 1 else ""
         print(f"effdnn: warning: calibration: {names[0]}{more}: weight used by a functional op outside the layer's "
               "forward: weight quantized in place, input left in float", file=sys.stderr)
+
+
+def _unreached_layers(model: nn.Module) -> None:
+    """Layers the model's forward never ran on any calibration batch (off its eval path: GoogLeNet's and
+    Inception's auxiliary classifiers): nothing calibrates their input, so it stays float (their weight
+    is quantized), with one warning line naming them. A model none of whose layers ran is an error."""
+    layers = [m for m in model.modules() if isinstance(getattr(m, "input_quant", None), Quantizer)
+              and m.input_quant.mode == "observe" and m.input_quant.observer is not None]
+    unreached = [m for m in layers if m.input_quant.observer.count == 0]
+    if not unreached or len(unreached) == len(layers):
+        return  # every layer reached, or none (the caller's error names the first)
+    for m in unreached:
+        m.input_quant = None
+        m.out_observer = None
+        m.never_reached = True
+    names = [getattr(m, "qname", type(m).__name__) for m in unreached]
+    more = f" (and {len(names) - 1} more layers)" if len(names) > 1 else ""
+    print(f"effdnn: warning: calibration: {names[0]}{more} never reached by the calibration data (off the model's "
+          "eval path): weight quantized, input left in float", file=sys.stderr)
 
 
 def _describe(x: Any) -> str:

@@ -125,6 +125,8 @@ def ptq_pipeline(model: nn.Module, config: PTQConfig, ctx: TransformContext, pre
         q, m = row.pop("_q", None), row.pop("_m", None)
         if getattr(m, "functional_weight", False):  # weight used outside the layer's forward (calibrate)
             row["act"] = "fp32 (weight used outside the layer's forward)"
+        elif getattr(m, "never_reached", False):  # off the eval path on every calibration batch (calibrate)
+            row["act"] = "fp32 (never reached by the calibration data)"
         elif q is not None:
             row["act"] = getattr(q.fmt, "label", q.fmt.name)
     ctx.extra.update({"calib_time_s": time.perf_counter() - t0, "calib_batches": seen, "ptq_layers": summary,
