@@ -30,12 +30,13 @@ import time
 from typing import Any, Callable, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from ..transform import TransformContext
 from ..errors import EffdnnError
 from ..formats import KMeansFormat
+from ..utils.batchnorm import recalibrate_batchnorm
 from ..registry import QUANTIZE
 from ..hooks import Callback
 from .bn_fold_qat import FoldedBNWeight
@@ -58,6 +59,14 @@ class QATConfig(LayerPlan):
     from_scratch: bool = False
     learn_input_range: bool = Field(False, description="lsq / pact: learn the range of the model's input too (else "
                                     "an EMA range, as method qat: a learned one costs the data's gradient)")
+    bn_recalibration: int = Field(0, ge=0, description="batches that re-estimate the BatchNorm statistics once the "
+                                  "weights are quantized, before the activation ranges are calibrated (fold_bn: false)")
+
+    @model_validator(mode="after")
+    def _recalibration_needs_batchnorms(self) -> "QATConfig":
+        if self.bn_recalibration and self.fold_bn:
+            raise ValueError("bn_recalibration needs fold_bn: false (folded BatchNorms keep no statistics to re-estimate)")
+        return self
 
 
 # -- default quantizers of plain STE QAT -----------------------------------------------------------------
@@ -155,6 +164,13 @@ def prepare_qat(model: nn.Module, config: Any, ctx: TransformContext, weight_q: 
         summary.append({"layer": name, "type": "Add", "weight": "-", "act": _label(m.a_quant)})
     n = config.calib_batches or ctx.calib_batches
     t0 = time.perf_counter()
+    if config.bn_recalibration:
+        # quantized weights (DoReFa's tanh(w) / max|tanh(w)|, eq. 9) change each layer's output scale, so
+        # the statistics stored with the float weights no longer hold: re-estimate them (EagleEye's adaptive
+        # BatchNorm, utils.batchnorm) with the weights quantized, the activation quantizers still observing
+        # (they pass their inputs through; ``calibrate`` then sets their ranges on the corrected outputs)
+        ctx.extra["bn_recalibration_batches"] = recalibrate_batchnorm(
+            model, ctx.calib_loader(config.bn_recalibration), config.bn_recalibration)
     if any(getattr(q, "mode", None) == "observe" for q in model.modules()):
         calibrate(model, ctx.calib_loader(n), n)
     model.train()
