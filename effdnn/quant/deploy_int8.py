@@ -16,12 +16,23 @@ rewrites the graph:
 
 Why this engine (BENCHMARKS.md, "PTQ"): at batch 256 it runs LeNet-5 / ResNet-20 several times faster
 than fp32, while onnxruntime's QDQ int8 was slower than its own fp32 on these small convolutions.
-Activations are uint8 (signed int8 params map to zero point 128, same scale); weights int8 symmetric.
+Activations are uint8 (a format's codes shifted by -qmin: signed int8 params map to zero point 128, same
+scale); weights int8 symmetric. A consumer whose format has fewer codes than uint8 (7 bits, narrow range)
+gets its tensor clamped to them, as its fake quantizer clamps; a tensor quantized for one consumer and
+read by another with other params is requantized.
+
+Exactness on CPUs without VNNI (``reduce_range``, ``quant/int8_pairs.py``): there torch's x86 kernels add
+u8 x s8 product pairs in saturating int16, so a layer with 8-bit inputs and 8-bit weights can compute
+another value than its fake-quantized form. ``to_int8(model)`` (``reduce_range="auto"``) then builds the
+engine from a copy whose overflowing layers have 7-bit weights (``"act"``: 7-bit inputs), which it
+computes exactly; ``int8_plan(engine)`` gives that fake-quantized model (its accuracy is what the engine
+has) and the layers changed. ``reduce_range="none"`` keeps the model as it is.
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.ao.nn.intrinsic.quantized as nniq
@@ -31,13 +42,53 @@ from torch import fx, nn
 
 from ..errors import EffdnnError
 from ..formats import IntFormat
+from ..utils.cpu import int8_pairs_saturate
 from .fake_quant import Quantizer
+from .int8_pairs import fit_int16_pairs, saturating_layers, u8_code_max
 from .modules import QuantAdd, QuantConv1d, QuantConv2d, QuantLayerMixin, QuantLinear, dense_type
 
 TRANSPARENT_MODULES = (nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.Flatten, nn.Identity,
                        nn.Dropout)
 TRANSPARENT_FUNCTIONS = {torch.relu, F.relu, torch.flatten, F.max_pool2d, F.adaptive_avg_pool2d}
 TRANSPARENT_METHODS = {"relu", "flatten", "view", "reshape", "contiguous"}
+REDUCE_RANGE = ("auto", "weight", "act", "none")
+PLAN_KEY = "effdnn_int8_plan"
+
+
+class ActQ(NamedTuple):
+    """uint8 activation params: scale, zero point, and the code range [lo, hi] of the format."""
+    scale: float
+    zero_point: int
+    lo: int = 0
+    hi: int = 255
+
+    def clamp_bounds(self) -> tuple[float, float] | None:
+        """Float bounds that clamp a quint8 tensor to [lo, hi], None when that is all of uint8."""
+        if self.lo == 0 and self.hi == 255:
+            return None
+        return (self.lo - self.zero_point) * self.scale, (self.hi - self.zero_point) * self.scale
+
+
+@dataclasses.dataclass
+class Int8Plan:
+    """What an int8 engine computes: ``reference``, the fake-quantized model it matches code for code;
+    ``reduce_range`` and ``reduced``: how and in which layers it differs from the model given
+    (7-bit weights / inputs, CPU without VNNI); ``saturating``: layers whose int16 pair sums can
+    overflow on this CPU and were left so (``reduce_range="none"``)."""
+    reference: nn.Module
+    reduce_range: str
+    reduced: list[str]
+    saturating: list[str]
+
+    def summary(self) -> str:
+        if self.reduced:
+            what = "weights" if self.reduce_range == "weight" else "inputs"
+            return (f"7-bit {what} in {len(self.reduced)} layers (reduce_range={self.reduce_range!r}: without VNNI "
+                    "8-bit u8 x s8 pairs overflow int16), computed exactly")
+        if self.saturating:
+            return (f"{len(self.saturating)} layers can overflow int16 pairs on this CPU (no VNNI, "
+                    "reduce_range='none'): not exact")
+        return "the model as given, computed exactly"
 
 
 class _Tracer(fx.Tracer):
@@ -50,19 +101,19 @@ def _engine() -> None:
     torch.backends.quantized.engine = "x86" if "x86" in engines else "fbgemm"
 
 
-def _act_qparams(q: Quantizer | None, what: str) -> tuple[float, int]:
-    """(scale, uint8 zero point) of an 8-bit-or-less per-tensor integer activation quantizer."""
+def _act_qparams(q: Quantizer | None, what: str) -> ActQ:
+    """uint8 params of an 8-bit-or-less per-tensor integer activation quantizer (codes shifted by -qmin)."""
     if q is None or not isinstance(q.fmt, IntFormat) or q.fmt.bits > 8 or q.fmt.granularity.kind != "per_tensor":
         raise EffdnnError(f"to_int8: {what} needs an integer activation quantizer of <= 8 bits per tensor")
     p = q.params
-    zp = int(round(float(p.zero_point))) + (128 if q.fmt.signed else 0)
-    return float(p.scale), zp
+    zp = int(round(float(p.zero_point))) - q.fmt.qmin
+    return ActQ(float(p.scale), zp, 0, u8_code_max(q.fmt))
 
 
-def _range_qparams(lo: float, hi: float) -> tuple[float, int]:
+def _range_qparams(lo: float, hi: float) -> ActQ:
     lo, hi = min(lo, 0.0), max(hi, 0.0)
     scale = max((hi - lo) / 255, 1e-8)
-    return scale, int(min(max(round(-lo / scale), 0), 255))
+    return ActQ(scale, int(min(max(round(-lo / scale), 0), 255)))
 
 
 def _int8_weight(layer: QuantLayerMixin, name: str) -> torch.Tensor:
@@ -81,7 +132,7 @@ def _int8_weight(layer: QuantLayerMixin, name: str) -> torch.Tensor:
     return torch._make_per_channel_quantized_tensor(codes, scale, torch.zeros_like(scale, dtype=torch.long), 0)
 
 
-def _int8_layer(layer: nn.Module, name: str, relu: bool, out_qparams: tuple[float, int]) -> nn.Module:
+def _int8_layer(layer: nn.Module, name: str, relu: bool, out_qparams: ActQ) -> nn.Module:
     w = _int8_weight(layer, name)  # type: ignore[arg-type]
     bias = layer.bias.detach().float() if layer.bias is not None else None
     if isinstance(layer, QuantLinear):
@@ -96,7 +147,7 @@ def _int8_layer(layer: nn.Module, name: str, relu: bool, out_qparams: tuple[floa
     else:  # pragma: no cover
         raise EffdnnError(f"to_int8: {name}: unsupported layer {type(layer).__name__}")
     mod.set_weight_bias(w, bias)
-    mod.scale, mod.zero_point = out_qparams
+    mod.scale, mod.zero_point = out_qparams.scale, out_qparams.zero_point
     return mod
 
 
@@ -126,7 +177,7 @@ def _identity_chain(node: fx.Node, mods: dict[str, nn.Module]) -> list[fx.Node]:
     return chain
 
 
-def _consumer_qparams(node: fx.Node, mods: dict[str, nn.Module]) -> tuple[float, int] | None:
+def _consumer_qparams(node: fx.Node, mods: dict[str, nn.Module]) -> ActQ | None:
     """qparams of the first quantized consumer of ``node``'s value (through transparent ops)."""
     frontier = [node]
     while frontier:
@@ -143,11 +194,33 @@ def _consumer_qparams(node: fx.Node, mods: dict[str, nn.Module]) -> tuple[float,
 
 
 @torch.no_grad()
-def to_int8(model: nn.Module) -> fx.GraphModule:
-    """The int8 engine model of a calibrated PTQ ``model`` (float in, float out); CPU only."""
+def to_int8(model: nn.Module, reduce_range: Literal["auto", "weight", "act", "none"] = "auto") -> fx.GraphModule:
+    """The int8 engine model of a calibrated PTQ ``model`` (float in, float out); CPU only.
+
+    ``reduce_range``: ``"auto"`` is ``"weight"`` on a CPU whose int8 kernels add product pairs in
+    saturating int16 (x86 without VNNI, ``effdnn.utils.cpu.int8_pairs_saturate``) and ``"none"``
+    elsewhere; ``"weight"`` / ``"act"``: the layers whose codes can overflow such a pair get 7-bit
+    weights / inputs (``quant/int8_pairs.py``) on any CPU; ``"none"``: the model as given. The engine
+    computes ``int8_plan(engine).reference`` exactly: the model itself, or the reduced copy."""
+    if reduce_range not in REDUCE_RANGE:
+        raise EffdnnError(f"to_int8: reduce_range must be one of {', '.join(REDUCE_RANGE)}, got {reduce_range!r}")
+    how = ("weight" if int8_pairs_saturate() else "none") if reduce_range == "auto" else reduce_range
+    model = model.cpu().eval()
+    ref, reduced = fit_int16_pairs(model, how) if how != "none" else (model, [])  # type: ignore[arg-type]
+    saturating = saturating_layers(model) if how == "none" and int8_pairs_saturate() else []
     with warnings.catch_warnings():  # torch.ao's quantized tensors warn that they are deprecated
         warnings.simplefilter("ignore")
-        return _to_int8(model)
+        engine = _to_int8(ref)
+    engine.meta[PLAN_KEY] = Int8Plan(ref, how, reduced, saturating)
+    return engine
+
+
+def int8_plan(engine: fx.GraphModule) -> Int8Plan:
+    """The :class:`Int8Plan` of an engine ``to_int8`` built: the fake-quantized model it computes."""
+    plan = engine.meta.get(PLAN_KEY) if isinstance(engine, fx.GraphModule) else None
+    if plan is None:
+        raise EffdnnError("int8_plan: not an engine built by effdnn.quant.deploy_int8.to_int8")
+    return plan
 
 
 class _Int8Builder:
@@ -160,18 +233,28 @@ class _Int8Builder:
         self.mods = dict(model.named_modules())
         self.new = fx.Graph()
         self.env: dict[fx.Node, fx.Node] = {}
-        self.quantized: set[fx.Node] = set()
+        self.quantized: dict[fx.Node, ActQ] = {}  # new-graph nodes holding quint8 tensors, with their params
         self.out_mods: dict[str, Any] = {}
         self.fused_relu: set[fx.Node] = set()
 
-    def arg(self, a: Any, want_q: bool | None, qparams: tuple[float, int] | None = None) -> Any:
+    def clamp(self, v: fx.Node, qp: ActQ) -> fx.Node:
+        """``v`` (quint8) clamped to the code range of ``qp``'s format, as its fake quantizer clamps."""
+        bounds = qp.clamp_bounds()
+        if bounds is not None:
+            v = self.new.call_function(torch.clamp, (v, bounds[0], bounds[1]))
+        self.quantized[v] = qp
+        return v
+
+    def arg(self, a: Any, want_q: bool | None, qparams: ActQ | None = None) -> Any:
         """Map an old argument into the new graph, (de)quantizing tensors as the consumer wants."""
         if not isinstance(a, fx.Node):
             return a
         v = self.env[a]
-        if want_q is True and v not in self.quantized:
-            v = self.new.call_function(torch.quantize_per_tensor, (v, qparams[0], qparams[1], torch.quint8))  # type: ignore[index]
-            self.quantized.add(v)
+        if want_q is True and (v not in self.quantized or self.quantized[v] != qparams):
+            if v in self.quantized:  # quantized for another consumer: requantize to this one's params
+                v = self.new.call_method("dequantize", (v,))
+            v = self.new.call_function(torch.quantize_per_tensor, (v, qparams.scale, qparams.zero_point, torch.quint8))  # type: ignore[union-attr]
+            v = self.clamp(v, qparams)  # type: ignore[arg-type]
         elif want_q is False and v in self.quantized:
             v = self.new.call_method("dequantize", (v,))
         return v
@@ -195,7 +278,7 @@ class _Int8Builder:
         if isinstance(m, QuantAdd):
             qa, qb = _act_qparams(m.a_quant, f"{node.target}.a"), _act_qparams(m.b_quant, f"{node.target}.b")
             fn = nnq.QFunctional()
-            fn.scale, fn.zero_point = outq
+            fn.scale, fn.zero_point = outq.scale, outq.zero_point
             self.out_mods[name] = fn
             a, b = self.arg(node.args[0], True, qa), self.arg(node.args[1], True, qb)
             v = self.new.call_method("add_relu" if relu else "add", (self.new.get_attr(name), a, b))
@@ -203,8 +286,7 @@ class _Int8Builder:
             qin = _act_qparams(m.input_quant, f"{node.target}.input")
             self.out_mods[name] = _int8_layer(m, str(node.target), relu, outq)
             v = self.new.call_module(name, (self.arg(node.args[0], True, qin),))
-        self.quantized.add(v)
-        self.env[node] = v
+        self.env[node] = self.clamp(v, outq)
         if relu:
             self.fused_relu.add(users[0])
 
@@ -224,8 +306,10 @@ class _Int8Builder:
             v = self.new.placeholder(node.target)  # type: ignore[arg-type]
         else:
             v = self.new.create_node(node.op, node.target, args, kwargs)
-        if keep_q and any(isinstance(a, fx.Node) and self.env[a] in self.quantized for a in node.args):
-            self.quantized.add(v)
+        qin = next((self.quantized[self.env[a]] for a in node.args if isinstance(a, fx.Node) and self.env[a] in self.quantized),
+                   None)
+        if keep_q and qin is not None:
+            self.quantized[v] = qin  # shape-only ops, ReLU and pooling keep the params
         self.env[node] = v
 
     def build(self) -> fx.GraphModule:
@@ -250,7 +334,6 @@ class _Int8Builder:
 
 def _to_int8(model: nn.Module) -> fx.GraphModule:
     _engine()
-    model = model.cpu().eval()
     try:
         graph = _Tracer().trace(model)
     except Exception as e:
