@@ -81,3 +81,13 @@ def test_auto_follows_the_cpu(saturating_mlp, monkeypatch) -> None:
     assert plan.reduce_range == "none" and plan.reduced == [] and plan.reference is saturating_mlp
     with pytest.raises(EffdnnError, match="reduce_range must be one of"):
         to_int8(saturating_mlp, reduce_range="8bit")  # type: ignore[arg-type]
+
+
+def test_deploy_states_what_the_int8_engine_computes(saturating_mlp, monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(deploy_int8, "int8_pairs_saturate", lambda: True)  # a CPU without VNNI
+    x = _inputs(64, 3)
+    y = saturating_mlp(x).argmax(1)  # labels: the given model's own predictions
+    run = effdnn.deploy(saturating_mlp, x, engine="int8", data=[(x, y)], threads=1, rounds=1, workdir=tmp_path)
+    assert "7-bit weights in 2 layers" in run.description
+    acc, exact = run.computed["int8"]
+    assert exact == 1.0 and 0 <= acc <= 1 and "its accuracy" in str(run)
