@@ -10,6 +10,8 @@ rewrites the graph:
   through ReLU / pooling / flatten, which commute with quantization), so a chain of layers stays in
   uint8 exactly as the fake-quantized model rounds it; with no quantized consumer, the layer's
   calibrated output range is used;
+- a quantized Linear with no quantized consumer (a classifier) outputs its int32 sums as fp32, as its
+  fake-quantized form does (``FloatOutLinear``), not requantized to 8 bits;
 - a quantized residual ``Add`` becomes ``QFunctional.add`` (``add_relu`` when a ReLU follows);
 - float tensors entering a quantized layer are quantized with that layer's input params, quantized
   tensors entering anything else are dequantized, the output is float.
@@ -151,6 +153,21 @@ def _int8_layer(layer: nn.Module, name: str, relu: bool, out_qparams: ActQ) -> n
     return mod
 
 
+class FloatOutLinear(nn.Module):
+    """An int8 Linear whose int32 sums leave as fp32 (fbgemm's ``linear_with_input_q_dq_qweight_dq_output_fp32``):
+    for a layer with no quantized consumer (a classifier), whose fake-quantized form outputs floats;
+    requantizing its output to 8 bits would put the logits on a grid that ties near-equal classes."""
+
+    def __init__(self, linear: nn.Module, qin: ActQ) -> None:
+        super().__init__()
+        self.linear, self.scale, self.zero_point = linear, qin.scale, qin.zero_point
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # quint8 in, at (scale, zero_point)
+        packed = self.linear._packed_params._packed_params
+        return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(x.dequantize(), self.scale,
+                                                                                  self.zero_point, packed)
+
+
 def _is_relu(node: fx.Node, mods: dict[str, nn.Module]) -> bool:
     return (node.op == "call_module" and isinstance(mods.get(node.target), nn.ReLU)) or \
         (node.op == "call_function" and node.target in (torch.relu, F.relu)) or (node.op == "call_method" and node.target == "relu")
@@ -269,6 +286,12 @@ class _Int8Builder:
         relu = len(users) == 1 and _is_relu(users[0], self.mods)
         self.fused_relu.update(chain)
         outq = _consumer_qparams(users[0] if relu else last, self.mods)
+        if outq is None and isinstance(m, QuantLinear):  # int32 sums out as fp32; a ReLU after it stays a float op
+            qin = _act_qparams(m.input_quant, f"{node.target}.input")
+            name = str(node.target).replace(".", "_")
+            self.out_mods[name] = FloatOutLinear(_int8_layer(m, str(node.target), False, ActQ(1.0, 0)), qin)
+            self.env[node] = self.new.call_module(name, (self.arg(node.args[0], True, qin),))
+            return
         if outq is None:
             obs = m.out_observer
             if obs is None or obs.min is None:
