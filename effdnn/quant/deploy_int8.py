@@ -7,11 +7,12 @@ rewrites the graph:
 - a quantized Conv1d / Conv2d / Linear becomes ``torch.ao.nn.quantized.Conv2d`` etc. (``ConvReLU2d`` /
   ``LinearReLU`` when a ReLU follows), its int8 weight made from our codes and per-channel scales;
 - its output is requantized straight to the scale of the quantizer that consumes it next (found
-  through ReLU / pooling / flatten, which commute with quantization), so a chain of layers stays in
+  through ReLU / ReLU6 / pooling / flatten, which commute with quantization and run on the codes), so a chain of layers stays in
   uint8 exactly as the fake-quantized model rounds it; with no quantized consumer, the layer's
   calibrated output range is used;
-- a quantized Linear with no quantized consumer (a classifier) outputs its int32 sums as fp32, as its
-  fake-quantized form does (``FloatOutLinear``), not requantized to 8 bits;
+- a quantized Linear / Conv2d whose output reaches a float consumer (a classifier's logits, a float
+  residual add) outputs its int32 sums as fp32, as its fake-quantized form does (``FloatOutLinear``,
+  ``FloatOutConv2d``), not requantized to 8 bits; its quantized consumers quantize that;
 - a quantized residual ``Add`` becomes ``QFunctional.add`` (``add_relu`` when a ReLU follows);
 - float tensors entering a quantized layer are quantized with that layer's input params, quantized
   tensors entering anything else are dequantized, the output is float.
@@ -49,9 +50,10 @@ from .fake_quant import Quantizer
 from .int8_pairs import fit_int16_pairs, saturating_layers, u8_code_max
 from .modules import QuantAdd, QuantConv1d, QuantConv2d, QuantLayerMixin, QuantLinear, dense_type
 
-TRANSPARENT_MODULES = (nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.Flatten, nn.Identity,
-                       nn.Dropout)
-TRANSPARENT_FUNCTIONS = {torch.relu, F.relu, torch.flatten, F.max_pool2d, F.adaptive_avg_pool2d}
+# ops that commute with a per-tensor quantizer (monotone or shape-only): run on the uint8 codes
+TRANSPARENT_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool2d,
+                       nn.Flatten, nn.Identity, nn.Dropout)
+TRANSPARENT_FUNCTIONS = {torch.relu, F.relu, F.relu6, F.hardtanh, torch.flatten, F.max_pool2d, F.adaptive_avg_pool2d}
 TRANSPARENT_METHODS = {"relu", "flatten", "view", "reshape", "contiguous"}
 REDUCE_RANGE = ("auto", "weight", "act", "none")
 PLAN_KEY = "effdnn_int8_plan"
@@ -168,6 +170,31 @@ class FloatOutLinear(nn.Module):
                                                                                   self.zero_point, packed)
 
 
+class FloatOutConv2d(nn.Module):
+    """An int8 Conv2d whose int32 sums leave as fp32 (oneDNN's ``qconv_pointwise`` with a float output):
+    for a convolution with no quantized consumer (one feeding a float residual add), whose fake-quantized
+    form outputs floats. Weight codes and per-channel scales from ``_int8_weight``."""
+
+    def __init__(self, layer: nn.Module, weight: torch.Tensor, qin: ActQ) -> None:
+        super().__init__()
+        self.scale, self.zero_point = qin.scale, qin.zero_point
+        self.stride, self.padding = list(layer.stride), list(layer.padding)
+        self.dilation, self.groups = list(layer.dilation), layer.groups
+        codes = weight.int_repr()
+        scales = (weight.q_per_channel_scales() if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
+                  else torch.full((codes.shape[0],), weight.q_scale(), dtype=torch.float64))
+        self.register_buffer("w_scale", scales.float())
+        self.register_buffer("w_zero_point", torch.zeros(codes.shape[0], dtype=torch.long))
+        self.register_buffer("bias", layer.bias.detach().float() if layer.bias is not None else None)
+        self.packed = torch.ops.onednn.qconv_prepack(codes, self.w_scale, self.scale, self.zero_point, self.stride,
+                                                     self.padding, self.dilation, self.groups, None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # quint8 in, at (scale, zero_point)
+        return torch.ops.onednn.qconv_pointwise(x.int_repr(), self.scale, self.zero_point, self.packed, self.w_scale,
+                                                self.w_zero_point, self.bias, self.stride, self.padding, self.dilation,
+                                                self.groups, 1.0, 0, torch.float32, "none", [], "")
+
+
 def _is_relu(node: fx.Node, mods: dict[str, nn.Module]) -> bool:
     return (node.op == "call_module" and isinstance(mods.get(node.target), nn.ReLU)) or \
         (node.op == "call_function" and node.target in (torch.relu, F.relu)) or (node.op == "call_method" and node.target == "relu")
@@ -208,6 +235,21 @@ def _consumer_qparams(node: fx.Node, mods: dict[str, nn.Module]) -> ActQ | None:
             if _transparent(user, mods):
                 frontier.append(user)
     return None
+
+
+def _float_consumer(node: fx.Node, mods: dict[str, nn.Module]) -> bool:
+    """Whether ``node``'s value reaches (through transparent ops) anything but a quantized layer or add."""
+    frontier = [node]
+    while frontier:
+        cur = frontier.pop(0)
+        for user in cur.users:
+            m = mods.get(user.target) if user.op == "call_module" else None  # type: ignore[arg-type]
+            if (isinstance(m, QuantLayerMixin) and m.input_quant is not None) or (isinstance(m, QuantAdd) and m.a_quant is not None):
+                continue
+            if not _transparent(user, mods):
+                return True
+            frontier.append(user)
+    return False
 
 
 @torch.no_grad()
@@ -286,10 +328,15 @@ class _Int8Builder:
         relu = len(users) == 1 and _is_relu(users[0], self.mods)
         self.fused_relu.update(chain)
         outq = _consumer_qparams(users[0] if relu else last, self.mods)
-        if outq is None and isinstance(m, QuantLinear):  # int32 sums out as fp32; a ReLU after it stays a float op
+        if isinstance(m, (QuantLinear, QuantConv2d)) and _float_consumer(last, self.mods):
+            # a float consumer (classifier output, residual add) reads the int32 sums as fp32, as in the fake-quantized
+            # model; quantized consumers quantize that (a ReLU after the layer stays a float op)
             qin = _act_qparams(m.input_quant, f"{node.target}.input")
             name = str(node.target).replace(".", "_")
-            self.out_mods[name] = FloatOutLinear(_int8_layer(m, str(node.target), False, ActQ(1.0, 0)), qin)
+            if isinstance(m, QuantLinear):
+                self.out_mods[name] = FloatOutLinear(_int8_layer(m, str(node.target), False, ActQ(1.0, 0)), qin)
+            else:
+                self.out_mods[name] = FloatOutConv2d(m, _int8_weight(m, str(node.target)), qin)  # type: ignore[arg-type]
             self.env[node] = self.new.call_module(name, (self.arg(node.args[0], True, qin),))
             return
         if outq is None:
