@@ -69,6 +69,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     f32 = effdnn.export_onnx(model, xte[:2], tmp / "fp32.onnx")
     qdq = effdnn.export_onnx(q, xte[:2], tmp / "qdq.onnx")
+    reduced = int8_plan(engines["weight"]).reference
+    qdq7 = effdnn.export_onnx(reduced, xte[:2], tmp / "qdq7.onnx")
     fused = ort_fused_ops(qdq, tmp / "qdq_opt.onnx")
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = args.threads, 1
@@ -82,10 +84,12 @@ def main() -> None:
     variants = {"torch fp32 eager": model, "torch fp32 eager, BN folded": folded,
                 **{names[how]: e for how, e in engines.items()},
                 "onnxruntime fp32": ort_fn(f32), "onnxruntime int8 (effdnn QDQ, U8S8)": ort_fn(qdq),
+                "onnxruntime int8 (effdnn QDQ, 7-bit weights where W8A8 overflows)": ort_fn(qdq7),
                 "torch.ao FX int8 (own calibration, peer)": ao_int8}
     acc = {k: accuracy(fn, xte, yte) for k, fn in variants.items()}
     computes = {names[how]: int8_plan(e).reference for how, e in engines.items()}
     computes["onnxruntime int8 (effdnn QDQ, U8S8)"] = q
+    computes["onnxruntime int8 (effdnn QDQ, 7-bit weights where W8A8 overflows)"] = reduced
     ref_acc = {k: accuracy(r, xte, yte) for k, r in computes.items()}
     agree = {k: agreement(variants[k], r, xte) for k, r in computes.items()}
     print(f"effdnn fake-quant accuracy {accuracy(q, xte, yte):.4f}; onnxruntime fused the QDQ export into "

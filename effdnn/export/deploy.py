@@ -7,7 +7,9 @@ Candidates (each built only when it applies, else one line saying why):
 - ``torch-inference``: ``optimize_for_inference(model)`` (the same outputs, strided max-pools), when it
   rewrites something;
 - ``onnxruntime``: ``export_onnx(model)`` in onnxruntime's CPU provider: the fp32 graph of a float
-  model, the QDQ graph of a quantized one, which onnxruntime fuses into QLinearConv / QGemm;
+  model, the QDQ graph of a quantized one, which onnxruntime fuses into QLinearConv / QGemm (on a CPU
+  without VNNI, ``int8_fusion_saturates``, exported with 7-bit weights in the layers whose 8-bit pairs
+  would overflow, as the int8 engine does);
 - ``int8``: effdnn's int8 engine (``quant.deploy_int8.to_int8``: torch's x86 quantized kernels with
   effdnn's own scales and codes), for a quantized model. On a CPU without VNNI it computes the model
   with 7-bit weights in the layers whose 8-bit u8 x s8 pairs would overflow int16 (``reduce_range``):
@@ -17,9 +19,9 @@ Candidates (each built only when it applies, else one line saying why):
 ``engine="auto"`` times every candidate on the example batch (interleaved rounds, median) and picks the
 fastest; with ``data`` it also measures each one's top-1 accuracy (when the batches carry labels) and
 its top-1 agreement with the ``torch`` reference, and passes over an engine that agrees on fewer than
-``min_agreement`` of the examples (a broken engine: the default 0.95 lets through the ~2% of flipped
-predictions of onnxruntime's int8 kernels that saturate on a CPU without VNNI,
-``int8_fusion_saturates``; 0.99 excludes them). ``engine="NAME"`` builds that engine only, and fails in one line
+``min_agreement`` of the examples (a broken engine: both int8 engines compute their model exactly, up to float
+rounding, so the default 0.95 only lets through the predictions that the 7-bit weights of a CPU
+without VNNI change). ``engine="NAME"`` builds that engine only, and fails in one line
 when it cannot run the model. The returned :class:`Deployment` runs the model and says what it picked
 and why.
 """
@@ -38,6 +40,7 @@ from ..errors import EffdnnError
 from ..utils.batches import batch_input, forward, move
 from .inference import StridedMaxPool2d, optimize_for_inference
 from .onnx import export_onnx, onnx_session, run_onnx
+from .qdq import int8_fusion_saturates
 
 ENGINES = ("torch", "torch-inference", "onnxruntime", "int8")
 Runner = Callable[[Any], torch.Tensor]
@@ -86,10 +89,18 @@ def _build(name: str, model: nn.Module, example: Any, workdir: Path, threads: in
             import onnxruntime  # noqa: F401
         except ImportError:
             raise EffdnnError("onnxruntime: not installed (pip install onnxruntime)") from None
-        path = export_onnx(model, example, workdir / "model.onnx")
+        what, runs = ("QDQ int8 graph", model) if _quantized(model) else ("fp32 graph", model)
+        if _quantized(model) and int8_fusion_saturates():  # fused u8 x s8 kernels add pairs in int16 here
+            from ..quant.int8_pairs import fit_int16_pairs
+
+            runs, reduced = fit_int16_pairs(model, "weight")
+            if reduced:
+                what += (f", 7-bit weights in {len(reduced)} layers (no VNNI: 8-bit u8 x s8 pairs overflow int16 in "
+                         "QLinearConv / QGemm)")
+        path = export_onnx(runs, example, workdir / "model.onnx")
         sess = onnx_session(path, threads)
-        what = "QDQ int8 graph" if _quantized(model) else "fp32 graph"
-        return (lambda x: torch.from_numpy(run_onnx(sess, x))), f"onnxruntime CPU, {what} ({path})", None
+        return ((lambda x: torch.from_numpy(run_onnx(sess, x))), f"onnxruntime CPU, {what} ({path})",
+                _torch_runner(runs) if runs is not model else None)
     if name == "int8":
         if not _quantized(model):
             raise EffdnnError("int8: the model has no quantized layers (quantize it first: effdnn.quantize)")

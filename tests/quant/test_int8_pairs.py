@@ -92,3 +92,14 @@ def test_deploy_states_what_the_int8_engine_computes(saturating_mlp, monkeypatch
     assert "7-bit weights in 2 layers" in run.description
     acc, exact = run.computed["int8"]
     assert exact == 1.0 and 0 <= acc <= 1 and "its accuracy" in str(run)
+
+
+def test_deploy_exports_seven_bit_weights_for_onnxruntime_without_vnni(saturating_mlp, monkeypatch, tmp_path) -> None:
+    import importlib
+
+    deploy_mod = importlib.import_module("effdnn.export.deploy")  # the module (the package exports the function)
+    monkeypatch.setattr(deploy_mod, "int8_fusion_saturates", lambda: True)
+    x = _inputs(64, 4)
+    run = effdnn.deploy(saturating_mlp, x, engine="onnxruntime", data=[x], threads=1, rounds=1, workdir=tmp_path)
+    assert "7-bit weights in 2 layers" in run.description
+    assert run.computed["onnxruntime"][1] == 1.0  # QLinear / QGemm compute the reduced model exactly
