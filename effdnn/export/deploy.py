@@ -114,8 +114,8 @@ def _build(name: str, model: nn.Module, example: Any, workdir: Path, threads: in
             raise EffdnnError(f"int8: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
         plan = int8_plan(int8)
         ref = _torch_runner(plan.reference) if plan.reference is not model else None
-        return (_torch_runner(int8), f"effdnn int8 engine (torch x86 quantized kernels, effdnn's scales and codes): "
-                f"{plan.summary()}", ref)
+        what = f"effdnn int8 engine (torch x86 quantized kernels, effdnn's scales and codes): {plan.summary()}"
+        return _torch_runner(int8), what, ref
     raise EffdnnError(f"deploy: unknown engine {name!r} (known: auto, {', '.join(ENGINES)})")
 
 

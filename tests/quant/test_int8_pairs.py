@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 import effdnn
-import effdnn.quant.deploy_int8 as deploy_int8
-import effdnn.utils.cpu as cpu
 from effdnn.errors import EffdnnError
+from effdnn.quant import deploy_int8
 from effdnn.quant.deploy_int8 import int8_plan, to_int8
 from effdnn.quant.int8_pairs import saturating_layers, weight_code_absmax
+from effdnn.utils import cpu
 
 SPEC = {"method": "ptq", "weight": {"format": "int", "bits": 8, "granularity": "per_channel"},
         "act": {"format": "int", "bits": 8, "calibrator": "max", "symmetric": False, "signed": False}}
