@@ -22,14 +22,15 @@ from effdnn.data import load_data  # noqa: E402
 from effdnn.recipe import load_recipe  # noqa: E402
 from effdnn.runner import Runner  # noqa: E402
 
-RECIPES = {"lenet5": ROOT / "recipes" / "fashion_ptq.yaml", "resnet20": ROOT / "recipes" / "fashion_resnet20_ptq.yaml"}
+RECIPES = {"lenet5": ROOT / "recipes" / "fashion_ptq.yaml", "resnet20": ROOT / "recipes" / "fashion_resnet20_ptq.yaml",
+           "mobilenetv2": ROOT / "recipes" / "fashion_mobilenetv2_ptq.yaml"}
 
 
 def ptq_args(script: str, threads: int, extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
     """The PTQ benchmarks' shared command line (--model, --threads, --test-images, --only, + ``extra``);
     also quiets warnings / logging, sets the torch threads and prints the command."""
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", choices=["lenet5", "resnet20"], default="lenet5")
+    ap.add_argument("--model", choices=sorted(RECIPES), default="lenet5")
     ap.add_argument("--threads", type=int, default=threads)
     if extra:
         extra(ap)

@@ -7,16 +7,21 @@ Candidates (each built only when it applies, else one line saying why):
 - ``torch-inference``: ``optimize_for_inference(model)`` (the same outputs, strided max-pools), when it
   rewrites something;
 - ``onnxruntime``: ``export_onnx(model)`` in onnxruntime's CPU provider: the fp32 graph of a float
-  model, the QDQ graph of a quantized one, which onnxruntime fuses into QLinearConv / QGemm;
+  model, the QDQ graph of a quantized one, which onnxruntime fuses into QLinearConv / QGemm (on a CPU
+  without VNNI, ``int8_fusion_saturates``, exported with 7-bit weights in the layers whose 8-bit pairs
+  would overflow, as the int8 engine does);
 - ``int8``: effdnn's int8 engine (``quant.deploy_int8.to_int8``: torch's x86 quantized kernels with
-  effdnn's own scales and codes), for a quantized model.
+  effdnn's own scales and codes), for a quantized model. On a CPU without VNNI it computes the model
+  with 7-bit weights in the layers whose 8-bit u8 x s8 pairs would overflow int16 (``reduce_range``):
+  the description says so, and with ``data`` the summary gives that fake-quantized model's accuracy and
+  the engine's agreement with it (``exact``) beside its agreement with the model given.
 
 ``engine="auto"`` times every candidate on the example batch (interleaved rounds, median) and picks the
 fastest; with ``data`` it also measures each one's top-1 accuracy (when the batches carry labels) and
 its top-1 agreement with the ``torch`` reference, and passes over an engine that agrees on fewer than
-``min_agreement`` of the examples (a broken engine: the default 0.95 lets through the ~2% of flipped
-predictions of int8 kernels that saturate on a CPU without VNNI, ``int8_fusion_saturates``; 0.99
-excludes them). ``engine="NAME"`` builds that engine only, and fails in one line
+``min_agreement`` of the examples (a broken engine: both int8 engines compute their model exactly, up to float
+rounding, so the default 0.95 only lets through the predictions that the 7-bit weights of a CPU
+without VNNI change). ``engine="NAME"`` builds that engine only, and fails in one line
 when it cannot run the model. The returned :class:`Deployment` runs the model and says what it picked
 and why.
 """
@@ -35,9 +40,11 @@ from ..errors import EffdnnError
 from ..utils.batches import batch_input, forward, move
 from .inference import StridedMaxPool2d, optimize_for_inference
 from .onnx import export_onnx, onnx_session, run_onnx
+from .qdq import int8_fusion_saturates
 
 ENGINES = ("torch", "torch-inference", "onnxruntime", "int8")
 Runner = Callable[[Any], torch.Tensor]
+Built = tuple[Runner, str, Runner | None]  # runner, description, the model it computes when not the one given
 
 
 def _first_tensor(out: Any) -> torch.Tensor:
@@ -67,28 +74,37 @@ def _quantized(model: nn.Module) -> bool:
     return any(isinstance(m, (QuantLayerMixin, QuantAdd)) for m in model.modules())
 
 
-def _build(name: str, model: nn.Module, example: Any, workdir: Path, threads: int) -> tuple[Runner, str]:
-    """(runner, description) of engine ``name``; raises EffdnnError with the one-line reason it cannot."""
+def _build(name: str, model: nn.Module, example: Any, workdir: Path, threads: int) -> Built:
+    """(runner, description, reference) of engine ``name``; ``reference`` runs the model the engine
+    computes where that is not ``model`` (else None); raises EffdnnError with the one-line reason it cannot."""
     if name == "torch":
-        return _torch_runner(model), "PyTorch eager" + (" (fake-quantized)" if _quantized(model) else " fp32")
+        return _torch_runner(model), "PyTorch eager" + (" (fake-quantized)" if _quantized(model) else " fp32"), None
     if name == "torch-inference":
         opt = optimize_for_inference(model)
         if not any(isinstance(m, StridedMaxPool2d) for m in opt.modules()):
             raise EffdnnError("torch-inference: nothing to rewrite (no max-pool with stride = kernel)")
-        return _torch_runner(opt.eval()), "PyTorch eager, inference form (strided max-pools)"
+        return _torch_runner(opt.eval()), "PyTorch eager, inference form (strided max-pools)", None
     if name == "onnxruntime":
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
             raise EffdnnError("onnxruntime: not installed (pip install onnxruntime)") from None
-        path = export_onnx(model, example, workdir / "model.onnx")
+        what, runs = ("QDQ int8 graph", model) if _quantized(model) else ("fp32 graph", model)
+        if _quantized(model) and int8_fusion_saturates():  # fused u8 x s8 kernels add pairs in int16 here
+            from ..quant.int8_pairs import fit_int16_pairs
+
+            runs, reduced = fit_int16_pairs(model, "weight")
+            if reduced:
+                what += (f", 7-bit weights in {len(reduced)} layers (no VNNI: 8-bit u8 x s8 pairs overflow int16 in "
+                         "QLinearConv / QGemm)")
+        path = export_onnx(runs, example, workdir / "model.onnx")
         sess = onnx_session(path, threads)
-        what = "QDQ int8 graph" if _quantized(model) else "fp32 graph"
-        return (lambda x: torch.from_numpy(run_onnx(sess, x))), f"onnxruntime CPU, {what} ({path})"
+        return ((lambda x: torch.from_numpy(run_onnx(sess, x))), f"onnxruntime CPU, {what} ({path})",
+                _torch_runner(runs) if runs is not model else None)
     if name == "int8":
         if not _quantized(model):
             raise EffdnnError("int8: the model has no quantized layers (quantize it first: effdnn.quantize)")
-        from ..quant.deploy_int8 import to_int8
+        from ..quant.deploy_int8 import int8_plan, to_int8
 
         try:
             int8 = to_int8(model)
@@ -96,7 +112,10 @@ def _build(name: str, model: nn.Module, example: Any, workdir: Path, threads: in
             raise EffdnnError(f"int8: {e}") from None
         except Exception as e:  # a model torch.fx cannot trace, an op the int8 kernels lack
             raise EffdnnError(f"int8: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-        return _torch_runner(int8), "effdnn int8 engine (torch x86 quantized kernels, effdnn's scales and codes)"
+        plan = int8_plan(int8)
+        ref = _torch_runner(plan.reference) if plan.reference is not model else None
+        what = f"effdnn int8 engine (torch x86 quantized kernels, effdnn's scales and codes): {plan.summary()}"
+        return _torch_runner(int8), what, ref
     raise EffdnnError(f"deploy: unknown engine {name!r} (known: auto, {', '.join(ENGINES)})")
 
 
@@ -118,11 +137,15 @@ def _latencies(runners: dict[str, Runner], x: Any, rounds: int) -> dict[str, flo
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def _quality(runners: dict[str, Runner], data: Iterable[Any], max_batches: int | None
-             ) -> tuple[dict[str, float], dict[str, float]]:
-    """({engine: top-1 accuracy} when the batches carry labels, {engine: top-1 agreement with torch})."""
+def _quality(runners: dict[str, Runner], data: Iterable[Any], max_batches: int | None,
+             references: dict[str, Runner]) -> tuple[dict[str, float], dict[str, float], dict[str, tuple[float, float]]]:
+    """({engine: top-1 accuracy} when the batches carry labels, {engine: top-1 agreement with torch},
+    {engine: (accuracy of the model it computes (nan without labels), agreement with it)} for the
+    engines of ``references``)."""
     hits = {k: 0 for k in runners}
     agree = {k: 0 for k in runners}
+    ref_hits = {k: 0 for k in references}
+    exact = {k: 0 for k in references}
     seen, labelled = 0, True
     for i, batch in enumerate(data):
         if max_batches is not None and i >= max_batches:
@@ -136,11 +159,17 @@ def _quality(runners: dict[str, Runner], data: Iterable[Any], max_batches: int |
             agree[k] += int((pred == ref).sum())
             if isinstance(y, torch.Tensor):
                 hits[k] += int((pred == y.reshape(pred.shape)).sum())
+            if k in references:
+                own = references[k](x).argmax(-1)
+                exact[k] += int((pred == own).sum())
+                if isinstance(y, torch.Tensor):
+                    ref_hits[k] += int((own == y.reshape(own.shape)).sum())
         seen += ref.numel()
     if seen == 0:
         raise EffdnnError("deploy: data holds no batches")
     acc = {k: v / seen for k, v in hits.items()} if labelled else {}
-    return acc, {k: v / seen for k, v in agree.items()}
+    own_quality = {k: (ref_hits[k] / seen if labelled else float("nan"), exact[k] / seen) for k in references}
+    return acc, {k: v / seen for k, v in agree.items()}, own_quality
 
 
 class Deployment:
@@ -148,15 +177,18 @@ class Deployment:
 
     ``engine``: the engine's name; ``description`` (``descriptions`` of all); ``latency_ms`` / ``accuracy`` / ``agreement``: the
     figures of every candidate measured; ``skipped``: {engine: the one line why it was not a candidate};
-    ``reason``: why this engine; ``onnx_path`` when an ONNX file was written. ``str()`` is the table."""
+    ``reason``: why this engine; ``onnx_path`` when an ONNX file was written; ``computed``: {engine:
+    (accuracy of the fake-quantized model it computes, agreement with it)} for an engine that computes
+    another model than the one given (the int8 engine with 7-bit weights on a CPU without VNNI).
+    ``str()`` is the table."""
 
     def __init__(self, engine: str, runner: Runner, descriptions: dict[str, str], reason: str, latency_ms: dict[str, float],
                  skipped: dict[str, str], accuracy: dict[str, float], agreement: dict[str, float],
-                 onnx_path: Path | None, batch: int) -> None:
+                 onnx_path: Path | None, batch: int, computed: dict[str, tuple[float, float]] | None = None) -> None:
         self.engine, self.runner, self.descriptions, self.reason = engine, runner, descriptions, reason
         self.description = descriptions[engine]
         self.latency_ms, self.skipped, self.accuracy, self.agreement = latency_ms, skipped, accuracy, agreement
-        self.onnx_path, self.batch = onnx_path, batch
+        self.onnx_path, self.batch, self.computed = onnx_path, batch, computed or {}
 
     def __call__(self, x: Any) -> torch.Tensor:
         return self.runner(x)
@@ -171,6 +203,9 @@ class Deployment:
                 agr = f"{self.agreement[k]:.4f}" if k in self.agreement else "-"
                 lines.append(f"| {k}{' (picked)' if k == self.engine else ''} | {self.descriptions[k]} | {ms:.3f} | {acc} "
                              f"| {agr} |")
+        for k, (acc, exact) in self.computed.items():
+            lines.append(f"{k} computes another fake-quantized model than the one given: its accuracy "
+                         f"{acc:.4f}, the engine's agreement with it {exact:.4f}")
         lines += [f"skipped {k}: {why}" for k, why in self.skipped.items()]
         return "\n".join(lines)
 
@@ -181,7 +216,7 @@ class Deployment:
 
 
 def _candidates(model: nn.Module, example: Any, names: tuple[str, ...], workdir: Path, threads: int
-                ) -> tuple[dict[str, tuple[Runner, str]], dict[str, str]]:
+                ) -> tuple[dict[str, Built], dict[str, str]]:
     built, skipped = {}, {}
     for name in names:
         try:
@@ -244,11 +279,12 @@ def deploy(model: nn.Module, example: Any, engine: str = "auto", data: Iterable[
     built, skipped = _candidates(model, example, names, workdir, threads)
     if engine != "auto" and engine not in built:
         raise EffdnnError(f"deploy: engine {engine}: {skipped[engine]}")
-    runners = {k: r for k, (r, _) in built.items()}
+    runners = {k: r for k, (r, _, _) in built.items()}
+    references = {k: ref for k, (_, _, ref) in built.items() if ref is not None}
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)  # every engine measured with the same threads
     try:
-        acc, agr = _quality(runners, data, max_batches) if data is not None else ({}, {})
+        acc, agr, computed = _quality(runners, data, max_batches, references) if data is not None else ({}, {}, {})
         latency = _latencies(runners, example, rounds)
     finally:
         torch.set_num_threads(old_threads)
@@ -260,7 +296,7 @@ def deploy(model: nn.Module, example: Any, engine: str = "auto", data: Iterable[
         best, reason = engine, f"named by the caller, {latency[engine]:.3f} ms per batch"
     onnx_path = workdir / "model.onnx" if "onnxruntime" in built else None
     descriptions = {k: v[1] for k, v in built.items()}
-    return Deployment(best, runners[best], descriptions, reason, latency, skipped, acc, agr, onnx_path, batch)
+    return Deployment(best, runners[best], descriptions, reason, latency, skipped, acc, agr, onnx_path, batch, computed)
 
 
 __all__ = ["ENGINES", "Deployment", "deploy"]

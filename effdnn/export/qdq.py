@@ -16,24 +16,18 @@ import torch
 from torch import nn
 
 from ..utils.batches import iter_inputs, move
+from ..utils.cpu import int8_pairs_saturate
 
 
 def int8_fusion_saturates() -> bool:
     """Whether onnxruntime's fused int8 kernels (QLinearConv, QGemm) can saturate on this CPU.
 
     On x86 without VNNI (AVX2, or AVX-512 without VNNI) onnxruntime's u8 x s8 GEMM adds pairs of
-    products in int16 (vpmaddubsw), which saturates when 8-bit weights meet large activation codes; its
-    own quantizer uses ``reduce_range`` (7-bit weights) there. Weights of at most 7 bits are exact on
-    every CPU; the unfused graph (``prediction_agreement(..., optimize=False)``) is exact everywhere."""
-    import platform
-
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False  # no way to tell: assume a current CPU
-    return not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
+    products in int16 (vpmaddubsw, ``effdnn.utils.cpu``), which saturates when 8-bit weights meet large
+    activation codes; its own quantizer uses ``reduce_range`` (7-bit weights) there. Weights of at most 7
+    bits are exact on every CPU; the unfused graph (``prediction_agreement(..., optimize=False)``) is
+    exact everywhere."""
+    return int8_pairs_saturate()
 
 
 def op_counts(path: str | Path) -> dict[str, int]:
