@@ -29,15 +29,11 @@ from tests.torchvision_shim import install  # noqa: E402
 
 install()
 import torch  # noqa: E402
+from minilm_model import mean_pool as pool  # noqa: E402
 
 import effdnn  # noqa: E402
 from effdnn.export import ort_fused_ops  # noqa: E402
 from effdnn.export.onnx import onnx_session, run_onnx  # noqa: E402
-
-
-def pool(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    m = mask[..., None].float()
-    return (h * m).sum(1) / m.sum(1)
 
 
 def cosine(embed, batches, ref) -> tuple[float, float]:

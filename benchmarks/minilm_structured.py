@@ -30,15 +30,11 @@ from tests.torchvision_shim import install  # noqa: E402
 
 install()
 import torch  # noqa: E402
+from minilm_model import mean_pool as pool  # noqa: E402
 
 import effdnn  # noqa: E402
 from effdnn.export.onnx import onnx_session, run_onnx  # noqa: E402
 from effdnn.train import TrainSpec, fit  # noqa: E402
-
-
-def pool(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    m = mask[..., None].float()
-    return (h * m).sum(1) / m.sum(1)
 
 
 def cosine(model, batches, ref) -> tuple[float, float]:

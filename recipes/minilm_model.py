@@ -30,3 +30,9 @@ def tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(folder()))
+
+
+def mean_pool(hidden, mask):
+    """The sentence embedding of all-MiniLM-L6-v2: hidden states averaged over the real (unmasked) tokens."""
+    m = mask[..., None].float()
+    return (hidden * m).sum(1) / m.sum(1)
