@@ -34,7 +34,7 @@ from torch import nn
 from ..errors import EffdnnError
 from ..registry import QUANTIZE
 from ..transform import TransformContext
-from ..utils.batches import forward, iter_inputs, model_device
+from ..utils.batches import forward, head, iter_inputs, model_device
 from .ptq import PTQConfig, ptq_pipeline
 from .stats import check_batch_keys, collect_input_stats
 
@@ -138,20 +138,13 @@ def smooth_model(model: nn.Module, alpha: float, data: Iterable[Any], max_batche
     groups: dict[str | None, list[str]] = {}
     for n in layers:
         groups.setdefault(producers[n], []).append(n)
-    probe = _head(batches[0], 4)  # a few examples check each fold
+    probe = head(batches[0], 4)  # a few examples check each fold
     ref = _outputs(forward(model, probe))
     rows = []
     for prod, names in groups.items():
         for sub in ([names] if prod is not None else [[n] for n in names]):
             rows.append(_smooth_group(model, modules, prod, sub, layers, stats, alpha, probe, ref, explicit))
     return rows
-
-
-def _head(x: Any, n: int) -> Any:
-    """The first ``n`` examples of a batch input (tensor or dict of tensors)."""
-    if isinstance(x, dict):
-        return {k: v[:n] if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in x.items()}
-    return x[:n] if isinstance(x, torch.Tensor) else x
 
 
 def _smooth_group(model: nn.Module, modules: dict[str, nn.Module], prod: str | None, names: list[str],
