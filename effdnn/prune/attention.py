@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .graph import Recorder, compact, var_dims
+from .graph import Recorder, compact, join_by_dims, var_dims
 
 
 @dataclass
@@ -94,12 +94,7 @@ def merge(rec: Recorder, fields: list[torch.Tensor]) -> list[torch.Tensor]:
     (claimed, changing along batch dims only) joins every field that changes along its dims and more
     (``scores @ v``: v's head goes with the head of q and k) and is then carried by them."""
     by_dims: dict[tuple[int, ...], torch.Tensor] = {}
-    for f in fields:
-        dims = var_dims(f)
-        if dims in by_dims:
-            rec.union(by_dims[dims], f)
-        else:
-            by_dims[dims] = f
+    join_by_dims(rec, by_dims, fields)
     for dims, f in list(by_dims.items()):
         finer = [g for d, g in by_dims.items() if set(dims) < set(d)]
         if dims and finer and rec.is_claimed(f) and max(dims) < f.dim() - 2:

@@ -215,6 +215,16 @@ class Recorder(TorchDispatchMode):
         return out
 
 
+def join_by_dims(rec: Recorder, by_dims: dict[tuple[int, ...], torch.Tensor], fields: list[torch.Tensor]) -> None:
+    """Join each field with the one already in ``by_dims`` that changes along the same dims, or file it there."""
+    for f in fields:
+        dims = var_dims(f)
+        if dims in by_dims:
+            rec.union(by_dims[dims], f)
+        else:
+            by_dims[dims] = f
+
+
 def _slots(model: nn.Module) -> tuple[list[Slot], dict[int, list[tuple[int, Slot]]], int]:
     """A slot for every dim (of size > 1) of every floating-point parameter and buffer."""
     slots: list[Slot] = []

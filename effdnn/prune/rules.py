@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .attention import contract, merge, sdpa
-from .graph import Recorder, compact, tensors_in, var_dims
+from .graph import Recorder, compact, join_by_dims, tensors_in, var_dims
 from .grouped import GroupedConv
 
 aten = torch.ops.aten
@@ -206,12 +206,7 @@ def _pointwise(rec: Recorder, tensors: list, out: torch.Tensor) -> None:
             continue
         fs = [compact(f.expand(out.shape)) for f in rec.get(t)]
         operands.append((t, {var_dims(f) for f in fs}))
-        for f in fs:
-            dims = var_dims(f)
-            if dims in by_dims:
-                rec.union(by_dims[dims], f)
-            else:
-                by_dims[dims] = f
+        join_by_dims(rec, by_dims, fs)
     kept = []
     for dims, f in by_dims.items():
         fixed = False
