@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import EffdnnError
-from ..quant.onnx_linear import integer_dynamic_linears, saturating_layers
+from ..quant.onnx_linear import integer_dynamic_linears, saturating_dynamic_linears
 from ..utils.paths import check_output_file
 from .adaptive_pool import register_adaptive_pool
 from .inputs import ExportWrapper, export_inputs, output_names
@@ -75,7 +75,7 @@ def export_onnx(model: nn.Module, example_input: Any, path: str | Path, opset: i
     if dynamic_activations not in ("integer", "ort", "float"):
         raise EffdnnError(f"export_onnx: dynamic_activations must be 'integer', 'ort' or 'float', got {dynamic_activations!r}")
     integer = dynamic_activations != "float"
-    if integer and (late := saturating_layers(model)):
+    if integer and (late := saturating_dynamic_linears(model)):
         warnings.warn(f"export_onnx: {len(late)} layers ({late[0]}, ...) can saturate int16 pair sums on x86 CPUs "
                       "without VNNI (8-bit weights x 8-bit activations); 7-bit weights or activations stay exact")
     path = check_output_file(path, "export_onnx: path")

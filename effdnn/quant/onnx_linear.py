@@ -16,7 +16,7 @@ C: the int8 weight codes (an initializer), w: per-channel scales. The activation
 uint8 (zero point 2^(b-1)) because the u8 x s8 product is the integer GEMM every onnxruntime CPU
 kernel has; on x86 without VNNI it sums pairs of products in int16 (``vpmaddubsw``), exact only while
 2 * (2^b - 1) * max|c| <= 32767: 7-bit weights with 8-bit activations (or the converse).
-:func:`saturating_layers` names the layers where that does not hold. Outside the context (or with
+:func:`saturating_dynamic_linears` names the layers where that does not hold. Outside the context (or with
 ``mode="float"``) the quantizer exports as float ops (Div, Round, Clip, Mul) and the weight as Q / DQ.
 """
 from __future__ import annotations
@@ -29,10 +29,10 @@ from torch import nn
 
 from ..errors import EffdnnError
 from ..formats import IntFormat
+from ..utils.cpu import pair_sum_fits
 from .dynamic import DynamicQuantizer, dynamic_codes
 
 _STATE = {"integer": False, "kernel": "onnx"}
-INT16_MAX = 32767
 
 
 @contextlib.contextmanager
@@ -69,7 +69,7 @@ def weight_codes(layer: nn.Module, name: str) -> tuple[torch.Tensor, torch.Tenso
     return codes, (scale.expand(layer.out_features).clone() if scale.numel() == 1 else scale)
 
 
-def saturating_layers(model: nn.Module) -> list[str]:
+def saturating_dynamic_linears(model: nn.Module) -> list[str]:
     """Dynamically quantized Linears whose u8 x s8 pair sums exceed int16 (inexact on x86 without VNNI)."""
     out = []
     for name, m in model.named_modules():
@@ -77,7 +77,7 @@ def saturating_layers(model: nn.Module) -> list[str]:
         if isinstance(aq, DynamicQuantizer) and isinstance(m, nn.Linear) and m.weight_quant is not None:
             with torch.no_grad():
                 codes, _ = weight_codes(m, name)
-            if 2 * (2 ** int(aq.fmt.bits) - 1) * int(codes.abs().max()) > INT16_MAX:
+            if not pair_sum_fits(2 ** int(aq.fmt.bits) - 1, int(codes.abs().max())):
                 out.append(name)
     return out
 
@@ -129,4 +129,4 @@ def integer_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return _DynamicIntLinear.apply(x.float(), codes_t, scale, bias, int(aq.fmt.bits), aq.kind)
 
 
-__all__ = ["exports_integer", "integer_dynamic_linears", "integer_linear", "saturating_layers", "weight_codes"]
+__all__ = ["exports_integer", "integer_dynamic_linears", "integer_linear", "saturating_dynamic_linears", "weight_codes"]
