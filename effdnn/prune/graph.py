@@ -290,11 +290,11 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
             m.training = True
 
 
-def trace_graph(model: nn.Module, example_input: Any,
-                ratio: Callable[[str], float] | None = None) -> tuple[DepGraph, Any]:
+def trace_graph(model: nn.Module, example_input: Any, ratio: Callable[[str], float] | None = None,
+                grouped: str = "narrower") -> tuple[DepGraph, Any]:
     """Run ``model`` once on ``example_input`` recording the dependency graph; returns (graph, output).
-    ``ratio(layer)``: the fraction of channels to be removed there (grouped convolutions choose between
-    fewer and narrower groups by it; default 0.5)."""
+    ``ratio(layer)``: the fraction of channels to be removed there; ``grouped``: how grouped
+    convolutions lose channels (grouped.py: narrower, fewer or nearest by the ratio; default 0.5)."""
     slots, slot_of, n = _slots(model)
     graph = DepGraph(n, slots)
     rec = Recorder(graph, slot_of)
@@ -327,5 +327,5 @@ def trace_graph(model: nn.Module, example_input: Any,
     rec.block_inputs(out, "model output")
     graph.heads = resolve_heads(rec, model)
     rec.apply_deferred()
-    graph.narrow, graph.coarse = resolve_grouped(rec, ratio or (lambda name: 0.5))
+    graph.narrow, graph.coarse = resolve_grouped(rec, ratio or (lambda name: 0.5), grouped)  # type: ignore[arg-type]
     return graph, out

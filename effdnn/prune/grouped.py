@@ -10,20 +10,28 @@ two ways that keep it a valid grouped convolution:
 
 Either way a unit is coarse (a whole group, or one position in each of the G groups), so rounding
 the count to the nearest can fall short of the ratio r asked by half a unit (RegNetY-400MF's 55
-groups at 30%: 16 groups, 29.1%). The policy is *never less than requested*: the units of a grouped
-convolution (depthwise ones, one input channel per group, excepted: their units are single channels)
-are removed by ceil(n r), at most n - 1 (:func:`removed_share`), and the split chosen is the one whose
-removed share is the smallest that reaches r (narrower groups on a tie: a narrower grouped
-convolution's MACs fall with the square of its width, as a dense one's; fewer groups' only linearly);
-where neither reaches r (a group must stay), the larger share. The report's requested and achieved
-channel reductions show the difference. Narrower groups are what DepGraph (Fang et al. 2023) does for
-grouped convolutions; fewer groups are what one pruned channel of a depthwise one is.
+groups at 30%: 16 groups, 29.1%). Units of a grouped convolution (depthwise ones, one input channel
+per group, excepted: their units are single channels) are therefore removed by ceil(n r), at most
+n - 1 (:func:`removed_share`): never less than requested. Which split, by the ``grouped`` policy
+(:func:`prefer_narrow`):
+
+- ``narrower`` (default): narrower groups wherever a group has more than one input channel; what
+  DepGraph (Fang et al. 2023) does. The group count and the kernels' layout stay, and the grouped
+  convolution's MACs fall with the square of its width, as a dense one's; the removed share can
+  exceed r by up to one position per group (3 of 8 = 37.5% at r = 0.3);
+- ``fewer``: whole groups (G shrinks; MACs fall linearly in the grouped convolution);
+- ``nearest``: the split whose removed share is the smallest that reaches r (narrower on a tie; where
+  neither reaches r, as a group must stay, the larger share): closest to the request.
+
+The report's requested and achieved channel reductions show the difference. Fewer groups are what one
+pruned channel of a depthwise convolution is.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -50,12 +58,17 @@ def removed_share(n: int, r: float) -> float:
     return removed_count(n, r) / n
 
 
-def prefer_narrow(groups: int, per_in: int, r: float) -> bool:
-    """Whether narrower groups are chosen over fewer groups at ratio ``r``: the smaller removed share
-    that reaches ``r``, narrower on a tie; neither reaching it, the larger (a depthwise convolution,
-    one input per group, can only lose whole groups)."""
+GroupedPolicy = Literal["narrower", "fewer", "nearest"]
+
+
+def prefer_narrow(groups: int, per_in: int, r: float, policy: GroupedPolicy = "narrower") -> bool:
+    """Whether narrower groups are chosen over fewer groups at ratio ``r`` (a depthwise convolution,
+    one input per group, can only lose whole groups). ``nearest``: the smaller removed share that
+    reaches ``r``, narrower on a tie; neither reaching it, the larger."""
     if per_in <= 1:
         return False
+    if policy != "nearest":
+        return policy == "narrower"
     fewer, narrower = removed_share(groups, r), removed_share(per_in, r)
     reach_f, reach_n = fewer >= r - 1e-9, narrower >= r - 1e-9
     if reach_f and reach_n:
@@ -65,7 +78,8 @@ def prefer_narrow(groups: int, per_in: int, r: float) -> bool:
     return narrower >= fewer
 
 
-def resolve_grouped(rec: Recorder, ratio: Callable[[str], float]) -> tuple[set[str], np.ndarray]:
+def resolve_grouped(rec: Recorder, ratio: Callable[[str], float],
+                    policy: GroupedPolicy = "narrower") -> tuple[set[str], np.ndarray]:
     """Join each recorded grouped convolution's labels by the split chosen; returns the narrowed ones
     and the labels whose units are coarse (rounded up: :func:`removed_count`)."""
     narrow: set[str] = set()
@@ -73,7 +87,7 @@ def resolve_grouped(rec: Recorder, ratio: Callable[[str], float]) -> tuple[set[s
     for g in rec.grouped:
         per_in = g.win.numel() if g.win is not None else 1
         if g.xin is not None and g.win is not None and g.wout is not None and \
-                prefer_narrow(g.groups, per_in, ratio(g.module)):
+                prefer_narrow(g.groups, per_in, ratio(g.module), policy):
             cols = g.xin.reshape(g.groups, -1)
             rec.union(cols, cols[:1])
             rec.union(cols[0], g.win)

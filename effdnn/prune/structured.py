@@ -1,12 +1,14 @@
 """Structured pruning: remove whole channels and return a smaller dense model.
 
     prune: {method: channel, saliency: l1 | group_l1 | bn_gamma | taylor | magnitude | obd, sparsity: 0.5, round_to: 1,
-            scope: group | global, layer_sparsity: {"features.0": 0.5}, bn_recalibration: 16, strict: false}
+            scope: group | global, layer_sparsity: {"features.0": 0.5}, grouped: narrower | fewer | nearest,
+            bn_recalibration: 16, strict: false}
 
 One forward pass, traced at the aten level (graph.py, rules.py), says which parameter dimensions must
 shrink together; groups.py turns that into *units* (what is removed at once: a channel with every
 weight that touches it, through norms, residual adds, SE gates, concatenations and splits, channel
-shuffles, reshapes and permutes, depthwise and grouped convolutions (fewer or narrower groups), LayerNorm,
+shuffles, reshapes and permutes, depthwise and grouped convolutions (narrower groups by default, as DepGraph; or fewer groups, or
+whichever comes nearest the ratio: ``grouped``), LayerNorm,
 embeddings, whole attention heads, class tokens / position embeddings / layer scales) and *groups* (units that share
 their producer layers: one ratio applies to them). Units reaching the model input or output, or an op
 no rule knows, stay, and a group left whole says so in one warning line (``strict: true``: an error).
@@ -37,6 +39,7 @@ from ..utils.batches import batch_input, head, model_device, move
 from ..utils.batchnorm import recalibrate_batchnorm
 from .attention import set_head_counts
 from .graph import eval_mode, trace_graph
+from .grouped import GroupedPolicy
 from .groups import Coupling, Group, couple
 from .masks import channel_keep
 from .saliency import channel_saliency
@@ -97,6 +100,10 @@ class StructuredConfig(StrictModel):
                                              "channels; global: one threshold over all groups' saliencies, each "
                                              "over its group's mean (at least one channel per group stays)")
     round_to: int = Field(1, ge=1, description="kept channels rounded up to a multiple of this")
+    grouped: GroupedPolicy = Field("narrower", description="grouped convolutions (more than one input channel per "
+                                   "group) lose the same positions in every group (narrower, as DepGraph), whole "
+                                   "groups (fewer), or whichever removed share is the smallest reaching the ratio "
+                                   "(nearest); each rounds up, so never less than asked")
     layers: list[str] | None = Field(None, description="patterns: a group is pruned only if all its producers match")
     exclude: list[str] = Field(default_factory=list)
     batches: int = Field(8, ge=1)
@@ -216,7 +223,7 @@ def prune_channels(model: nn.Module, example_input: torch.Tensor, config: Struct
 def _prune_channels(model: nn.Module, example_input: Any, config: StructuredConfig, data: Any,
                     measure: bool) -> dict[str, Any]:
     graph, out = trace_graph(model, example_input,  # one line if the model does not run
-                             lambda name: layer_ratio(config.layer_sparsity, [name], config.sparsity))
+                             lambda name: layer_ratio(config.layer_sparsity, [name], config.sparsity), config.grouped)
     want = _out_shapes(out)
     coup = couple(graph)
     macs_before = _macs(model, example_input) if measure else float("nan")

@@ -130,18 +130,45 @@ def test_grouped_convolution_loses_the_same_channels_in_every_group():
 
 
 def test_grouped_split_choice():
-    """Never less than requested: the smaller removed share that reaches the ratio (ties: narrower
-    groups); neither reaching it, the larger."""
+    """Never less than requested. ``nearest``: the smaller removed share that reaches the ratio (ties:
+    narrower groups); neither reaching it, the larger. ``narrower`` / ``fewer``: always that split,
+    except a depthwise convolution (one input per group), which only loses whole groups."""
     assert removed_count(55, 0.3) == 17 and removed_count(8, 0.3) == 3 and removed_count(10, 0.3) == 3
     assert removed_count(2, 0.9) == 1  # a group keeps one unit
-    assert prefer_narrow(2, 16, 0.3)  # one group of two is 50%; 5 of 16 per group 31%
-    assert prefer_narrow(4, 4, 0.25)  # a tie: one group, or one channel per group
-    assert not prefer_narrow(32, 4, 0.3)  # ResNeXt's 32x4d: 10 of 32 groups (31%), not 2 of 4 (50%)
-    assert not prefer_narrow(55, 8, 0.3)  # RegNetY-400MF: 17 of 55 groups (30.9%), not 3 of 8 (37.5%)
-    assert not prefer_narrow(16, 1, 0.3)  # depthwise: only whole groups
-    assert not prefer_narrow(64, 2, 0.3)  # 2 per group at 30%: one of two would be 50%
-    assert prefer_narrow(2, 4, 0.8)  # neither reaches 80%: 3 of 4 per group (75%) beats one group (50%)
-    assert not prefer_narrow(3, 2, 0.8)  # 2 of 3 groups (67%) beats one of two per group (50%)
+    near = "nearest"
+    assert prefer_narrow(2, 16, 0.3, near)  # one group of two is 50%; 5 of 16 per group 31%
+    assert prefer_narrow(4, 4, 0.25, near)  # a tie: one group, or one channel per group
+    assert not prefer_narrow(32, 4, 0.3, near)  # ResNeXt's 32x4d: 10 of 32 groups (31%), not 2 of 4 (50%)
+    assert not prefer_narrow(55, 8, 0.3, near)  # RegNetY-400MF: 17 of 55 groups (30.9%), not 3 of 8 (37.5%)
+    assert not prefer_narrow(64, 2, 0.3, near)  # 2 per group at 30%: one of two would be 50%
+    assert prefer_narrow(2, 4, 0.8, near)  # neither reaches 80%: 3 of 4 per group (75%) beats one group (50%)
+    assert not prefer_narrow(3, 2, 0.8, near)  # 2 of 3 groups (67%) beats one of two per group (50%)
+    assert prefer_narrow(55, 8, 0.3) and prefer_narrow(32, 4, 0.3)  # the default: narrower groups
+    assert not prefer_narrow(2, 16, 0.3, "fewer")
+    for policy in ("narrower", "fewer", "nearest"):
+        assert not prefer_narrow(16, 1, 0.3, policy)  # depthwise: only whole groups
+
+
+class TenGroups(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 40, 1)
+        self.b = nn.Conv2d(40, 40, 3, padding=1, groups=10)  # 10 groups of 4
+        self.c = nn.Conv2d(40, 6, 1)
+
+    def forward(self, x):
+        return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+@pytest.mark.parametrize("policy, groups, channels", [("narrower", 10, 20), ("fewer", 7, 28), ("nearest", 7, 28)])
+def test_grouped_policy(policy, groups, channels):
+    """30% of 10 groups of 4: narrower groups lose 2 of 4 positions in every group (50%); fewer groups
+    lose 3 of 10 groups (30%), which is also the nearest share reaching 30%."""
+    torch.manual_seed(0)
+    m = TenGroups().eval()
+    info = prune_channels(m, torch.randn(2, 3, 8, 8), StructuredConfig(sparsity=0.3, grouped=policy))
+    assert (m.b.groups, m.b.in_channels, m.b.out_channels, m.a.out_channels) == (groups, channels, channels, channels)
+    assert info["mac_reduction"] > 1.0 and m(torch.randn(1, 3, 8, 8)).shape == (1, 6, 8, 8)
 
 
 class EightPairs(nn.Module):
@@ -156,7 +183,7 @@ class EightPairs(nn.Module):
 
 
 def test_grouped_convolution_loses_whole_groups_never_fewer_than_asked():
-    """30% of 8 groups of 2: 3 whole groups (37.5%; to the nearest it would be 2, 25%); the weakest
+    """30% of 8 groups of 2, ``grouped: fewer``: 3 whole groups (37.5%; to the nearest it would be 2, 25%); the weakest
     groups go, the group count shrinks, the output equals the dense model's with those groups
     silenced, and the report says 5 of 8 units kept."""
     torch.manual_seed(0)
@@ -171,7 +198,7 @@ def test_grouped_convolution_loses_whole_groups_never_fewer_than_asked():
             conv.weight[weak] = 0
             conv.bias[weak] = 0
     x = torch.randn(2, 3, 8, 8)
-    info = prune_channels(m, x, StructuredConfig(sparsity=0.3))
+    info = prune_channels(m, x, StructuredConfig(sparsity=0.3, grouped="fewer"))
     assert (m.b.groups, m.b.in_channels, m.b.out_channels) == (5, 10, 10)
     assert m.a.out_channels == 10 and m.c.in_channels == 10
     torch.testing.assert_close(m(x), ref(x), rtol=1e-5, atol=1e-6)
