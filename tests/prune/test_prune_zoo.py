@@ -1,6 +1,6 @@
 """Structured pruning on torchvision classification models that cover the op families, at small sizes:
-depthwise convolutions with squeeze-and-excitation gates, concatenations, channel shuffle, grouped
-convolutions, channels-last LayerNorm with layer scale, and attention (ViT's nn.MultiheadAttention,
+depthwise convolutions with squeeze-and-excitation gates, inverted residuals, concatenations, channel
+shuffle, grouped convolutions (with SE, and in residual bottlenecks), channels-last LayerNorm with layer scale, and attention (ViT's nn.MultiheadAttention,
 Swin's windowed attention, V1 and V2). Each pruned model must run with the same output shape, cut its
 MACs by >= 1.5x at 30% of the channels, train one step, and export to ONNX with the same outputs.
 One intra-op thread: the models are tiny, and threads only contend on a shared machine.
@@ -54,10 +54,19 @@ def _small_densenet():
     return DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16, num_classes=10)
 
 
+def _small_resnext():
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    return ResNet(Bottleneck, [1, 1, 1, 1], groups=8, width_per_group=4, num_classes=10)
+
+
 tv = torchvision.models
 ZOO = {  # name: builder (inputs 32x32)
     "mobilenet_v3_small": lambda: tv.mobilenet_v3_small(num_classes=10),  # depthwise, SE gates, hardswish
+    "mobilenet_v2": lambda: tv.mobilenet_v2(num_classes=10, width_mult=0.5),  # inverted residuals, ReLU6
+    "efficientnet_b0": lambda: tv.efficientnet_b0(num_classes=10),  # SiLU SE gates, stochastic depth
     "regnet_y": _small_regnet,  # grouped convolutions + SE
+    "resnext": _small_resnext,  # grouped convolutions (narrower groups) inside residual bottlenecks
     "shufflenet_v2_x0_5": lambda: tv.shufflenet_v2_x0_5(num_classes=10),  # chunk + channel shuffle
     "squeezenet1_1": lambda: tv.squeezenet1_1(num_classes=10),  # cat, convolutional classifier
     "densenet": _small_densenet,  # dense concatenations
