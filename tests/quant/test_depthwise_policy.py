@@ -182,3 +182,34 @@ def test_binary_int8_layers_convert_to_static_weights_at_finish():
     assert not any(isinstance(m, QATQuantizer) for m in model.modules())
     layers = {c.name: c for c in effdnn.cost(model, DATA[0][:1]).layers}
     assert layers["2"].weight_bits == 8 and layers["4"].weight_bits == 1  # depthwise int8, the rest binary
+
+
+@pytest.mark.parametrize("method", ["xnor", "bnn"])
+def test_binary_inputs_of_small_fan_in_warn_and_min_binary_fan_in_keeps_them_real(method):
+    """Layer "6" (a 1x1 conv of 8 inputs: 9 levels per output) gets binary inputs by default, with one
+    warning line naming it; ``min_binary_fan_in: 16`` keeps its inputs real and its weights binary, and
+    its output is then the binary weights applied to the real input."""
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        exp = effdnn.Experiment(_dw_net(), {"quantize": {"method": method}}, data=DATA)
+    lines = [str(w.message) for w in rec if "fan-in" in str(w.message)]
+    assert lines == [f"{method}: binary inputs to 1 layer of fan-in below 64 (6): their dot products take few "
+                     "values; min_binary_fan_in keeps their inputs real"]
+    assert exp.model[6].input_quant is not None
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        exp = effdnn.Experiment(_dw_net(), {"quantize": {"method": method, "min_binary_fan_in": 16}}, data=DATA)
+    assert not [w for w in rec if "fan-in" in str(w.message)]
+    layer = exp.model[6]
+    assert type(layer) is BinaryConv2d and layer.input_quant is None
+    row = next(r for r in exp.ctx.extra["binary_layers"] if r["layer"] == "6")
+    assert row["act"] == "fp32" and row["weight"] in ("binary", "ternary") and "fan-in 8 < min_binary_fan_in 16" in row["why"]
+    x = torch.randn(2, 8, 6, 6)
+    w = layer.weight_quant(layer.weight).detach()
+    assert set(torch.unique(w.flatten(1) / w.flatten(1).abs().amax(1, keepdim=True)).tolist()) <= {-1.0, 1.0}
+    torch.testing.assert_close(layer(x), nn.functional.conv2d(x, w, layer.bias))
+
+
+def test_min_binary_fan_in_is_refused_by_methods_with_real_inputs():
+    with pytest.raises(Exception, match="min_binary_fan_in"):
+        effdnn.Experiment(_dw_net(), {"quantize": {"method": "bwn", "min_binary_fan_in": 16}}, data=DATA)

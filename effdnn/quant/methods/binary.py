@@ -16,6 +16,14 @@ binarising). ``depthwise: keep_fp`` keeps them in float; ``binarize``
 binarises them as every other layer, with one warning line naming them. The first and last layers
 follow each method's paper (``keep_fp``'s default); ``keep_8bit`` / ``keep_fp`` patterns decide single
 layers before the policy. The report lists the layers the policy touched (``depthwise_policy``).
+
+Binary inputs (XNOR-Net, BNN) and fan-in. A binarised layer's dot product over n = C_in / groups x k x k
+binary inputs takes only n + 1 values (times the scales): a 1x1 convolution of a narrow bottleneck (8
+input channels in a MobileNetV2 of width 0.35) passes 9 levels on, for the same reason the first
+layer's 3 channels stay real in the XNOR-Net and BNN papers. ``min_binary_fan_in: n`` keeps the inputs
+of layers with a smaller fan-in real-valued (their weights stay binary, as BWN's); binarising such
+inputs anyway (the default, 0, as the papers) prints one warning line naming the layers under
+``SMALL_FAN_IN``.
 """
 from __future__ import annotations
 
@@ -55,6 +63,22 @@ class BinaryMethodConfig(StrictModel):
     batch_norm: bool = Field(False, description="a BatchNorm after every binarised layer (for nets without "
                              "one: BinaryConnect and BNN normalise every layer's output)")
     packed: bool = False  # after fine-tuning, deploy bit-packed (effdnn.quant.packed): the report measures it
+
+
+SMALL_FAN_IN = 64  # binary inputs to a dot product of fewer terms get a warning line
+
+
+class BinaryInputConfig(BinaryMethodConfig):
+    """Options of the methods that binarise inputs too (XNOR-Net, BNN)."""
+
+    min_binary_fan_in: int = Field(0, ge=0, description="layers whose fan-in (input channels per group x kernel "
+                                   "size) is below this keep real-valued inputs (weights still binary); 0: every "
+                                   "binarised layer's inputs are binary, as the papers")
+
+
+def fan_in(m: nn.Module) -> int:
+    """The number of terms of one output's dot product: C_in / groups x kernel size (in_features)."""
+    return int(m.weight[0].numel())
 
 
 class OutputBatchNorm(nn.Sequential):
@@ -151,8 +175,18 @@ def binarize(model: nn.Module, config: BinaryMethodConfig, ctx: TransformContext
     if config.batch_norm and config.bn_init_batches:  # the float layers' output statistics, before the swap
         stats = output_channel_stats(model, [n for n, _ in layers], ctx.calib_loader(config.bn_init_batches),
                                      config.bn_init_batches)
+    min_fan_in = getattr(config, "min_binary_fan_in", 0)
     summary = [_swap(name, m, *_layer_choice(name, m, config, keep, first, last, binary_input), weight_quant,
-                     binary_input, k_scaling) for name, m in layers]
+                     binary_input and fan_in(m) >= min_fan_in, k_scaling) for name, m in layers]
+    if binary_input:
+        for r in summary:
+            if r["weight"] in ("binary", "ternary") and r["act"] == "fp32":
+                r["why"] = f"fan-in {fan_in(model.get_submodule(r['layer']))} < min_binary_fan_in {min_fan_in}: real inputs"
+        narrow = [r["layer"] for r in summary if r["act"] == "binary" and fan_in(model.get_submodule(r["layer"])) < SMALL_FAN_IN]
+        if narrow:
+            warnings.warn(f"{method}: binary inputs to {len(narrow)} layer{'s' if len(narrow) > 1 else ''} of fan-in below {SMALL_FAN_IN} ("
+                          f"{', '.join(narrow[:3])}{' ...' if len(narrow) > 3 else ''}): their dot products take few "
+                          "values; min_binary_fan_in keeps their inputs real", stacklevel=3)
     if not any(r["weight"] in ("binary", "ternary") for r in summary):
         raise EffdnnError(f"{method}: keep_fp / keep_8bit / the depthwise policy leave no layer to binarise")
     dw = [r["layer"] for r in summary if r["weight"] in ("binary", "ternary") and is_depthwise(model.get_submodule(r["layer"]))]

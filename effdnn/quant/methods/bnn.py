@@ -23,10 +23,10 @@ from torch import nn
 from ...transform import TransformContext
 from ...registry import QUANTIZE
 from .bc import BinaryConnectWeight, bc_h
-from .binary import BinaryMethodConfig, binarize
+from .binary import BinaryInputConfig, binarize
 
 
-class BNNConfig(BinaryMethodConfig):
+class BNNConfig(BinaryInputConfig):
     method: Literal["bnn"] = "bnn"
     h: Literal["glorot"] | float = "glorot"
 

@@ -22,11 +22,11 @@ from torch import nn
 
 from ...transform import TransformContext
 from ...registry import QUANTIZE
-from .binary import BinaryMethodConfig, binarize
+from .binary import BinaryInputConfig, binarize
 from .bwn import ScaledSignWeight
 
 
-class XNORConfig(BinaryMethodConfig):
+class XNORConfig(BinaryInputConfig):
     method: Literal["xnor"] = "xnor"
     granularity: Literal["per_tensor", "per_channel"] = "per_channel"  # eq. 4: one alpha per filter
 
