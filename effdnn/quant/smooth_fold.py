@@ -6,7 +6,7 @@ into the layer that made X when the model's function stays the same:
 
 - the direct producer: the LayerNorm (weight and bias divided by s) or Linear (output rows and bias
   divided by s) whose output tensor *is* X (:func:`trace_linears`);
-- else a channel path: a Linear whose output channels reach X only through per-channel positively
+- else, when X has no such producer, a channel path: a Linear whose output channels reach X only through per-channel positively
   homogeneous ops (reshape, head split / merge, attention's probabilities @ V, dropout in eval), e.g.
   attention's value projection feeding the output projection: (P V diag(s)^-1) = (P V) diag(s)^-1.
   The candidates are the nearest Linears of X's width that ran before the group (:data:`CANDIDATES`).
@@ -106,17 +106,43 @@ def _divide_output(producer: nn.Module, s: torch.Tensor) -> None:
         producer.bias.div_(s)
 
 
+class _Reached(Exception):
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x
+
+
+@torch.no_grad()
+def input_of(model: nn.Module, layer: nn.Module, x: Any) -> torch.Tensor | None:
+    """``layer``'s input on ``x`` (the forward pass stops there), or None when it is not reached."""
+
+    def stop(_m: nn.Module, inp: tuple) -> None:
+        raise _Reached(inp[0].detach().clone())
+
+    h = layer.register_forward_pre_hook(stop)
+    try:
+        forward(model, x)
+    except _Reached as r:
+        return r.x
+    finally:
+        h.remove()
+    return None
+
+
 @torch.no_grad()
 def try_fold(model: nn.Module, producer: nn.Module, s: torch.Tensor, group: list[nn.Linear], probe: Any,
-             ref: list[torch.Tensor]) -> bool:
+             ref: list[torch.Tensor], ref_input: torch.Tensor | None = None) -> bool:
     """Divide ``producer``'s output by s and multiply the group's weight columns by s; keep it (True)
-    only if the model's outputs on ``probe`` stay ``ref``, else restore the weights exactly (False)."""
+    only if the model's outputs on ``probe`` stay ``ref``, else restore the weights exactly (False).
+    ``ref_input``: the group's input on ``probe`` before the fold; first checked to become ref_input / s
+    (a pass that stops at the group: a path that is not per-channel fails early)."""
     saved = [t.detach().clone() for t in (producer.weight, producer.bias) if t is not None]
     saved_w = [m.weight.detach().clone() for m in group]
     _divide_output(producer, s)
     for m in group:
         m.weight.mul_(s.to(m.weight.device)[None, :])
-    if _same(model_outputs(model, probe), ref):
+    got = input_of(model, group[0], probe) if ref_input is not None else None
+    if (ref_input is None or (got is not None and _same([got * s.to(got.device)], [ref_input]))) \
+            and _same(model_outputs(model, probe), ref):
         return True
     for t, v in zip([t for t in (producer.weight, producer.bias) if t is not None], saved):
         t.copy_(v)
@@ -125,4 +151,4 @@ def try_fold(model: nn.Module, producer: nn.Module, s: torch.Tensor, group: list
     return False
 
 
-__all__ = ["CANDIDATES", "channel_candidates", "find_producers", "model_outputs", "trace_linears", "try_fold"]
+__all__ = ["CANDIDATES", "channel_candidates", "find_producers", "input_of", "model_outputs", "trace_linears", "try_fold"]

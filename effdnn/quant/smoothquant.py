@@ -36,8 +36,11 @@ from ..registry import QUANTIZE
 from ..transform import TransformContext
 from ..utils.batches import head, iter_inputs, model_device
 from .ptq import PTQConfig, ptq_pipeline
-from .smooth_fold import channel_candidates, find_producers, model_outputs, trace_linears, try_fold
-from .stats import check_batch_keys, collect_input_stats
+from .smooth_fold import channel_candidates, find_producers, input_of, model_outputs, trace_linears, try_fold
+from .stats import InputStats, check_batch_keys, collect_input_stats
+
+
+Factors = Callable[[list[str], dict[str, InputStats]], torch.Tensor]  # (group's layer names, input stats) -> s
 
 
 def divide_by_smooth_scale(module: nn.Module, args: tuple) -> tuple:
@@ -62,18 +65,19 @@ def _explicit(m: nn.Linear, s: torch.Tensor) -> None:
 @torch.no_grad()
 def smooth_model(model: nn.Module, alpha: float, data: Iterable[Any], max_batches: int | None,
                  layers: dict[str, nn.Linear] | None = None, explicit: bool = True,
-                 fold: bool = True) -> list[dict[str, Any]]:
+                 fold: bool = True, factors: Factors | None = None, tag: str = "smoothquant") -> list[dict[str, Any]]:
     """Smooth ``layers`` (default: every Linear) of ``model`` in place; one report row per group: its
     layers, where the division went (``folded_into``: a module name, ``"explicit scale"`` or None) and
-    ``max_scale``. ``fold=False``: every group keeps an explicit scale (the unfolded reference)."""
+    ``max_scale``. ``fold=False``: every group keeps an explicit scale (the unfolded reference).
+    ``factors(names, stats)``: another choice of s per group (AWQ's search; stats then hold Hessians)."""
     layers = layers or {n: m for n, m in model.named_modules() if type(m) is nn.Linear}
     if not layers:
-        raise EffdnnError("smoothquant: the model has no Linear layer to smooth")
+        raise EffdnnError(f"{tag}: the model has no Linear layer to smooth")
     batches = list(itertools.islice(iter_inputs(data, max_batches, model_device(model)), max_batches))
     if not batches:
-        raise EffdnnError("smoothquant: the calibration set is empty (no batches)")
-    check_batch_keys(model, batches[0], "smoothquant")
-    stats = collect_input_stats(model, layers, batches, None, "smoothquant", hessian=False)
+        raise EffdnnError(f"{tag}: the calibration set is empty (no batches)")
+    check_batch_keys(model, batches[0], tag)
+    stats = collect_input_stats(model, layers, batches, None, tag, hessian=factors is not None)
     producers, order = trace_linears(model, layers, batches[0])
     modules = dict(model.named_modules())
     groups: dict[str | None, list[str]] = {}
@@ -81,16 +85,23 @@ def smooth_model(model: nn.Module, alpha: float, data: Iterable[Any], max_batche
         groups.setdefault(producers[n], []).append(n)
     plan = [(prod, sub) for prod, names in groups.items() for sub in ([names] if prod is not None else [[n] for n in names])]
     # every s from the weights as they were: a fold into a Linear's rows must not change another group's s
-    scales = [smoothing_factors(stats[sub[0]].absmax, [layers[n].weight for n in sub], alpha) for _, sub in plan]
+    scales = [factors(sub, stats) if factors is not None else
+              smoothing_factors(stats[sub[0]].absmax, [layers[n].weight for n in sub], alpha) for _, sub in plan]
     probe = head(batches[0], 4)  # a few examples check each fold
     ref = model_outputs(model, probe)
     rows = []
     for (prod, names), s in zip(plan, scales):
         group = [layers[n] for n in names]
         row = {"layers": names, "folded_into": None, "max_scale": float(s.max())}
-        targets = [] if not fold else ([prod] if prod is not None else []) + \
-            [t for t in channel_candidates(modules, order, names) if t != prod]
-        row["folded_into"] = next((t for t in targets if try_fold(model, modules[t], s, group, probe, ref)), None)
+        if bool((s == 1).all()):  # nothing moves (AWQ's a = 0): no fold, no explicit scale
+            rows.append(row)
+            continue
+        if fold and prod is not None:  # X is a LayerNorm's / Linear's output: no earlier layer reaches it per channel
+            row["folded_into"] = prod if try_fold(model, modules[prod], s, group, probe, ref) else None
+        elif fold:
+            x0 = input_of(model, group[0], probe)
+            row["folded_into"] = next((t for t in channel_candidates(modules, order, names)
+                                       if try_fold(model, modules[t], s, group, probe, ref, x0)), None)
         if row["folded_into"] is None:
             if explicit:
                 for m in group:
@@ -112,6 +123,8 @@ class SmoothQuantConfig(PTQConfig):
 @QUANTIZE.register("smoothquant", SmoothQuantConfig, "SmoothQuant (Xiao et al. 2023): outliers moved into the weights, then PTQ")
 def smoothquant(model: nn.Module, config: SmoothQuantConfig, ctx: TransformContext) -> nn.Module:
     """SmoothQuant (Xiao et al., ICML 2023) with migration strength ``alpha``, then PTQ."""
+    if config.awq is not None:
+        raise EffdnnError("smoothquant: awq and smoothquant both rescale the weight columns: give one of them")
 
     def pre(m: nn.Module, data: Callable[[], Iterable[Any]]) -> None:
         ctx.extra["smoothquant"] = smooth_model(m, config.alpha, data(), None, None, config.explicit_scale, config.fold)
