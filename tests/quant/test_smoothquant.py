@@ -120,3 +120,14 @@ def test_smoothquant_method_report_and_errors() -> None:
         effdnn.quantize(nn.Sequential(nn.ReLU()), {"method": "smoothquant"}, [torch.randn(2, 3)])
     with pytest.raises(EffdnnError, match="not arguments of"):
         effdnn.quantize(tiny_bert(), {"method": "smoothquant"}, [{"ids": torch.zeros(2, 4, dtype=torch.long)}])
+
+
+@pytest.mark.parametrize("act, folds", [(nn.ReLU(), True), (nn.GELU(), False)])
+def test_fold_through_positively_homogeneous_activation(act: nn.Module, folds: bool) -> None:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(16, 32), act, nn.Linear(32, 8)).eval()
+    data = _data()
+    ref = m(data[0])
+    rows = {r["layers"][0]: r["folded_into"] for r in smooth_model(m, 0.5, data, None)}
+    assert rows["2"] == ("0" if folds else "explicit scale")  # relu(x / s) = relu(x) / s for s > 0; gelu: not
+    assert torch.allclose(m(data[0]), ref, atol=1e-5)
