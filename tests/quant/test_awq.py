@@ -8,7 +8,7 @@ import torch
 
 import effdnn
 from effdnn.errors import EffdnnError
-from effdnn.quant.awq import _fake_quant, search_scale
+from effdnn.quant.awq import _fake_quant, search_clip, search_scale
 from effdnn.quant.config import TensorSpec
 from effdnn.quant.deploy_linear import deploy_linears
 from tests.quant.tiny_bert import batches, tiny_bert
@@ -42,6 +42,29 @@ def test_search_matches_slow_reference() -> None:
     assert a == best / 10 and best > 0  # activation-aware: some a > 0 beats round to nearest
     assert err == pytest.approx(ref[best], rel=1e-4) and rtn == pytest.approx(ref[0], rel=1e-4)
     assert err < 0.9 * rtn
+
+
+def test_clip_search_matches_slow_reference() -> None:
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(256, 64, generator=g)
+    W = torch.randn(6, 64, generator=g) * 0.1
+    W[0, 3] = 1.0  # an outlier weight: clipping its group pays
+    H = 2 * X.t().double() @ X.double() / X.shape[0]
+    got, after, before = search_clip(W, H, _fake_quant(TensorSpec(**INT4_G32), "w"), 32)
+    ref = W.clone()
+    for i in range(6):
+        for j in range(2):  # each row and group alone: its clamp with the lowest error of its partial output
+            w = W[i, 32 * j:32 * j + 32]
+            x = X[:, 32 * j:32 * j + 32]
+            errs = []
+            for k in range(10):
+                c = w.abs().max() * (1 - k * 0.05)
+                q = _rtn_int4_g32(torch.clamp(w, -c, c)[None].expand(1, 32).contiguous())[0]
+                errs.append((float(((x @ (q - w)) ** 2).mean()), k, c))
+            best = min(errs, key=lambda e: (round(e[0], 9), e[1]))
+            ref[i, 32 * j:32 * j + 32] = torch.clamp(w, -best[2], best[2])
+    assert torch.allclose(got, ref, atol=1e-6) and after <= before
+    assert bool((got[0, :32].abs().max() < 1.0))  # the outlier's group was clipped
 
 
 def test_awq_on_small_bert_deploys_and_composes_with_gptq() -> None:
