@@ -6,13 +6,16 @@ into the layer that made X when the model's function stays the same:
 
 - the direct producer: the LayerNorm (weight and bias divided by s) or Linear (output rows and bias
   divided by s) whose output tensor *is* X (:func:`trace_linears`);
-- else, when X has no such producer, a channel path: a Linear whose output channels reach X only through per-channel positively
-  homogeneous ops (reshape, head split / merge, attention's probabilities @ V, ReLU, dropout in eval), e.g.
-  attention's value projection feeding the output projection: (P V diag(s)^-1) = (P V) diag(s)^-1.
+- else, when X has no such producer, a channel path: a Linear whose output channels reach X only
+  through per-channel positively homogeneous ops (reshape, head split / merge, attention's
+  probabilities @ V, ReLU, dropout in eval), e.g. attention's value projection feeding the output
+  projection: (P V diag(s)^-1) = (P V) diag(s)^-1 (a LayerNorm or a Linear between them mixes
+  channels, so a direct producer rules every earlier Linear out).
   The candidates are the nearest Linears of X's width that ran before the group (:data:`CANDIDATES`).
 
-Every fold is kept only if the model's outputs on a probe batch do not change (a post-LN transformer's
-LayerNorm output is also the residual stream, so a fold there changes the model and is undone).
+Every fold is kept only if the model's outputs on a probe batch (4 calibration examples) do not
+change (a post-LN transformer's LayerNorm output is also the residual stream, so a fold there changes
+the model and is undone).
 """
 from __future__ import annotations
 
