@@ -143,6 +143,8 @@ def awq_model(model: nn.Module, config: Any, data: Iterable[Any], tag: str) -> l
     from .smoothquant import smooth_model  # smoothquant builds on ptq, which imports this module
 
     chosen = awq_layers(model, config, tag)
+    layers, _, _ = quant_layers(model, config, tag)
+    others = [n for n, m in layers if n not in chosen and hasattr(m, "weight")]  # convolutions, masked layers
     found: dict[tuple[str, ...], dict[str, float]] = {}
 
     def factors(names: list[str], stats: dict[str, InputStats]) -> torch.Tensor:
@@ -171,6 +173,8 @@ def awq_model(model: nn.Module, config: Any, data: Iterable[Any], tag: str) -> l
             found[key]["clip_error"] += after
     for r in rows:
         r.update(found.get(tuple(r["layers"]), {}))
+    if others:  # named, never skipped silently
+        rows.append({"layers": others, "folded_into": None, "note": "not a plain Linear with int weights: no AWQ scales"})
     return rows
 
 
