@@ -142,6 +142,15 @@ def main() -> None:
                                 "act": None, "embedding": {"bits": 8}},
         "effdnn int4 g32 GPTQ": {"method": "gptq", "weight": {"bits": 4, "granularity": "per_group", "group_size": 32},
                                  "act_order": True, "embedding": {"bits": 8}},
+        "effdnn int4 g32 AWQ": {"method": "ptq", "weight": {"bits": 4, "granularity": "per_group", "group_size": 32},
+                                "act": None, "awq": {"grid": 20}, "embedding": {"bits": 8}},
+        "effdnn int4 g32 AWQ scales only (no clip)": {"method": "ptq", "weight": {"bits": 4, "granularity": "per_group",
+                                                                              "group_size": 32},
+                                                      "act": None, "awq": {"grid": 20, "clip": False}, "embedding": {"bits": 8}},
+        "effdnn int4 g32 AWQ scales (no clip) + GPTQ": {"method": "gptq", "weight": {"bits": 4, "granularity": "per_group",
+                                                                                 "group_size": 32},
+                                                        "act_order": True, "awq": {"grid": 20, "clip": False},
+                                                        "embedding": {"bits": 8}},
     }
     keep = [k for k in args.only.split(",") if k]
     specs = {k: v for k, v in specs.items() if not keep or any(s in k for s in keep)}

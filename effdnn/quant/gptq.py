@@ -22,7 +22,7 @@ the baseline (``method: ptq``).
 Recipe block::
 
     quantize: {method: gptq, weight: {bits: 4, granularity: per_group, group_size: 32},
-               act: null, act_order: true, block_size: 128, damp: 0.01, smoothquant: null}
+               act: null, act_order: true, block_size: 128, damp: 0.01, smoothquant: null, awq: null}
 """
 from __future__ import annotations
 
@@ -113,6 +113,8 @@ class GPTQConfig(PTQConfig):
             raise ValueError("gptq quantizes int weights: give weight: {bits: 2..8, ...}")
         if not 2 <= w.bits <= 8:
             raise ValueError(f"gptq: weight bits must be in 2..8, got {w.bits}")
+        if self.awq is not None and self.smoothquant is not None:
+            raise ValueError("gptq: awq and smoothquant both rescale the weight columns: give one of them")
         return self
 
 
@@ -156,6 +158,10 @@ def gptq_step(config: GPTQConfig, extra: dict[str, Any]) -> Callable:
             from .smoothquant import smooth_model
 
             extra["smoothquant"] = smooth_model(model, config.smoothquant, data(), None, layers)
+        if config.awq is not None:  # AWQ's scales, then GPTQ solves the scaled weights
+            from .awq import awq_model
+
+            extra["awq"] = awq_model(model, config, data(), "gptq")
         stats = collect_input_stats(model, layers, data(), None, "gptq")
 
         def after(model: nn.Module, summary: list[dict[str, Any]]) -> None:

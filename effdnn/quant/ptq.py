@@ -10,6 +10,7 @@ Recipe block (also the ``spec`` of ``effdnn.quantize(model, spec, calib_data)``)
                act: {format: int, bits: 8, calibrator: kl},                 # null: float activations
                                                         # {bits: 8, dynamic: per_token | per_tensor}: run-time scales
                embedding: {bits: 8},        # int8 / int4 rows, per-row scales (quant.embedding); null: float
+               awq: {grid: 20},             # AWQ's activation-aware weight scales first (awq.py)
                keep_fp: [first, last],      # layers left in float: first / last / fnmatch patterns
                keep_8bit: [first],          # layers forced to int8 weights and activations
                overrides: {"layers.*.conv1": {weight: {bits: 6}}},          # per-layer changes
@@ -35,6 +36,7 @@ from torch import nn
 from ..transform import TransformContext
 from ..errors import EffdnnError
 from ..registry import QUANTIZE
+from .awq import AWQSpec, awq_model
 from .calibrate import calibrate
 from .config import TensorSpec
 from .dynamic import DynamicQuantizer
@@ -53,6 +55,7 @@ class PTQConfig(LayerPlan):
     # calibrated by ``max`` unless set to null (then it uses act.calibrator like every other tensor)
     first_act_calibrator: str | None = "max"
     embedding: EmbeddingSpec | None = None
+    awq: AWQSpec | None = None  # AWQ's activation-aware weight scales before the weights are quantized (awq.py)
 
 
 def _quantizer(spec: TensorSpec | None, role: str, name: str) -> Quantizer | None:
@@ -98,8 +101,18 @@ def prepare(model: nn.Module, config: PTQConfig) -> list[dict[str, Any]]:
 
 @QUANTIZE.register("ptq", PTQConfig, "post-training quantization: BN folding, max / percentile / MSE / KL calibration")
 def ptq(model: nn.Module, config: PTQConfig, ctx: TransformContext) -> nn.Module:
-    """Post-training quantization with calibration on a few batches (Krishnamoorthi 2018)."""
-    return ptq_pipeline(model, config, ctx)
+    """Post-training quantization with calibration on a few batches (Krishnamoorthi 2018); ``awq``:
+    AWQ's weight scales first (Lin et al., MLSys 2024)."""
+    return ptq_pipeline(model, config, ctx, awq_step(config, ctx.extra) if config.awq is not None else None)
+
+
+def awq_step(config: PTQConfig, extra: dict[str, Any]) -> PreStep:
+    """The pre-step that searches and applies AWQ's scales on the float model (report rows in ``extra``)."""
+
+    def pre(model: nn.Module, data: Callable[[], Iterable[Any]]) -> None:
+        extra["awq"] = awq_model(model, config, data(), config.method)
+
+    return pre
 
 
 # a step before the layers are swapped (float model, its calibration batches) -> a step after (the

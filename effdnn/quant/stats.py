@@ -3,6 +3,7 @@
 What SmoothQuant and GPTQ calibrate on:
 
 - ``absmax``: max_t |X_{t,j}| per input channel j (SmoothQuant's activation range);
+- ``absmean()``: mean_t |X_{t,j}| per input channel j (AWQ's activation scale);
 - ``hessian``: H = (2 / T) sum_t x_t x_t^T over the T input rows seen (GPTQ's layer-wise Hessian of
   ||W X - W_hat X||^2, Frantar et al. 2023, section 3).
 
@@ -41,15 +42,22 @@ class InputStats:
 
     def __init__(self, width: int, hessian: bool) -> None:
         self.absmax = torch.zeros(width)
+        self.abssum = torch.zeros(width, dtype=torch.float64)
         self.hessian = torch.zeros(width, width, dtype=torch.float64) if hessian else None
         self.rows = 0
 
     def update(self, x: torch.Tensor) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).float()
-        self.absmax = torch.maximum(self.absmax, x.abs().amax(0).cpu())
+        ax = x.abs()
+        self.absmax = torch.maximum(self.absmax, ax.amax(0).cpu())
+        self.abssum += ax.sum(0).double().cpu()
         if self.hessian is not None:
             self.hessian += (x.t() @ x).double().cpu()
         self.rows += x.shape[0]
+
+    def absmean(self) -> torch.Tensor:
+        """mean_t |X_{t,j}| (float32)."""
+        return (self.abssum / max(self.rows, 1)).float()
 
     def H(self) -> torch.Tensor:
         """H = 2 X X^T / T (float64)."""

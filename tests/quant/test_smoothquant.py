@@ -65,9 +65,37 @@ def test_post_ln_bert_keeps_its_function() -> None:
         rows = smooth_model(m, 0.5, data, None)
         got = m(**data[0]).last_hidden_state
     assert torch.allclose(got, ref, atol=1e-4)
-    # post-LN: each LayerNorm output is also the residual stream, so no fold is exact there
+    # post-LN: each LayerNorm output is also the residual stream, so no fold is exact there; the attention
+    # output projection's s folds into the value projection's rows (probabilities @ V keeps V's channels)
     assert sum(len(r["layers"]) for r in rows) == 13
-    assert {r["folded_into"] for r in rows} == {"explicit scale"}
+    folded = {r["layers"][0]: r["folded_into"] for r in rows if r["folded_into"] != "explicit scale"}
+    assert folded == {f"encoder.layer.{i}.attention.output.dense": f"encoder.layer.{i}.attention.self.value"
+                      for i in range(2)}
+
+
+def test_folded_equals_unfolded_in_deployment_and_onnx(tmp_path) -> None:
+    from effdnn.export.onnx import run_onnx
+    from effdnn.quant.deploy_linear import deploy_linears
+
+    spec = {"method": "smoothquant", "alpha": 0.5, "weight": {"bits": 7, "granularity": "per_channel"},
+            "act": {"bits": 8, "dynamic": "per_token"}}
+    q = {fold: effdnn.quantize(tiny_bert(), {**spec, "fold": fold}, batches(2)) for fold in (True, False)}
+    assert sum(r["folded_into"] != "explicit scale" for r in q[True].effdnn_report["smoothquant"]) == 2
+    assert sum(r["folded_into"] != "explicit scale" for r in q[False].effdnn_report["smoothquant"]) == 0
+    x = batches(1, seed=5)[0]
+    with torch.no_grad():
+        ref = deploy_linears(q[False])(**x).last_hidden_state
+        got = deploy_linears(q[True])(**x).last_hidden_state
+    assert float((got - ref).abs().max()) < 1e-4 * float(ref.abs().max())
+    import onnx
+
+    out, muls = {}, {}
+    for fold, m in q.items():
+        path = effdnn.export_onnx(m, x, tmp_path / f"f{fold}.onnx")
+        out[fold] = run_onnx(path, x)
+        muls[fold] = sum(n.op_type == "Mul" for n in onnx.load(str(path)).graph.node)
+    assert muls[False] - muls[True] == 2  # one input Mul less per folded layer
+    assert abs(out[True] - out[False]).max() < 1e-4 * abs(out[False]).max()
 
 
 def test_smoothing_helps_per_tensor_int8_with_outlier_channel() -> None:
@@ -92,3 +120,14 @@ def test_smoothquant_method_report_and_errors() -> None:
         effdnn.quantize(nn.Sequential(nn.ReLU()), {"method": "smoothquant"}, [torch.randn(2, 3)])
     with pytest.raises(EffdnnError, match="not arguments of"):
         effdnn.quantize(tiny_bert(), {"method": "smoothquant"}, [{"ids": torch.zeros(2, 4, dtype=torch.long)}])
+
+
+@pytest.mark.parametrize("act, folds", [(nn.ReLU(), True), (nn.GELU(), False)])
+def test_fold_through_positively_homogeneous_activation(act: nn.Module, folds: bool) -> None:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(16, 32), act, nn.Linear(32, 8)).eval()
+    data = _data()
+    ref = m(data[0])
+    rows = {r["layers"][0]: r["folded_into"] for r in smooth_model(m, 0.5, data, None)}
+    assert rows["2"] == ("0" if folds else "explicit scale")  # relu(x / s) = relu(x) / s for s > 0; gelu: not
+    assert torch.allclose(m(data[0]), ref, atol=1e-5)
