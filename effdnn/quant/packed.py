@@ -33,6 +33,7 @@ from ..cost.precision import LayerPrecision
 from . import kernels
 from .bitpack import pack_bits, pack_words, to_words, unpack_bits, xnor_popcount_matmul
 from .methods.binary_layers import BinaryConv2d, BinaryLayerMixin, BinaryLinear
+from .packed_fuse import fuse_epilogues
 
 
 class PackedBinaryLayer(nn.Module):
@@ -65,6 +66,31 @@ class PackedBinaryLayer(nn.Module):
             if layer.groups != 1 or isinstance(self.padding, str):  # type: ignore[attr-defined]
                 raise ValueError("packed inference supports groups=1 and numeric padding")
         self.label = layer.effdnn_precision().label
+        self.post_relu = False  # set_epilogue: a folded BatchNorm (post_bn_* buffers) and / or ReLU
+
+    # -- folded epilogue (packed_fuse) ----------------------------------------------------------------
+    def accepts_epilogue(self) -> bool:
+        """Binary-input convolutions: the compiled kernel applies a per-channel affine map and a ReLU."""
+        return self.binary_input and self.conv
+
+    def set_epilogue(self, bn: nn.BatchNorm2d | None, relu: bool) -> None:
+        """Take over the eval-mode ``bn`` (then ``relu``) that reads this layer's output."""
+        if bn is not None:
+            self.post_eps = bn.eps
+            n = self.out_features
+            ones, zeros = torch.ones(n), torch.zeros(n)
+            for name, v, default in (("running_mean", bn.running_mean, zeros), ("running_var", bn.running_var, ones),
+                                     ("weight", bn.weight, ones), ("bias", bn.bias, zeros)):
+                self.register_buffer(f"post_bn_{name}", (default if v is None else v).detach().clone().float())
+        self.post_relu = relu
+        self.__dict__.pop("_fast", None)
+
+    def _post_reference(self, y: torch.Tensor) -> torch.Tensor:
+        """The folded modules as they ran: BatchNorm (eval), then ReLU."""
+        if hasattr(self, "post_bn_running_mean"):
+            y = F.batch_norm(y, self.post_bn_running_mean, self.post_bn_running_var, self.post_bn_weight,
+                             self.post_bn_bias, False, 0.0, self.post_eps)
+        return F.relu(y) if self.post_relu else y
 
     # -- storage --------------------------------------------------------------------------------------
     def storage_bits(self) -> int:
@@ -138,6 +164,9 @@ class PackedBinaryLayer(nn.Module):
             if self.conv:
                 kh, kw = self.kernel_size
                 st["panels"], st["wtap"] = conv_weight_layout((~neg).reshape(n, -1, kh, kw))
+                if hasattr(self, "post_bn_running_mean"):  # eval BatchNorm: y g + h
+                    g = self.post_bn_weight / torch.sqrt(self.post_bn_running_var + self.post_eps)
+                    st["g"], st["h"] = g, self.post_bn_bias - self.post_bn_running_mean * g
             else:
                 st["panels"] = weight_panels(pack_words((~neg).numpy()))
         else:
@@ -162,7 +191,8 @@ class PackedBinaryLayer(nn.Module):
         st = self._fast_state()
         if self.conv:
             return ops.xnor_conv2d(x, st["s"], st["t"], st["panels"], st["wtap"], self.out_features, self.kernel_size,
-                                   self.stride, self.padding, self.dilation, st["scale"], self.bias, self.k_scaling)
+                                   self.stride, self.padding, self.dilation, st["scale"], self.bias, self.k_scaling,
+                                   st.get("g"), st.get("h"), self.post_relu)
         words, beta = ops.pack_rows(x, st["s"], st["t"], absmean=self.k_scaling)
         y = ops.xnor_gemm(words, st["panels"], self.out_features, self.k).float() * st["scale"]
         y = y * beta[:, None] if self.k_scaling else y
@@ -212,18 +242,22 @@ class PackedBinaryLayer(nn.Module):
                 A = a.abs().mean(1, keepdim=True)
                 box = torch.full((1, 1, *self.kernel_size), 1.0 / (self.kernel_size[0] * self.kernel_size[1]), dtype=a.dtype)
                 y = y * F.conv2d(A, box, None, self.stride, self.padding, self.dilation)
-            return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
+            return self._post_reference(y if self.bias is None else y + self.bias.view(1, -1, 1, 1))
         if self.k_scaling:
             y = y * a.abs().mean(-1, keepdim=True)
         return y if self.bias is None else y + self.bias
 
 
-def pack_model(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` (eval mode) with every binary / ternary layer bit-packed."""
+def pack_model(model: nn.Module, fuse: bool = True) -> nn.Module:
+    """A copy of ``model`` (eval mode) with every binary / ternary layer bit-packed; ``fuse``: the BatchNorm
+    and ReLU modules that read only a binary-input convolution's output are folded into its kernel
+    (``packed_fuse``; the reference path still applies them as separate ops)."""
     model = copy.deepcopy(model).eval()
     targets = [(n, m) for n, m in model.named_modules() if isinstance(m, (BinaryConv2d, BinaryLinear))]
     for name, m in targets:
         model.set_submodule(name, PackedBinaryLayer(m))
+    if fuse:
+        fuse_epilogues(model, PackedBinaryLayer)
     return model
 
 

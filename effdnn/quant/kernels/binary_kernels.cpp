@@ -32,8 +32,8 @@ extern "C" int effdnn_kernel_isa() {
 #endif
 }
 
-// popcount(x0 ^ panel[k][j]) and popcount(x1 ^ panel[k][j]) summed over k, for j < 8.
-static inline void popc_rows(const u64* x0, const u64* x1, const u64* panel, int64_t kw, uint32_t* o0, uint32_t* o1) {
+// popcount(x0 ^ panel[k][j]) and popcount(x1 ^ panel[k][j]) summed over k, for j < 8, as int32 o0[j], o1[j].
+static inline void popc_rows(const u64* x0, const u64* x1, const u64* panel, int64_t kw, int32_t* o0, int32_t* o1) {
 #if defined(__AVX512VPOPCNTDQ__) && defined(__AVX512F__)
   __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512();
   for (int64_t k = 0; k < kw; ++k) {
@@ -41,10 +41,8 @@ static inline void popc_rows(const u64* x0, const u64* x1, const u64* panel, int
     a0 = _mm512_add_epi64(a0, _mm512_popcnt_epi64(_mm512_xor_si512(w, _mm512_set1_epi64((long long)x0[k]))));
     a1 = _mm512_add_epi64(a1, _mm512_popcnt_epi64(_mm512_xor_si512(w, _mm512_set1_epi64((long long)x1[k]))));
   }
-  alignas(64) u64 t0[8], t1[8];
-  _mm512_store_si512((void*)t0, a0);
-  _mm512_store_si512((void*)t1, a1);
-  for (int j = 0; j < NB; ++j) { o0[j] = (uint32_t)t0[j]; o1[j] = (uint32_t)t1[j]; }
+  _mm256_storeu_si256((__m256i*)o0, _mm512_cvtepi64_epi32(a0));
+  _mm256_storeu_si256((__m256i*)o1, _mm512_cvtepi64_epi32(a1));
 #elif defined(__AVX2__)
   const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                        0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
@@ -72,16 +70,18 @@ static inline void popc_rows(const u64* x0, const u64* x1, const u64* panel, int
     s10 = _mm256_add_epi64(s10, _mm256_sad_epu8(b10, zero));
     s11 = _mm256_add_epi64(s11, _mm256_sad_epu8(b11, zero));
   }
-  alignas(32) u64 t[16];
-  _mm256_store_si256((__m256i*)t, s00); _mm256_store_si256((__m256i*)(t + 4), s01);
-  _mm256_store_si256((__m256i*)(t + 8), s10); _mm256_store_si256((__m256i*)(t + 12), s11);
-  for (int j = 0; j < NB; ++j) { o0[j] = (uint32_t)t[j]; o1[j] = (uint32_t)t[8 + j]; }
+  // the low 32 bits of the four u64 sums of each half -> 8 int32 in channel order
+  const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+  _mm256_storeu_si256((__m256i*)o0, _mm256_permute2x128_si256(_mm256_permutevar8x32_epi32(s00, even),
+                                                              _mm256_permutevar8x32_epi32(s01, even), 0x20));
+  _mm256_storeu_si256((__m256i*)o1, _mm256_permute2x128_si256(_mm256_permutevar8x32_epi32(s10, even),
+                                                              _mm256_permutevar8x32_epi32(s11, even), 0x20));
 #else
   for (int j = 0; j < NB; ++j) { o0[j] = 0; o1[j] = 0; }
   for (int64_t k = 0; k < kw; ++k)
     for (int j = 0; j < NB; ++j) {
-      o0[j] += (uint32_t)__builtin_popcountll(x0[k] ^ panel[k * NB + j]);
-      o1[j] += (uint32_t)__builtin_popcountll(x1[k] ^ panel[k * NB + j]);
+      o0[j] += (int32_t)__builtin_popcountll(x0[k] ^ panel[k * NB + j]);
+      o1[j] += (int32_t)__builtin_popcountll(x1[k] ^ panel[k * NB + j]);
     }
 #endif
 }
@@ -130,7 +130,7 @@ extern "C" void effdnn_xnor_gemm(const u64* x, int64_t m, const u64* panels, int
   const int64_t np = (n + NB - 1) / NB, pairs = (m + 1) / 2;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && pairs > 1)
   for (int64_t blk = 0; blk < (pairs + 7) / 8; ++blk) {
-    uint32_t o0[NB], o1[NB];
+    alignas(32) int32_t o0[NB], o1[NB];
     for (int64_t p = 0; p < np; ++p) {
       const u64* panel = panels + p * kw * NB;
       int64_t jn = n - p * NB < NB ? n - p * NB : NB;
@@ -138,8 +138,8 @@ extern "C" void effdnn_xnor_gemm(const u64* x, int64_t m, const u64* panels, int
         int64_t r0 = 2 * q, r1 = r0 + 1 < m ? r0 + 1 : r0;
         popc_rows(x + r0 * kw, x + r1 * kw, panel, kw, o0, o1);
         for (int64_t j = 0; j < jn; ++j) {
-          out[r0 * n + p * NB + j] = k - 2 * (int32_t)o0[j];
-          if (r1 != r0) out[r1 * n + p * NB + j] = k - 2 * (int32_t)o1[j];
+          out[r0 * n + p * NB + j] = k - 2 * o0[j];
+          if (r1 != r0) out[r1 * n + p * NB + j] = k - 2 * o1[j];
         }
       }
     }
@@ -147,19 +147,61 @@ extern "C" void effdnn_xnor_gemm(const u64* x, int64_t m, const u64* panels, int
 }
 
 struct ConvGeom {
-  int64_t B, C, H, W, N, kw, KH, KW, sh, sw, ph, pw, dh, dw, Ho, Wo, Hp, Wp, Cb;
+  int64_t B, C, H, W, N, kw, KH, KW, sh, sw, ph, pw, dh, dw, Ho, Wo, Hp, Wp, Cb, Np;
 };
+
+// What follows the popcount, per output channel n (arrays padded to Np = 8 ceil(N / 8)):
+//     y = (V + 2 corr - 2 popcount) * scale[n] * K + bias[n]            (the binary convolution)
+//     y = y * g[n] + h[n]                                             (a folded BatchNorm, when g)
+//     y = max(y, 0)                                                   (a folded ReLU, when relu)
+struct Epilogue {
+  const float *scale, *bias, *g, *h;
+  int relu;
+};
+
+static inline float hsum8(const float* v) {
+  return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+}
 
 // Phase 1: sign(x s + t) of every pixel, C bits (rounded up to bytes) per pixel, into a zero-padded
 // (B, Hp, Wp, Cb) byte image; A (B, H, W) = mean_c |x s + t| when A is not null (XNOR-Net's K map).
-static void pack_image(const float* x, const float* s, const float* t, const ConvGeom& g, uint8_t* img, float* A,
-                       int nt) {
+// x is NCHW (nhwc = 0) or NHWC (nhwc = 1, channels_last: 8 channels -> one byte by movemask).
+static void pack_image(const float* x, const float* s, const float* t, const ConvGeom& g, int nhwc, uint8_t* img,
+                       float* A, int nt) {
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
   for (int64_t bh = 0; bh < g.B * g.H; ++bh) {
     const int64_t b = bh / g.H, h = bh % g.H;
+    uint8_t* row = img + ((b * g.Hp + h + g.ph) * g.Wp + g.pw) * g.Cb;
+    if (nhwc) {
+      for (int64_t w = 0; w < g.W; ++w) {
+        const float* xp = x + (bh * g.W + w) * g.C;
+        uint8_t* dst = row + w * g.Cb;
+        float acc = 0.f;
+        int64_t c = 0;
+#ifdef __AVX2__
+        const __m256 zero = _mm256_setzero_ps(), sign = _mm256_set1_ps(-0.f);
+        __m256 accv = zero;
+        for (; c + 8 <= g.C; c += 8) {
+          const __m256 v = _mm256_fmadd_ps(_mm256_loadu_ps(xp + c), _mm256_loadu_ps(s + c), _mm256_loadu_ps(t + c));
+          dst[c >> 3] = (uint8_t)_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_GE_OQ));
+          accv = _mm256_add_ps(accv, _mm256_andnot_ps(sign, v));
+        }
+        alignas(32) float lanes[8];
+        _mm256_store_ps(lanes, accv);
+        acc = hsum8(lanes);
+#endif
+        for (; c < g.C; ++c) {
+          const float a = xp[c] * s[c] + t[c];
+          if ((c & 7) == 0) dst[c >> 3] = 0;
+          dst[c >> 3] |= (uint8_t)((a >= 0.f) << (c & 7));
+          acc += std::fabs(a);
+        }
+        if (A) A[bh * g.W + w] = acc / (float)g.C;
+      }
+      continue;
+    }
     std::vector<uint32_t> words(g.W);
     std::vector<float> acc(g.W, 0.f);
-    uint8_t* row = img + ((b * g.Hp + h + g.ph) * g.Wp + g.pw) * g.Cb;
     for (int64_t c0 = 0; c0 < g.C; c0 += 32) {
       std::fill(words.begin(), words.end(), 0u);
       const int64_t c1 = c0 + 32 < g.C ? c0 + 32 : g.C;
@@ -203,90 +245,132 @@ static inline void gather_row(const uint8_t* img, const ConvGeom& g, int64_t b, 
   std::memset(dst + used, 0, (size_t)(g.kw * 8 - used));
 }
 
-// Offsets V + 2 corr (n) of output pixel (ho, wo) and its K map value (sum of A over valid taps / KH KW).
-static inline void pixel_terms(const ConvGeom& g, const int32_t* wtap, const float* Ab, int64_t ho, int64_t wo,
-                               int32_t* off, float* kval) {
-  const int64_t h0 = ho * g.sh - g.ph, w0 = wo * g.sw - g.pw;
-  if (h0 >= 0 && h0 + (g.KH - 1) * g.dh < g.H && w0 >= 0 && w0 + (g.KW - 1) * g.dw < g.W) {  // no padding
-    const int32_t full = (int32_t)(g.KH * g.KW * g.C);
-    for (int64_t n = 0; n < g.N; ++n) off[n] = full;
-    float ksum = 0.f;
-    if (Ab)
-      for (int64_t i = 0; i < g.KH; ++i)
-        for (int64_t j = 0; j < g.KW; ++j) ksum += Ab[(h0 + i * g.dh) * g.W + w0 + j * g.dw];
-    *kval = Ab ? ksum / (float)(g.KH * g.KW) : 1.f;
-    return;
-  }
-  int64_t nvalid = 0;
-  float ksum = 0.f;
-  for (int64_t n = 0; n < g.N; ++n) off[n] = 0;
-  for (int64_t i = 0; i < g.KH; ++i) {
-    const int64_t hi = ho * g.sh - g.ph + i * g.dh;
-    for (int64_t j = 0; j < g.KW; ++j) {
-      const int64_t wi = wo * g.sw - g.pw + j * g.dw;
-      if (hi >= 0 && hi < g.H && wi >= 0 && wi < g.W) {
-        ++nvalid;
-        if (Ab) ksum += Ab[hi * g.W + wi];
-      } else {
-        for (int64_t n = 0; n < g.N; ++n) off[n] += 2 * wtap[n * g.KH * g.KW + i * g.KW + j];
+// offsets (Ho Wo, Np): V + 2 corr of every output pixel and channel (V valid taps times C; corr the
+// weight's 1-bits on the taps the convolution pads), the same for every image of the batch.
+static void offset_table(const ConvGeom& g, const int32_t* wtap, int32_t* off) {
+  for (int64_t ho = 0; ho < g.Ho; ++ho)
+    for (int64_t wo = 0; wo < g.Wo; ++wo) {
+      int32_t* o = off + (ho * g.Wo + wo) * g.Np;
+      int64_t nvalid = 0;
+      for (int64_t n = 0; n < g.Np; ++n) o[n] = 0;
+      for (int64_t i = 0; i < g.KH; ++i) {
+        const int64_t hi = ho * g.sh - g.ph + i * g.dh;
+        for (int64_t j = 0; j < g.KW; ++j) {
+          const int64_t wi = wo * g.sw - g.pw + j * g.dw;
+          if (hi >= 0 && hi < g.H && wi >= 0 && wi < g.W) {
+            ++nvalid;
+          } else {
+            for (int64_t n = 0; n < g.N; ++n) o[n] += 2 * wtap[n * g.KH * g.KW + i * g.KW + j];
+          }
+        }
       }
+      for (int64_t n = 0; n < g.Np; ++n) o[n] += (int32_t)(nvalid * g.C);
     }
-  }
-  for (int64_t n = 0; n < g.N; ++n) off[n] += (int32_t)(nvalid * g.C);
-  *kval = Ab ? ksum / (float)(g.KH * g.KW) : 1.f;
 }
 
-// Phase 2, one output row (b, ho): y[b, n, ho, :] = (V + 2 corr - 2 popcount) * scale[n] * K + bias[n].
-static void conv_row(const uint8_t* img, const ConvGeom& g, const u64* panels, const int32_t* wtap, const float* A,
-                     const float* scale, const float* bias, int64_t b, int64_t ho, u64* rows, int32_t* off,
-                     float* kv, float* y) {
+// K map of one output row: kv[wo] = sum of A over the valid taps / (KH KW) (XNOR-Net's K = A * k).
+static void k_row(const ConvGeom& g, const float* Ab, int64_t ho, float* kv) {
   for (int64_t wo = 0; wo < g.Wo; ++wo) {
-    gather_row(img, g, b, ho, wo, (uint8_t*)(rows + wo * g.kw));
-    pixel_terms(g, wtap, A ? A + b * g.H * g.W : nullptr, ho, wo, off + wo * g.N, kv + wo);
+    float ksum = 0.f;
+    for (int64_t i = 0; i < g.KH; ++i) {
+      const int64_t hi = ho * g.sh - g.ph + i * g.dh;
+      if (hi < 0 || hi >= g.H) continue;
+      for (int64_t j = 0; j < g.KW; ++j) {
+        const int64_t wi = wo * g.sw - g.pw + j * g.dw;
+        if (wi >= 0 && wi < g.W) ksum += Ab[hi * g.W + wi];
+      }
+    }
+    kv[wo] = ksum / (float)(g.KH * g.KW);
   }
-  uint32_t o0[NB], o1[NB];
-  const int64_t np = (g.N + NB - 1) / NB, plane = g.Ho * g.Wo;
+}
+
+// The epilogue of 8 channels (panel p) of one output pixel, written to dst (NHWC: channels contiguous).
+static inline void epilogue8(const int32_t* cnt, const int32_t* off, float kv, const Epilogue& e, int64_t p,
+                             int64_t jn, float* dst) {
+#ifdef __AVX2__
+  const int64_t c = p * NB;
+  const __m256i d = _mm256_sub_epi32(_mm256_loadu_si256((const __m256i*)off),
+                                     _mm256_slli_epi32(_mm256_loadu_si256((const __m256i*)cnt), 1));
+  __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(d), _mm256_loadu_ps(e.scale + c));
+  v = _mm256_fmadd_ps(v, _mm256_set1_ps(kv), _mm256_loadu_ps(e.bias + c));
+  if (e.g) v = _mm256_fmadd_ps(v, _mm256_loadu_ps(e.g + c), _mm256_loadu_ps(e.h + c));
+  if (e.relu) v = _mm256_max_ps(v, _mm256_setzero_ps());
+  if (jn == NB) {
+    _mm256_storeu_ps(dst, v);
+  } else {
+    alignas(32) float tmp[NB];
+    _mm256_store_ps(tmp, v);
+    for (int64_t j = 0; j < jn; ++j) dst[j] = tmp[j];
+  }
+#else
+  for (int64_t j = 0; j < jn; ++j) {
+    const int64_t n = p * NB + j;
+    float v = (float)(off[j] - 2 * cnt[j]) * e.scale[n] * kv + e.bias[n];
+    if (e.g) v = v * e.g[n] + e.h[n];
+    if (e.relu && !(v > 0.f)) v = 0.f;
+    dst[j] = v;
+  }
+#endif
+}
+
+// Phase 2, one output row (b, ho) into y (B, Ho, Wo, N).
+static void conv_row(const uint8_t* img, const ConvGeom& g, const u64* panels, const int32_t* offs, const float* A,
+                     const Epilogue& e, int64_t b, int64_t ho, u64* rows, float* kv, float* y) {
+  for (int64_t wo = 0; wo < g.Wo; ++wo) gather_row(img, g, b, ho, wo, (uint8_t*)(rows + wo * g.kw));
+  if (A) k_row(g, A + b * g.H * g.W, ho, kv);
+  else for (int64_t wo = 0; wo < g.Wo; ++wo) kv[wo] = 1.f;
+  alignas(32) int32_t o0[NB], o1[NB];
+  const int64_t np = g.Np / NB;
+  float* yrow = y + (b * g.Ho + ho) * g.Wo * g.N;
+  const int32_t* orow = offs + ho * g.Wo * g.Np;
   for (int64_t p = 0; p < np; ++p) {
     const u64* panel = panels + p * g.kw * NB;
     const int64_t jn = g.N - p * NB < NB ? g.N - p * NB : NB;
     for (int64_t wo = 0; wo < g.Wo; wo += 2) {
       const int64_t w1 = wo + 1 < g.Wo ? wo + 1 : wo;
       popc_rows(rows + wo * g.kw, rows + w1 * g.kw, panel, g.kw, o0, o1);
-      for (int64_t j = 0; j < jn; ++j) {
-        const int64_t n = p * NB + j;
-        const float bn = bias ? bias[n] : 0.f;
-        float* yn = y + (b * g.N + n) * plane + ho * g.Wo;
-        yn[wo] = (float)(off[wo * g.N + n] - 2 * (int32_t)o0[j]) * scale[n] * kv[wo] + bn;
-        if (w1 != wo) yn[w1] = (float)(off[w1 * g.N + n] - 2 * (int32_t)o1[j]) * scale[n] * kv[w1] + bn;
-      }
+      epilogue8(o0, orow + wo * g.Np + p * NB, kv[wo], e, p, jn, yrow + wo * g.N + p * NB);
+      if (w1 != wo) epilogue8(o1, orow + w1 * g.Np + p * NB, kv[w1], e, p, jn, yrow + w1 * g.N + p * NB);
     }
   }
 }
 
-// XNOR-Net / BNN convolution, float NCHW in and out: BN (x s + t) -> sign -> packed im2col -> XNOR-popcount
-// against the packed +-1 weights (panels of 8 channels, taps in (i, j, c) order) -> * scale (* K) + bias.
+static std::vector<float> padded(const float* v, int64_t n, int64_t np, float fill) {
+  std::vector<float> out((size_t)np, fill);
+  if (v) std::memcpy(out.data(), v, (size_t)n * sizeof(float));
+  return out;
+}
+
+// XNOR-Net / BNN convolution, float in (NCHW, or NHWC when shape[14]) and NHWC float out: BN (x s + t)
+// -> sign -> packed im2col -> XNOR-popcount against the packed +-1 weights (panels of 8 channels, taps
+// in (i, j, c) order) -> * scale (* K) + bias -> [* g + h] -> [ReLU] (shape[15]: relu).
 // wtap (N, KH KW): popcount of each channel's weight bits per tap (for the padding correction).
 extern "C" void effdnn_xnor_conv2d(const float* x, const int64_t* shape, const float* s, const float* t,
                                    const u64* panels, const int32_t* wtap, const float* scale, const float* bias,
-                                   int kscale, float* y, int nt) {
+                                   const float* post_g, const float* post_h, int kscale, float* y, int nt) {
   ConvGeom g;
   g.B = shape[0]; g.C = shape[1]; g.H = shape[2]; g.W = shape[3]; g.N = shape[4]; g.kw = shape[5];
   g.KH = shape[6]; g.KW = shape[7]; g.sh = shape[8]; g.sw = shape[9]; g.ph = shape[10]; g.pw = shape[11];
   g.dh = shape[12]; g.dw = shape[13];
+  const int nhwc = (int)shape[14];
   g.Ho = (g.H + 2 * g.ph - g.dh * (g.KH - 1) - 1) / g.sh + 1;
   g.Wo = (g.W + 2 * g.pw - g.dw * (g.KW - 1) - 1) / g.sw + 1;
-  g.Hp = g.H + 2 * g.ph; g.Wp = g.W + 2 * g.pw; g.Cb = (g.C + 7) / 8;
+  g.Hp = g.H + 2 * g.ph; g.Wp = g.W + 2 * g.pw; g.Cb = (g.C + 7) / 8; g.Np = (g.N + NB - 1) / NB * NB;
+  const std::vector<float> sc = padded(scale, g.N, g.Np, 0.f), bi = padded(bias, g.N, g.Np, 0.f);
+  const std::vector<float> pg = padded(post_g, g.N, g.Np, 1.f), ph = padded(post_h, g.N, g.Np, 0.f);
+  const Epilogue e{sc.data(), bi.data(), post_g ? pg.data() : nullptr, ph.data(), (int)shape[15]};
   std::vector<uint8_t> img((size_t)(g.B * g.Hp * g.Wp * g.Cb + 8), 0);
   std::vector<float> A(kscale ? (size_t)(g.B * g.H * g.W) : 0);
-  pack_image(x, s, t, g, img.data(), kscale ? A.data() : nullptr, nt);
+  std::vector<int32_t> offs((size_t)(g.Ho * g.Wo * g.Np));
+  offset_table(g, wtap, offs.data());
+  pack_image(x, s, t, g, nhwc, img.data(), kscale ? A.data() : nullptr, nt);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     std::vector<u64> rows((size_t)((g.Wo + 1) * g.kw + 1), 0);
-    std::vector<int32_t> off((size_t)(g.Wo * g.N));
     std::vector<float> kv((size_t)g.Wo);
 #pragma omp for schedule(static)
     for (int64_t bh = 0; bh < g.B * g.Ho; ++bh)
-      conv_row(img.data(), g, panels, wtap, kscale ? A.data() : nullptr, scale, bias, bh / g.Ho, bh % g.Ho,
-               rows.data(), off.data(), kv.data(), y);
+      conv_row(img.data(), g, panels, offs.data(), kscale ? A.data() : nullptr, e, bh / g.Ho, bh % g.Ho,
+               rows.data(), kv.data(), y);
   }
 }

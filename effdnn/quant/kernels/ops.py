@@ -73,22 +73,32 @@ def conv_weight_layout(plus: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return weight_panels(pad.view(np.uint64)), wtap
 
 
+def channels_last(x: torch.Tensor) -> bool:
+    """True when a 4-d tensor's memory is NHWC (torch.channels_last) and not also plain NCHW."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 def xnor_conv2d(x: torch.Tensor, s: torch.Tensor, t: torch.Tensor, panels: torch.Tensor, wtap: torch.Tensor,
                 n: int, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
                 dilation: tuple[int, int], scale: torch.Tensor, bias: torch.Tensor | None, k_scaling: bool,
+                post_scale: torch.Tensor | None = None, post_shift: torch.Tensor | None = None, relu: bool = False,
                 threads: int | None = None) -> torch.Tensor:
-    """(B, C, H, W) float -> (B, N, Ho, Wo): sign(x s + t) (*) W_+-1 by XNOR-popcount, * scale[n]
-    (* XNOR-Net's K map of |x s + t|), + bias; zero padding contributes 0 (the popcount is corrected)."""
-    x = _f32(x)
+    """(B, C, H, W) float (NCHW or channels_last) -> (B, N, Ho, Wo) channels_last: sign(x s + t) (*) W_+-1
+    by XNOR-popcount, * scale[n] (* XNOR-Net's K map of |x s + t|), + bias, then * post_scale + post_shift
+    (a folded BatchNorm) and ReLU when given; zero padding contributes 0 (the popcount is corrected)."""
+    nhwc = channels_last(x)
+    x = x.detach().to(torch.float32)
+    x = x if nhwc else x.contiguous()
     b, c, h, w = x.shape
     ho = (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
     wo = (w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
-    shape = torch.tensor([b, c, h, w, n, panels.shape[1], *kernel, *stride, *padding, *dilation], dtype=torch.int64)
-    y = torch.empty(b, n, ho, wo, dtype=torch.float32)
-    s, t, scale, bias = _f32(s), _f32(t), _f32(scale), _f32(bias)
+    shape = torch.tensor([b, c, h, w, n, panels.shape[1], *kernel, *stride, *padding, *dilation, int(nhwc), int(relu)],
+                         dtype=torch.int64)
+    y = torch.empty(b, ho, wo, n, dtype=torch.float32)
+    s, t, scale, bias, g, sh = (_f32(v) for v in (s, t, scale, bias, post_scale, post_shift))
     lib().effdnn_xnor_conv2d(_ptr(x), _ptr(shape), _ptr(s), _ptr(t), _ptr(panels), _ptr(wtap), _ptr(scale),
-                             _ptr(bias), int(k_scaling), _ptr(y), threads or torch.get_num_threads())
-    return y
+                             _ptr(bias), _ptr(g), _ptr(sh), int(k_scaling), _ptr(y), threads or torch.get_num_threads())
+    return y.permute(0, 3, 1, 2)
 
 
-__all__ = ["conv_weight_layout", "pack_rows", "weight_panels", "xnor_conv2d", "xnor_gemm"]
+__all__ = ["channels_last", "conv_weight_layout", "pack_rows", "weight_panels", "xnor_conv2d", "xnor_gemm"]

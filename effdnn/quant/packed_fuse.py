@@ -1,0 +1,112 @@
+"""Fold what follows a packed binary convolution into its kernel epilogue, as BNN inference engines do
+(FINN, Umuroglu et al. 2017, section 4.2.2; Larq Compute Engine, Bannink et al. 2021): a BatchNorm and a
+ReLU that read only the convolution's output become a per-channel affine map and a max on the kernel's
+float result,
+
+    y = (V + 2 corr - 2 popcount) alpha_n K + b_n,    z = max(y g_n + h_n, 0),
+    g_n = gamma_n / sqrt(var_n + eps),  h_n = beta_n - mu_n g_n                 (eval-mode BatchNorm)
+
+so no float tensor is written and read again between them. The fold is exact in real arithmetic for any
+sign of gamma, alpha or K (it is the same affine map, applied in the same order); in float32 it differs
+from the separate modules by rounding only (one fused multiply-add instead of torch's BatchNorm).
+
+Chains are found on the torch.fx graph (a packed layer whose only user is a BatchNorm2d / ReLU module,
+each called once); a model fx cannot trace falls back to consecutive children of an ``nn.Sequential``.
+The folded modules become ``nn.Identity``.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+class _PackedLeaves(torch.fx.Tracer):
+    def __init__(self, leaf: type) -> None:
+        super().__init__()
+        self.leaf = leaf
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, self.leaf) or super().is_leaf_module(m, qualname)
+
+
+def _foldable(m: nn.Module | None, bn_seen: bool) -> bool:
+    if isinstance(m, nn.BatchNorm2d):
+        return not bn_seen and m.track_running_stats and m.running_var is not None
+    return isinstance(m, nn.ReLU)
+
+
+def _chains_fx(model: nn.Module, leaf: type) -> list[list[str]] | None:
+    try:
+        graph = _PackedLeaves(leaf).trace(model)
+    except Exception:
+        return None
+    mods = dict(model.named_modules())
+    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+    chains = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(mods.get(node.target), leaf) or calls[node.target] != 1:
+            continue
+        chain, cur = [node.target], node
+        while len(cur.users) == 1:
+            nxt = next(iter(cur.users))
+            m = mods.get(nxt.target) if nxt.op == "call_module" else None
+            bn_seen = any(isinstance(mods[c], nn.BatchNorm2d) for c in chain[1:])
+            relu_seen = any(isinstance(mods[c], nn.ReLU) for c in chain[1:])
+            if relu_seen or not _foldable(m, bn_seen) or calls[nxt.target] != 1 or nxt.args[0] is not cur:
+                break
+            chain.append(nxt.target)
+            cur = nxt
+        chains.append(chain)
+    return chains
+
+
+def _chains_sequential(model: nn.Module, leaf: type) -> list[list[str]]:
+    chains = []
+    for name, seq in model.named_modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        kids = list(seq.named_children())
+        for i, (n0, m0) in enumerate(kids):
+            if not isinstance(m0, leaf):
+                continue
+            chain = [n0]
+            for n1, m1 in kids[i + 1:]:
+                bn_seen = any(isinstance(seq.get_submodule(c), nn.BatchNorm2d) for c in chain[1:])
+                if isinstance(seq.get_submodule(chain[-1]), nn.ReLU) or not _foldable(m1, bn_seen):
+                    break
+                chain.append(n1)
+            chains.append([f"{name}.{c}" if name else c for c in chain])
+    return chains
+
+
+def fuse_epilogues(model: nn.Module, leaf: type) -> list[list[str]]:
+    """Fold each [BatchNorm2d] [ReLU] that follows a ``leaf`` module (a PackedBinaryLayer that can take an
+    epilogue: ``accepts_epilogue()`` and ``set_epilogue(bn, relu)``) into it, in place; returns the
+    chains (layer name first) that were folded. A BatchNorm whose input has other users stays in float
+    (one log line naming it)."""
+    chains = _chains_fx(model, leaf)
+    chains = _chains_sequential(model, leaf) if chains is None else chains
+    folded = []
+    for chain in chains:
+        layer = model.get_submodule(chain[0])
+        if len(chain) == 1 or not layer.accepts_epilogue():
+            continue
+        mods = [model.get_submodule(c) for c in chain[1:]]
+        bn = next((m for m in mods if isinstance(m, nn.BatchNorm2d)), None)
+        layer.set_epilogue(bn, any(isinstance(m, nn.ReLU) for m in mods))
+        for c in chain[1:]:
+            model.set_submodule(c, nn.Identity())
+        folded.append(chain)
+    for name, m in model.named_modules():
+        if isinstance(m, leaf) and m.accepts_epilogue() and not any(c[0] == name for c in folded):
+            log.info("packed layer %s: what follows it is not folded (its output has other users or no "
+                     "BatchNorm / ReLU module reads it); it runs in float", name)
+    return folded
+
+
+__all__ = ["fuse_epilogues"]
