@@ -163,7 +163,7 @@ class PackedBinaryLayer(nn.Module):
                   "scale": self.pos_scale.float().expand(n).contiguous()}
             if self.conv:
                 kh, kw = self.kernel_size
-                st["panels"], st["wtap"] = conv_weight_layout((~neg).reshape(n, -1, kh, kw))
+                st["panels"], st["wtap"] = conv_weight_layout((~neg).reshape(n, -1, kh, kw), self.dilation[1] != 1)
                 if hasattr(self, "post_bn_running_mean"):  # eval BatchNorm: y g + h
                     g = self.post_bn_weight / torch.sqrt(self.post_bn_running_var + self.post_eps)
                     st["g"], st["h"] = g, self.post_bn_bias - self.post_bn_running_mean * g

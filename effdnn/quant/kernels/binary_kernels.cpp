@@ -12,6 +12,8 @@
 #include <cstring>
 #include <cmath>
 #include <vector>
+#include <cstdio>
+#include <cstdlib>
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -32,14 +34,16 @@ extern "C" int effdnn_kernel_isa() {
 #endif
 }
 
-// popcount(x0 ^ panel[k][j]) and popcount(x1 ^ panel[k][j]) summed over k, for j < 8, as int32 o0[j], o1[j].
-static inline void popc_rows(const u64* x0, const u64* x1, const u64* panel, int64_t kw, int32_t* o0, int32_t* o1) {
+// popcount(x0(k) ^ panel[k][j]) and popcount(x1(k) ^ panel[k][j]) summed over k, for j < 8, as int32 o0[j],
+// o1[j]; x0, x1 give word k of the two input rows (read from a packed row, or straight from the image).
+template <class X0, class X1>
+static inline void popc_rows(X0 x0, X1 x1, const u64* panel, int64_t kw, int32_t* o0, int32_t* o1) {
 #if defined(__AVX512VPOPCNTDQ__) && defined(__AVX512F__)
   __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512();
   for (int64_t k = 0; k < kw; ++k) {
     __m512i w = _mm512_loadu_si512((const void*)(panel + k * NB));
-    a0 = _mm512_add_epi64(a0, _mm512_popcnt_epi64(_mm512_xor_si512(w, _mm512_set1_epi64((long long)x0[k]))));
-    a1 = _mm512_add_epi64(a1, _mm512_popcnt_epi64(_mm512_xor_si512(w, _mm512_set1_epi64((long long)x1[k]))));
+    a0 = _mm512_add_epi64(a0, _mm512_popcnt_epi64(_mm512_xor_si512(w, _mm512_set1_epi64((long long)x0(k)))));
+    a1 = _mm512_add_epi64(a1, _mm512_popcnt_epi64(_mm512_xor_si512(w, _mm512_set1_epi64((long long)x1(k)))));
   }
   _mm256_storeu_si256((__m256i*)o0, _mm512_cvtepi64_epi32(a0));
   _mm256_storeu_si256((__m256i*)o1, _mm512_cvtepi64_epi32(a1));
@@ -55,7 +59,7 @@ static inline void popc_rows(const u64* x0, const u64* x1, const u64* panel, int
     for (; k < end; ++k) {
       __m256i w0 = _mm256_loadu_si256((const __m256i*)(panel + k * NB));
       __m256i w1 = _mm256_loadu_si256((const __m256i*)(panel + k * NB + 4));
-      __m256i y0 = _mm256_set1_epi64x((long long)x0[k]), y1 = _mm256_set1_epi64x((long long)x1[k]);
+      __m256i y0 = _mm256_set1_epi64x((long long)x0(k)), y1 = _mm256_set1_epi64x((long long)x1(k));
 #define EFFDNN_CNT(v) _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(v, lo)), \
                                       _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), lo)))
       __m256i v;
@@ -80,8 +84,8 @@ static inline void popc_rows(const u64* x0, const u64* x1, const u64* panel, int
   for (int j = 0; j < NB; ++j) { o0[j] = 0; o1[j] = 0; }
   for (int64_t k = 0; k < kw; ++k)
     for (int j = 0; j < NB; ++j) {
-      o0[j] += (int32_t)__builtin_popcountll(x0[k] ^ panel[k * NB + j]);
-      o1[j] += (int32_t)__builtin_popcountll(x1[k] ^ panel[k * NB + j]);
+      o0[j] += (int32_t)__builtin_popcountll(x0(k) ^ panel[k * NB + j]);
+      o1[j] += (int32_t)__builtin_popcountll(x1(k) ^ panel[k * NB + j]);
     }
 #endif
 }
@@ -136,7 +140,8 @@ extern "C" void effdnn_xnor_gemm(const u64* x, int64_t m, const u64* panels, int
       int64_t jn = n - p * NB < NB ? n - p * NB : NB;
       for (int64_t q = blk * 8; q < pairs && q < blk * 8 + 8; ++q) {
         int64_t r0 = 2 * q, r1 = r0 + 1 < m ? r0 + 1 : r0;
-        popc_rows(x + r0 * kw, x + r1 * kw, panel, kw, o0, o1);
+        const u64 *a0 = x + r0 * kw, *a1 = x + r1 * kw;
+        popc_rows([a0](int64_t i) { return a0[i]; }, [a1](int64_t i) { return a1[i]; }, panel, kw, o0, o1);
         for (int64_t j = 0; j < jn; ++j) {
           out[r0 * n + p * NB + j] = k - 2 * o0[j];
           if (r1 != r0) out[r1 * n + p * NB + j] = k - 2 * o1[j];
@@ -148,7 +153,30 @@ extern "C" void effdnn_xnor_gemm(const u64* x, int64_t m, const u64* panels, int
 
 struct ConvGeom {
   int64_t B, C, H, W, N, kw, KH, KW, sh, sw, ph, pw, dh, dw, Ho, Wo, Hp, Wp, Cb, Np;
+  int64_t segb, nseg, segw;  // a K-row's contiguous runs in the image: bytes each, how many, words each
 };
+
+// Implicit im2col: with the image (B, Hp, Wp, Cb) bytes, the K-row of an output pixel is nseg runs of
+// segb contiguous bytes (one per kernel row i when dw = 1: KW taps of Cb bytes; else one per tap). The
+// weights hold each run padded to segw whole words, so word q of run r is the 8 image bytes at
+// woff[r segw + q] from the pixel's window origin, masked to the run (the image has 8 bytes of slack).
+static void word_table(const ConvGeom& g, int64_t* woff, u64* wmask) {
+  for (int64_t r = 0; r < g.nseg; ++r) {
+    const int64_t i = g.dw == 1 ? r : r / g.KW, j = g.dw == 1 ? 0 : r % g.KW;
+    const int64_t base = (i * g.dh * g.Wp + j * g.dw) * g.Cb;
+    for (int64_t q = 0; q < g.segw; ++q) {
+      const int64_t left = g.segb - 8 * q;
+      woff[r * g.segw + q] = base + 8 * q;
+      wmask[r * g.segw + q] = left >= 8 ? ~(u64)0 : (((u64)1 << (8 * left)) - 1);
+    }
+  }
+}
+
+static inline u64 load_word(const uint8_t* p) {
+  u64 v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
 
 // What follows the popcount, per output channel n (arrays padded to Np = 8 ceil(N / 8)):
 //     y = (V + 2 corr - 2 popcount) * scale[n] * K + bias[n]            (the binary convolution)
@@ -225,26 +253,6 @@ static void pack_image(const float* x, const float* s, const float* t, const Con
   }
 }
 
-// im2col on bits: the packed K-row (taps in (i, j) order, Cb bytes each) of output pixel (ho, wo).
-// Segments are copied in whole 8-byte moves; the overrun lands where the next segment goes, and past the
-// last one the row's tail is zeroed again (the image carries 8 bytes of slack for the over-read).
-static inline void copy_bytes(uint8_t* dst, const uint8_t* src, int64_t len) {
-  for (int64_t o = 0; o < len; o += 8) std::memcpy(dst + o, src + o, 8);
-}
-
-static inline void gather_row(const uint8_t* img, const ConvGeom& g, int64_t b, int64_t ho, int64_t wo, uint8_t* dst) {
-  for (int64_t i = 0; i < g.KH; ++i) {
-    const uint8_t* src = img + ((b * g.Hp + ho * g.sh + i * g.dh) * g.Wp + wo * g.sw) * g.Cb;
-    if (g.dw == 1) {
-      copy_bytes(dst + i * g.KW * g.Cb, src, g.KW * g.Cb);
-    } else {
-      for (int64_t j = 0; j < g.KW; ++j) copy_bytes(dst + (i * g.KW + j) * g.Cb, src + j * g.dw * g.Cb, g.Cb);
-    }
-  }
-  const int64_t used = g.KH * g.KW * g.Cb;
-  std::memset(dst + used, 0, (size_t)(g.kw * 8 - used));
-}
-
 // offsets (Ho Wo, Np): V + 2 corr of every output pixel and channel (V valid taps times C; corr the
 // weight's 1-bits on the taps the convolution pads), the same for every image of the batch.
 static void offset_table(const ConvGeom& g, const int32_t* wtap, int32_t* off) {
@@ -268,19 +276,24 @@ static void offset_table(const ConvGeom& g, const int32_t* wtap, int32_t* off) {
     }
 }
 
-// K map of one output row: kv[wo] = sum of A over the valid taps / (KH KW) (XNOR-Net's K = A * k).
-static void k_row(const ConvGeom& g, const float* Ab, int64_t ho, float* kv) {
+// K map of one output row: kv[wo] = sum of A over the valid taps / (KH KW) (XNOR-Net's K = A * k), by
+// column sums over the valid kernel rows (col: W floats), then sums over the valid kernel columns.
+static void k_row(const ConvGeom& g, const float* Ab, int64_t ho, float* col, float* kv) {
+  for (int64_t w = 0; w < g.W; ++w) col[w] = 0.f;
+  for (int64_t i = 0; i < g.KH; ++i) {
+    const int64_t hi = ho * g.sh - g.ph + i * g.dh;
+    if (hi < 0 || hi >= g.H) continue;
+    const float* a = Ab + hi * g.W;
+    for (int64_t w = 0; w < g.W; ++w) col[w] += a[w];
+  }
+  const float inv = 1.f / (float)(g.KH * g.KW);
   for (int64_t wo = 0; wo < g.Wo; ++wo) {
     float ksum = 0.f;
-    for (int64_t i = 0; i < g.KH; ++i) {
-      const int64_t hi = ho * g.sh - g.ph + i * g.dh;
-      if (hi < 0 || hi >= g.H) continue;
-      for (int64_t j = 0; j < g.KW; ++j) {
-        const int64_t wi = wo * g.sw - g.pw + j * g.dw;
-        if (wi >= 0 && wi < g.W) ksum += Ab[hi * g.W + wi];
-      }
+    for (int64_t j = 0; j < g.KW; ++j) {
+      const int64_t wi = wo * g.sw - g.pw + j * g.dw;
+      if (wi >= 0 && wi < g.W) ksum += col[wi];
     }
-    kv[wo] = ksum / (float)(g.KH * g.KW);
+    kv[wo] = ksum * inv;
   }
 }
 
@@ -314,13 +327,14 @@ static inline void epilogue8(const int32_t* cnt, const int32_t* off, float kv, c
 }
 
 // Phase 2, one output row (b, ho) into y (B, Ho, Wo, N).
-static void conv_row(const uint8_t* img, const ConvGeom& g, const u64* panels, const int32_t* offs, const float* A,
-                     const Epilogue& e, int64_t b, int64_t ho, u64* rows, float* kv, float* y) {
-  for (int64_t wo = 0; wo < g.Wo; ++wo) gather_row(img, g, b, ho, wo, (uint8_t*)(rows + wo * g.kw));
-  if (A) k_row(g, A + b * g.H * g.W, ho, kv);
+static void conv_row(const uint8_t* img, const ConvGeom& g, const int64_t* woff, const u64* wmask, const u64* panels,
+                     const int32_t* offs, const float* A, const Epilogue& e, int64_t b, int64_t ho, float* col,
+                     float* kv, float* y) {
+  if (A) k_row(g, A + b * g.H * g.W, ho, col, kv);
   else for (int64_t wo = 0; wo < g.Wo; ++wo) kv[wo] = 1.f;
   alignas(32) int32_t o0[NB], o1[NB];
-  const int64_t np = g.Np / NB;
+  const int64_t np = g.Np / NB, step = g.sw * g.Cb;
+  const uint8_t* origin = img + (b * g.Hp + ho * g.sh) * g.Wp * g.Cb;  // window of output pixel (ho, 0)
   float* yrow = y + (b * g.Ho + ho) * g.Wo * g.N;
   const int32_t* orow = offs + ho * g.Wo * g.Np;
   for (int64_t p = 0; p < np; ++p) {
@@ -328,7 +342,9 @@ static void conv_row(const uint8_t* img, const ConvGeom& g, const u64* panels, c
     const int64_t jn = g.N - p * NB < NB ? g.N - p * NB : NB;
     for (int64_t wo = 0; wo < g.Wo; wo += 2) {
       const int64_t w1 = wo + 1 < g.Wo ? wo + 1 : wo;
-      popc_rows(rows + wo * g.kw, rows + w1 * g.kw, panel, g.kw, o0, o1);
+      const uint8_t *p0 = origin + wo * step, *p1 = origin + w1 * step;
+      popc_rows([=](int64_t k) { return load_word(p0 + woff[k]) & wmask[k]; },
+                [=](int64_t k) { return load_word(p1 + woff[k]) & wmask[k]; }, panel, g.kw, o0, o1);
       epilogue8(o0, orow + wo * g.Np + p * NB, kv[wo], e, p, jn, yrow + wo * g.N + p * NB);
       if (w1 != wo) epilogue8(o1, orow + w1 * g.Np + p * NB, kv[w1], e, p, jn, yrow + w1 * g.N + p * NB);
     }
@@ -342,8 +358,8 @@ static std::vector<float> padded(const float* v, int64_t n, int64_t np, float fi
 }
 
 // XNOR-Net / BNN convolution, float in (NCHW, or NHWC when shape[14]) and NHWC float out: BN (x s + t)
-// -> sign -> packed im2col -> XNOR-popcount against the packed +-1 weights (panels of 8 channels, taps
-// in (i, j, c) order) -> * scale (* K) + bias -> [* g + h] -> [ReLU] (shape[15]: relu).
+// -> sign -> packed image -> XNOR-popcount of each pixel's window (implicit im2col, word_table) against
+// the packed +-1 weights (panels of 8 channels, taps in (i, j, c) order, each run padded to whole words) -> * scale (* K) + bias -> [* g + h] -> [ReLU] (shape[15]: relu).
 // wtap (N, KH KW): popcount of each channel's weight bits per tap (for the padding correction).
 extern "C" void effdnn_xnor_conv2d(const float* x, const int64_t* shape, const float* s, const float* t,
                                    const u64* panels, const int32_t* wtap, const float* scale, const float* bias,
@@ -356,6 +372,11 @@ extern "C" void effdnn_xnor_conv2d(const float* x, const int64_t* shape, const f
   g.Ho = (g.H + 2 * g.ph - g.dh * (g.KH - 1) - 1) / g.sh + 1;
   g.Wo = (g.W + 2 * g.pw - g.dw * (g.KW - 1) - 1) / g.sw + 1;
   g.Hp = g.H + 2 * g.ph; g.Wp = g.W + 2 * g.pw; g.Cb = (g.C + 7) / 8; g.Np = (g.N + NB - 1) / NB * NB;
+  g.segb = g.dw == 1 ? g.KW * g.Cb : g.Cb; g.nseg = g.dw == 1 ? g.KH : g.KH * g.KW; g.segw = (g.segb + 7) / 8;
+  if (g.kw != g.nseg * g.segw) return;  // the weights were laid out for another geometry (ops.py checks)
+  std::vector<int64_t> woff((size_t)g.kw);
+  std::vector<u64> wmask((size_t)g.kw);
+  word_table(g, woff.data(), wmask.data());
   const std::vector<float> sc = padded(scale, g.N, g.Np, 0.f), bi = padded(bias, g.N, g.Np, 0.f);
   const std::vector<float> pg = padded(post_g, g.N, g.Np, 1.f), ph = padded(post_h, g.N, g.Np, 0.f);
   const Epilogue e{sc.data(), bi.data(), post_g ? pg.data() : nullptr, ph.data(), (int)shape[15]};
@@ -363,14 +384,17 @@ extern "C" void effdnn_xnor_conv2d(const float* x, const int64_t* shape, const f
   std::vector<float> A(kscale ? (size_t)(g.B * g.H * g.W) : 0);
   std::vector<int32_t> offs((size_t)(g.Ho * g.Wo * g.Np));
   offset_table(g, wtap, offs.data());
+  double T0 = omp_get_wtime();
   pack_image(x, s, t, g, nhwc, img.data(), kscale ? A.data() : nullptr, nt);
+  double T1 = omp_get_wtime();
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-    std::vector<u64> rows((size_t)((g.Wo + 1) * g.kw + 1), 0);
-    std::vector<float> kv((size_t)g.Wo);
+    std::vector<float> col((size_t)g.W), kv((size_t)g.Wo);
 #pragma omp for schedule(static)
     for (int64_t bh = 0; bh < g.B * g.Ho; ++bh)
-      conv_row(img.data(), g, panels, offs.data(), kscale ? A.data() : nullptr, e, bh / g.Ho, bh % g.Ho,
-               rows.data(), kv.data(), y);
+      conv_row(img.data(), g, woff.data(), wmask.data(), panels, offs.data(), kscale ? A.data() : nullptr, e,
+               bh / g.Ho, bh % g.Ho, col.data(), kv.data(), y);
   }
+  double T2 = omp_get_wtime();
+  if (getenv("KTIME")) fprintf(stderr, "pack %.2f conv %.2f ms\n", (T1 - T0) * 1e3, (T2 - T1) * 1e3);
 }

@@ -11,6 +11,7 @@ import math
 import numpy as np
 import torch
 
+from ..bitpack import pack_words
 from . import lib
 
 NB = 8  # output channels per weight panel (binary_kernels.cpp)
@@ -59,18 +60,27 @@ def xnor_gemm(x_words: torch.Tensor, panels: torch.Tensor, n: int, k: int, threa
     return out
 
 
-def conv_weight_layout(plus: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """bool (N, C, KH, KW) (True = +1) -> (panels of the (i, j, c) rows, channels padded to whole bytes;
-    int32 (N, KH KW) popcount of each tap), the layout ``xnor_conv2d`` reads."""
+def conv_weight_layout(plus: torch.Tensor, per_tap: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """bool (N, C, KH, KW) (True = +1) -> (panels of the (i, j, c) rows, int32 (N, KH KW) popcount of each tap),
+    the layout ``xnor_conv2d`` reads: channels padded to whole bytes, and each run the kernel reads from the
+    packed image (one per kernel row i: KW taps; one per tap when ``per_tap``, for a dilated width) padded
+    to whole 64-bit words."""
     n, c, kh, kw = plus.shape
     cb = math.ceil(c / 8) * 8
-    rows = torch.zeros(n, kh, kw, cb, dtype=torch.bool)
-    rows[..., :c] = plus.permute(0, 2, 3, 1)
-    words = np.packbits(rows.reshape(n, -1).numpy(), axis=1, bitorder="little")
-    pad = np.zeros((n, math.ceil(words.shape[1] / 8) * 8), dtype=np.uint8)
-    pad[:, :words.shape[1]] = words
+    bits = torch.zeros(n, kh, kw, cb, dtype=torch.bool)
+    bits[..., :c] = plus.permute(0, 2, 3, 1)
+    runs = bits.reshape(n, kh * kw if per_tap else kh, -1)  # (N, runs, run bits)
+    width = math.ceil(runs.shape[2] / 64) * 64
+    padded = torch.zeros(n, runs.shape[1], width, dtype=torch.bool)
+    padded[..., :runs.shape[2]] = runs
     wtap = plus.reshape(n, c, kh * kw).sum(1).to(torch.int32).contiguous()
-    return weight_panels(pad.view(np.uint64)), wtap
+    return weight_panels(pack_words(padded.reshape(n, -1).numpy())), wtap
+
+
+def conv_words(c: int, kernel: tuple[int, int], per_tap: bool) -> int:
+    """Words per output pixel that ``conv_weight_layout`` gives for C input channels."""
+    run = math.ceil(c / 8) * (1 if per_tap else kernel[1])  # bytes
+    return math.ceil(run / 8) * kernel[0] * (kernel[1] if per_tap else 1)
 
 
 def channels_last(x: torch.Tensor) -> bool:
@@ -90,6 +100,8 @@ def xnor_conv2d(x: torch.Tensor, s: torch.Tensor, t: torch.Tensor, panels: torch
     x = x.detach().to(torch.float32)
     x = x if nhwc else x.contiguous()
     b, c, h, w = x.shape
+    if panels.shape[1] != conv_words(c, kernel, dilation[1] != 1):
+        raise ValueError(f"weights laid out for another geometry ({panels.shape[1]} words per pixel)")
     ho = (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
     wo = (w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
     shape = torch.tensor([b, c, h, w, n, panels.shape[1], *kernel, *stride, *padding, *dilation, int(nhwc), int(relu)],
@@ -101,4 +113,4 @@ def xnor_conv2d(x: torch.Tensor, s: torch.Tensor, t: torch.Tensor, panels: torch
     return y.permute(0, 3, 1, 2)
 
 
-__all__ = ["channels_last", "conv_weight_layout", "pack_rows", "weight_panels", "xnor_conv2d", "xnor_gemm"]
+__all__ = ["channels_last", "conv_weight_layout", "conv_words", "pack_rows", "weight_panels", "xnor_conv2d", "xnor_gemm"]
