@@ -33,7 +33,8 @@ from ..cost.precision import LayerPrecision
 from . import kernels
 from .bitpack import pack_bits, pack_words, to_words, unpack_bits, xnor_popcount_matmul
 from .methods.binary_layers import BinaryConv2d, BinaryLayerMixin, BinaryLinear
-from .packed_fuse import fuse_epilogues
+from .fold_bn import fold_batchnorm
+from .packed_fuse import fuse_epilogues, fuse_residuals
 
 
 class PackedBinaryLayer(nn.Module):
@@ -67,6 +68,7 @@ class PackedBinaryLayer(nn.Module):
                 raise ValueError("packed inference supports groups=1 and numeric padding")
         self.label = layer.effdnn_precision().label
         self.post_relu = False  # set_epilogue: a folded BatchNorm (post_bn_* buffers) and / or ReLU
+        self.residual_relu: bool | None = None  # set_residual: forward(x, r) adds r (then a ReLU when True)
 
     # -- folded epilogue (packed_fuse) ----------------------------------------------------------------
     def accepts_epilogue(self) -> bool:
@@ -85,12 +87,20 @@ class PackedBinaryLayer(nn.Module):
         self.post_relu = relu
         self.__dict__.pop("_fast", None)
 
-    def _post_reference(self, y: torch.Tensor) -> torch.Tensor:
-        """The folded modules as they ran: BatchNorm (eval), then ReLU."""
+    def set_residual(self, relu: bool) -> None:
+        """forward(x, r) ends with + r (a residual join that reads this layer's output), then ReLU if ``relu``."""
+        self.residual_relu = relu
+
+    def _post_reference(self, y: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        """The folded modules as they ran: BatchNorm (eval), ReLU, + residual, ReLU."""
         if hasattr(self, "post_bn_running_mean"):
             y = F.batch_norm(y, self.post_bn_running_mean, self.post_bn_running_var, self.post_bn_weight,
                              self.post_bn_bias, False, 0.0, self.post_eps)
-        return F.relu(y) if self.post_relu else y
+        y = F.relu(y) if self.post_relu else y
+        if residual is not None:
+            y = y + residual
+            y = F.relu(y) if self.residual_relu else y
+        return y
 
     # -- storage --------------------------------------------------------------------------------------
     def storage_bits(self) -> int:
@@ -186,13 +196,13 @@ class PackedBinaryLayer(nn.Module):
         kh, kw = self.kernel_size
         return (self.k // (kh * kw), kh, kw)
 
-    def _binary_fast(self, x: torch.Tensor) -> torch.Tensor:
+    def _binary_fast(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         from .kernels import ops
         st = self._fast_state()
         if self.conv:
             return ops.xnor_conv2d(x, st["s"], st["t"], st["panels"], st["wtap"], self.out_features, self.kernel_size,
                                    self.stride, self.padding, self.dilation, st["scale"], self.bias, self.k_scaling,
-                                   st.get("g"), st.get("h"), self.post_relu)
+                                   st.get("g"), st.get("h"), self.post_relu, residual, bool(self.residual_relu))
         words, beta = ops.pack_rows(x, st["s"], st["t"], absmean=self.k_scaling)
         y = ops.xnor_gemm(words, st["panels"], self.out_features, self.k).float() * st["scale"]
         y = y * beta[:, None] if self.k_scaling else y
@@ -216,17 +226,20 @@ class PackedBinaryLayer(nn.Module):
         return y + (self.bias.view(1, -1, 1, 1) if self.conv else self.bias)
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The fast kernels when they apply (CPU; float32 for the binary kernels), else the reference."""
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The fast kernels when they apply (CPU; float32 for the binary kernels), else the reference.
+        ``residual``: the other operand of a folded residual join (``set_residual``)."""
+        if (residual is None) != (self.residual_relu is None):
+            raise ValueError("a residual is given exactly when the layer has a folded residual join")
         if x.device.type == "cpu":
             if not self.binary_input:
                 return self._sign_add_fast(x)
             if x.dtype == torch.float32 and kernels.lib() is not None:
-                return self._binary_fast(x)
-        return self.forward_reference(x)
+                return self._binary_fast(x, residual)
+        return self.forward_reference(x, residual)
 
     @torch.no_grad()
-    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_reference(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """The pure path: unfold + numpy XNOR-popcount (binary inputs) or two {0, 1} products (sign-add)."""
         b = x.shape[0]
         if self.binary_input:
@@ -242,22 +255,26 @@ class PackedBinaryLayer(nn.Module):
                 A = a.abs().mean(1, keepdim=True)
                 box = torch.full((1, 1, *self.kernel_size), 1.0 / (self.kernel_size[0] * self.kernel_size[1]), dtype=a.dtype)
                 y = y * F.conv2d(A, box, None, self.stride, self.padding, self.dilation)
-            return self._post_reference(y if self.bias is None else y + self.bias.view(1, -1, 1, 1))
+            return self._post_reference(y if self.bias is None else y + self.bias.view(1, -1, 1, 1), residual)
         if self.k_scaling:
             y = y * a.abs().mean(-1, keepdim=True)
         return y if self.bias is None else y + self.bias
 
 
 def pack_model(model: nn.Module, fuse: bool = True) -> nn.Module:
-    """A copy of ``model`` (eval mode) with every binary / ternary layer bit-packed; ``fuse``: the BatchNorm
-    and ReLU modules that read only a binary-input convolution's output are folded into its kernel
-    (``packed_fuse``; the reference path still applies them as separate ops)."""
+    """A copy of ``model`` (eval mode) with every binary / ternary layer bit-packed; ``fuse``: BatchNorms
+    folded into the real-valued convolutions / linears before them (``fold_bn``), and the BatchNorm
+    and ReLU modules that read only a binary-input convolution's output, and a residual add (+ ReLU) after
+    them, are folded into its kernel (``packed_fuse``; the reference path still applies them as separate
+    ops). With a folded residual join the result is a ``torch.fx.GraphModule`` (same submodule names)."""
     model = copy.deepcopy(model).eval()
     targets = [(n, m) for n, m in model.named_modules() if isinstance(m, (BinaryConv2d, BinaryLinear))]
     for name, m in targets:
         model.set_submodule(name, PackedBinaryLayer(m))
     if fuse:
+        fold_batchnorm(model)  # the real-valued layers' (conv / linear, BatchNorm) pairs
         fuse_epilogues(model, PackedBinaryLayer)
+        model = fuse_residuals(model, PackedBinaryLayer)
     return model
 
 

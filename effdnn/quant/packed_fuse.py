@@ -17,9 +17,11 @@ The folded modules become ``nn.Identity``.
 from __future__ import annotations
 
 import logging
+import operator
 from collections import Counter
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -109,4 +111,75 @@ def fuse_epilogues(model: nn.Module, leaf: type) -> list[list[str]]:
     return folded
 
 
-__all__ = ["fuse_epilogues"]
+_ADDS = (operator.add, torch.add)
+_RELUS = (F.relu, torch.relu)
+
+
+def _is_add(node: torch.fx.Node) -> bool:
+    return (node.op == "call_function" and node.target in _ADDS and len(node.args) == 2 and not node.kwargs) or \
+        (node.op == "call_method" and node.target == "add" and len(node.args) == 2 and not node.kwargs)
+
+
+def _is_relu(node: torch.fx.Node, mods: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(mods.get(node.target), nn.ReLU)
+    return node.op == "call_function" and node.target in _RELUS and len(node.args) == 1 and not node.kwargs.get("inplace")
+
+
+def _ancestors(node: torch.fx.Node) -> set[torch.fx.Node]:
+    seen, todo = set(), [node]
+    while todo:
+        n = todo.pop()
+        if n not in seen:
+            seen.add(n)
+            todo.extend(n.all_input_nodes)
+    return seen
+
+
+def fuse_residuals(model: nn.Module, leaf: type) -> nn.Module:
+    """Fold a residual join into the packed layer whose (folded) output it reads: ``layer -> add(., r) ->
+    [ReLU]`` becomes ``layer(x, r)`` with the add and ReLU in the kernel epilogue (He et al. 2016's
+    out = ReLU(BN(conv(x)) + shortcut)). The nodes computing r move before the layer when they do not
+    depend on it. Returns a ``torch.fx.GraphModule`` when a join was folded, else ``model`` unchanged
+    (also when fx cannot trace it)."""
+    try:
+        gm = torch.fx.GraphModule(model, _PackedLeaves(leaf).trace(model))
+    except Exception:
+        return model
+    mods = dict(gm.named_modules())
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    folded = 0
+    for node in list(gm.graph.nodes):
+        m = mods.get(node.target) if node.op == "call_module" else None
+        if not isinstance(m, leaf) or not m.accepts_epilogue() or len(node.args) != 1 or node.kwargs:
+            continue
+        end = node
+        while len(end.users) == 1 and isinstance(mods.get(next(iter(end.users)).target), nn.Identity):
+            end = next(iter(end.users))
+        add = next(iter(end.users)) if len(end.users) == 1 else None
+        if add is None or not _is_add(add) or list(add.args).count(end) != 1:
+            continue
+        r = next(a for a in add.args if a is not end)
+        if not isinstance(r, torch.fx.Node) or node in (up := _ancestors(r)):
+            continue
+        relu = next(iter(add.users)) if len(add.users) == 1 else None
+        relu = relu if relu is not None and _is_relu(relu, mods) else None
+        for n in sorted((n for n in up if order[n] > order[node]), key=order.__getitem__):
+            node.prepend(n)  # the shortcut's nodes, in their order, before the layer
+        node.args = (node.args[0], r)
+        last = relu or add
+        last.replace_all_uses_with(end)
+        gm.graph.erase_node(last)
+        if relu is not None:
+            gm.graph.erase_node(add)
+        m.set_residual(relu is not None)
+        order = {n: i for i, n in enumerate(gm.graph.nodes)}
+        folded += 1
+    if not folded:
+        return model
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+__all__ = ["fuse_epilogues", "fuse_residuals"]

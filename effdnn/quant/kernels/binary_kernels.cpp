@@ -182,9 +182,11 @@ static inline u64 load_word(const uint8_t* p) {
 //     y = (V + 2 corr - 2 popcount) * scale[n] * K + bias[n]            (the binary convolution)
 //     y = y * g[n] + h[n]                                             (a folded BatchNorm, when g)
 //     y = max(y, 0)                                                   (a folded ReLU, when relu)
+//     y = y + r                                                       (a residual add, when r: NHWC)
+//     y = max(y, 0)                                                   (a ReLU after the add, relu_add)
 struct Epilogue {
-  const float *scale, *bias, *g, *h;
-  int relu;
+  const float *scale, *bias, *g, *h, *r;
+  int relu, relu_add;
 };
 
 static inline float hsum8(const float* v) {
@@ -299,7 +301,7 @@ static void k_row(const ConvGeom& g, const float* Ab, int64_t ho, float* col, fl
 
 // The epilogue of 8 channels (panel p) of one output pixel, written to dst (NHWC: channels contiguous).
 static inline void epilogue8(const int32_t* cnt, const int32_t* off, float kv, const Epilogue& e, int64_t p,
-                             int64_t jn, float* dst) {
+                             int64_t jn, const float* res, float* dst) {
 #ifdef __AVX2__
   const int64_t c = p * NB;
   const __m256i d = _mm256_sub_epi32(_mm256_loadu_si256((const __m256i*)off),
@@ -308,6 +310,11 @@ static inline void epilogue8(const int32_t* cnt, const int32_t* off, float kv, c
   v = _mm256_fmadd_ps(v, _mm256_set1_ps(kv), _mm256_loadu_ps(e.bias + c));
   if (e.g) v = _mm256_fmadd_ps(v, _mm256_loadu_ps(e.g + c), _mm256_loadu_ps(e.h + c));
   if (e.relu) v = _mm256_max_ps(v, _mm256_setzero_ps());
+  if (res) {
+    v = _mm256_add_ps(v, jn == NB ? _mm256_loadu_ps(res) : _mm256_maskload_ps(res, _mm256_cmpgt_epi32(
+        _mm256_set1_epi32((int)jn), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))));
+    if (e.relu_add) v = _mm256_max_ps(v, _mm256_setzero_ps());
+  }
   if (jn == NB) {
     _mm256_storeu_ps(dst, v);
   } else {
@@ -321,6 +328,10 @@ static inline void epilogue8(const int32_t* cnt, const int32_t* off, float kv, c
     float v = (float)(off[j] - 2 * cnt[j]) * e.scale[n] * kv + e.bias[n];
     if (e.g) v = v * e.g[n] + e.h[n];
     if (e.relu && !(v > 0.f)) v = 0.f;
+    if (res) {
+      v += res[j];
+      if (e.relu_add && !(v > 0.f)) v = 0.f;
+    }
     dst[j] = v;
   }
 #endif
@@ -336,6 +347,7 @@ static void conv_row(const uint8_t* img, const ConvGeom& g, const int64_t* woff,
   const int64_t np = g.Np / NB, step = g.sw * g.Cb;
   const uint8_t* origin = img + (b * g.Hp + ho * g.sh) * g.Wp * g.Cb;  // window of output pixel (ho, 0)
   float* yrow = y + (b * g.Ho + ho) * g.Wo * g.N;
+  const float* rrow = e.r ? e.r + (b * g.Ho + ho) * g.Wo * g.N : nullptr;
   const int32_t* orow = offs + ho * g.Wo * g.Np;
   for (int64_t p = 0; p < np; ++p) {
     const u64* panel = panels + p * g.kw * NB;
@@ -345,8 +357,9 @@ static void conv_row(const uint8_t* img, const ConvGeom& g, const int64_t* woff,
       const uint8_t *p0 = origin + wo * step, *p1 = origin + w1 * step;
       popc_rows([=](int64_t k) { return load_word(p0 + woff[k]) & wmask[k]; },
                 [=](int64_t k) { return load_word(p1 + woff[k]) & wmask[k]; }, panel, g.kw, o0, o1);
-      epilogue8(o0, orow + wo * g.Np + p * NB, kv[wo], e, p, jn, yrow + wo * g.N + p * NB);
-      if (w1 != wo) epilogue8(o1, orow + w1 * g.Np + p * NB, kv[w1], e, p, jn, yrow + w1 * g.N + p * NB);
+      const int64_t i0 = wo * g.N + p * NB, i1 = w1 * g.N + p * NB;
+      epilogue8(o0, orow + wo * g.Np + p * NB, kv[wo], e, p, jn, rrow ? rrow + i0 : nullptr, yrow + i0);
+      if (w1 != wo) epilogue8(o1, orow + w1 * g.Np + p * NB, kv[w1], e, p, jn, rrow ? rrow + i1 : nullptr, yrow + i1);
     }
   }
 }
@@ -359,11 +372,14 @@ static std::vector<float> padded(const float* v, int64_t n, int64_t np, float fi
 
 // XNOR-Net / BNN convolution, float in (NCHW, or NHWC when shape[14]) and NHWC float out: BN (x s + t)
 // -> sign -> packed image -> XNOR-popcount of each pixel's window (implicit im2col, word_table) against
-// the packed +-1 weights (panels of 8 channels, taps in (i, j, c) order, each run padded to whole words) -> * scale (* K) + bias -> [* g + h] -> [ReLU] (shape[15]: relu).
+// the packed +-1 weights (panels of 8 channels, taps in (i, j, c) order, each run padded to whole words)
+// -> * scale (* K) + bias -> [* g + h] -> [ReLU] (shape[15]) -> [+ residual (B, Ho, Wo, N)] -> [ReLU]
+// (shape[16]).
 // wtap (N, KH KW): popcount of each channel's weight bits per tap (for the padding correction).
 extern "C" void effdnn_xnor_conv2d(const float* x, const int64_t* shape, const float* s, const float* t,
                                    const u64* panels, const int32_t* wtap, const float* scale, const float* bias,
-                                   const float* post_g, const float* post_h, int kscale, float* y, int nt) {
+                                   const float* post_g, const float* post_h, const float* residual, int kscale,
+                                   float* y, int nt) {
   ConvGeom g;
   g.B = shape[0]; g.C = shape[1]; g.H = shape[2]; g.W = shape[3]; g.N = shape[4]; g.kw = shape[5];
   g.KH = shape[6]; g.KW = shape[7]; g.sh = shape[8]; g.sw = shape[9]; g.ph = shape[10]; g.pw = shape[11];
@@ -379,7 +395,8 @@ extern "C" void effdnn_xnor_conv2d(const float* x, const int64_t* shape, const f
   word_table(g, woff.data(), wmask.data());
   const std::vector<float> sc = padded(scale, g.N, g.Np, 0.f), bi = padded(bias, g.N, g.Np, 0.f);
   const std::vector<float> pg = padded(post_g, g.N, g.Np, 1.f), ph = padded(post_h, g.N, g.Np, 0.f);
-  const Epilogue e{sc.data(), bi.data(), post_g ? pg.data() : nullptr, ph.data(), (int)shape[15]};
+  const Epilogue e{sc.data(), bi.data(), post_g ? pg.data() : nullptr, ph.data(), residual, (int)shape[15],
+                   (int)shape[16]};
   std::vector<uint8_t> img((size_t)(g.B * g.Hp * g.Wp * g.Cb + 8), 0);
   std::vector<float> A(kscale ? (size_t)(g.B * g.H * g.W) : 0);
   std::vector<int32_t> offs((size_t)(g.Ho * g.Wo * g.Np));

@@ -92,10 +92,11 @@ def xnor_conv2d(x: torch.Tensor, s: torch.Tensor, t: torch.Tensor, panels: torch
                 n: int, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
                 dilation: tuple[int, int], scale: torch.Tensor, bias: torch.Tensor | None, k_scaling: bool,
                 post_scale: torch.Tensor | None = None, post_shift: torch.Tensor | None = None, relu: bool = False,
-                threads: int | None = None) -> torch.Tensor:
+                residual: torch.Tensor | None = None, relu_add: bool = False, threads: int | None = None) -> torch.Tensor:
     """(B, C, H, W) float (NCHW or channels_last) -> (B, N, Ho, Wo) channels_last: sign(x s + t) (*) W_+-1
     by XNOR-popcount, * scale[n] (* XNOR-Net's K map of |x s + t|), + bias, then * post_scale + post_shift
-    (a folded BatchNorm) and ReLU when given; zero padding contributes 0 (the popcount is corrected)."""
+    (a folded BatchNorm) and ReLU when given, then + residual (B, N, Ho, Wo) and ReLU (``relu_add``) when
+    given; zero padding contributes 0 (the popcount is corrected)."""
     nhwc = channels_last(x)
     x = x.detach().to(torch.float32)
     x = x if nhwc else x.contiguous()
@@ -104,12 +105,17 @@ def xnor_conv2d(x: torch.Tensor, s: torch.Tensor, t: torch.Tensor, panels: torch
         raise ValueError(f"weights laid out for another geometry ({panels.shape[1]} words per pixel)")
     ho = (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
     wo = (w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
-    shape = torch.tensor([b, c, h, w, n, panels.shape[1], *kernel, *stride, *padding, *dilation, int(nhwc), int(relu)],
+    shape = torch.tensor([b, c, h, w, n, panels.shape[1], *kernel, *stride, *padding, *dilation, int(nhwc), int(relu),
+                          int(relu_add)],
                          dtype=torch.int64)
     y = torch.empty(b, ho, wo, n, dtype=torch.float32)
+    if residual is not None:  # read in y's NHWC order
+        if residual.shape != (b, n, ho, wo):
+            raise ValueError(f"residual of shape {tuple(residual.shape)}, expected {(b, n, ho, wo)}")
+        residual = residual.detach().to(torch.float32).permute(0, 2, 3, 1).contiguous()
     s, t, scale, bias, g, sh = (_f32(v) for v in (s, t, scale, bias, post_scale, post_shift))
     lib().effdnn_xnor_conv2d(_ptr(x), _ptr(shape), _ptr(s), _ptr(t), _ptr(panels), _ptr(wtap), _ptr(scale),
-                             _ptr(bias), _ptr(g), _ptr(sh), int(k_scaling), _ptr(y), threads or torch.get_num_threads())
+                             _ptr(bias), _ptr(g), _ptr(sh), _ptr(residual), int(k_scaling), _ptr(y), threads or torch.get_num_threads())
     return y.permute(0, 3, 1, 2)
 
 
