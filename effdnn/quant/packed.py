@@ -31,10 +31,11 @@ from torch import nn
 
 from ..cost.precision import LayerPrecision
 from . import kernels
+from .kernels.ops import PackedInput
 from .bitpack import pack_bits, pack_words, to_words, unpack_bits, xnor_popcount_matmul
 from .methods.binary_layers import BinaryConv2d, BinaryLayerMixin, BinaryLinear
 from .fold_bn import fold_batchnorm
-from .packed_fuse import fuse_epilogues, fuse_residuals
+from .packed_fuse import fuse_epilogues, fuse_residuals, link_packed_inputs
 
 
 class PackedBinaryLayer(nn.Module):
@@ -90,6 +91,21 @@ class PackedBinaryLayer(nn.Module):
     def set_residual(self, relu: bool) -> None:
         """forward(x, r) ends with + r (a residual join that reads this layer's output), then ReLU if ``relu``."""
         self.residual_relu = relu
+
+    def set_next(self, consumer: PackedBinaryLayer | None) -> None:
+        """Hand ``consumer`` (the binary convolution that alone reads this layer's folded output) its packed
+        input, sign bits and K map written by this layer's kernel, instead of a float tensor (not while
+        hooks observe either layer: they then see floats)."""
+        self.__dict__["_next"] = consumer
+
+    def _next_input(self) -> tuple | None:
+        nxt = self.__dict__.get("_next")
+        hooked = any(m._forward_hooks or m._forward_pre_hooks for m in (self, nxt) if m is not None)
+        if nxt is None or hooked or nn.modules.module._global_forward_hooks or \
+                nn.modules.module._global_forward_pre_hooks:
+            return None
+        st = nxt._fast_state()
+        return st["s"], st["t"], nxt.padding, nxt.k_scaling
 
     def _post_reference(self, y: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
         """The folded modules as they ran: BatchNorm (eval), ReLU, + residual, ReLU."""
@@ -196,13 +212,15 @@ class PackedBinaryLayer(nn.Module):
         kh, kw = self.kernel_size
         return (self.k // (kh * kw), kh, kw)
 
-    def _binary_fast(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    def _binary_fast(self, x: torch.Tensor | PackedInput, residual: torch.Tensor | None = None
+                     ) -> torch.Tensor | PackedInput:
         from .kernels import ops
         st = self._fast_state()
         if self.conv:
+            nxt = self._next_input() if residual is None else None
             return ops.xnor_conv2d(x, st["s"], st["t"], st["panels"], st["wtap"], self.out_features, self.kernel_size,
                                    self.stride, self.padding, self.dilation, st["scale"], self.bias, self.k_scaling,
-                                   st.get("g"), st.get("h"), self.post_relu, residual, bool(self.residual_relu))
+                                   st.get("g"), st.get("h"), self.post_relu, residual, bool(self.residual_relu), nxt)
         words, beta = ops.pack_rows(x, st["s"], st["t"], absmean=self.k_scaling)
         y = ops.xnor_gemm(words, st["panels"], self.out_features, self.k).float() * st["scale"]
         y = y * beta[:, None] if self.k_scaling else y
@@ -226,11 +244,14 @@ class PackedBinaryLayer(nn.Module):
         return y + (self.bias.view(1, -1, 1, 1) if self.conv else self.bias)
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | PackedInput, residual: torch.Tensor | None = None) -> torch.Tensor | PackedInput:
         """The fast kernels when they apply (CPU; float32 for the binary kernels), else the reference.
-        ``residual``: the other operand of a folded residual join (``set_residual``)."""
+        ``residual``: the other operand of a folded residual join (``set_residual``); a ``PackedInput``
+        (from the layer before, ``set_next``) goes to the kernel as it is."""
         if (residual is None) != (self.residual_relu is None):
             raise ValueError("a residual is given exactly when the layer has a folded residual join")
+        if isinstance(x, PackedInput):
+            return self._binary_fast(x, residual)
         if x.device.type == "cpu":
             if not self.binary_input:
                 return self._sign_add_fast(x)
@@ -266,7 +287,7 @@ def pack_model(model: nn.Module, fuse: bool = True) -> nn.Module:
     folded into the real-valued convolutions / linears before them (``fold_bn``), and the BatchNorm
     and ReLU modules that read only a binary-input convolution's output, and a residual add (+ ReLU) after
     them, are folded into its kernel (``packed_fuse``; the reference path still applies them as separate
-    ops). With a folded residual join the result is a ``torch.fx.GraphModule`` (same submodule names)."""
+    ops), and a binary convolution that alone reads another's output gets its input as packed bits. With a folded residual join the result is a ``torch.fx.GraphModule`` (same submodule names)."""
     model = copy.deepcopy(model).eval()
     targets = [(n, m) for n, m in model.named_modules() if isinstance(m, (BinaryConv2d, BinaryLinear))]
     for name, m in targets:
@@ -275,6 +296,7 @@ def pack_model(model: nn.Module, fuse: bool = True) -> nn.Module:
         fold_batchnorm(model)  # the real-valued layers' (conv / linear, BatchNorm) pairs
         fuse_epilogues(model, PackedBinaryLayer)
         model = fuse_residuals(model, PackedBinaryLayer)
+        link_packed_inputs(model, PackedBinaryLayer)
     return model
 
 

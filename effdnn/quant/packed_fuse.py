@@ -182,4 +182,32 @@ def fuse_residuals(model: nn.Module, leaf: type) -> nn.Module:
     return gm
 
 
-__all__ = ["fuse_epilogues", "fuse_residuals"]
+def link_packed_inputs(model: nn.Module, leaf: type) -> list[tuple[str, str]]:
+    """Where a binary convolution is the only reader of another's output (through folded, now Identity,
+    modules), the first writes the second's input as packed bits, sign(BN'(y)), and its K map, not a float
+    tensor (Larq Compute Engine's bitpacked activations; daBNN): ``producer.set_next(consumer)``.
+    Returns the (producer, consumer) names (none when fx cannot trace the model)."""
+    try:
+        graph = _PackedLeaves(leaf).trace(model)
+    except Exception:
+        return []
+    mods = dict(model.named_modules())
+    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+    links = []
+    for node in graph.nodes:
+        m = mods.get(node.target) if node.op == "call_module" else None
+        if not isinstance(m, leaf) or not m.accepts_epilogue() or m.residual_relu is not None or calls[node.target] != 1:
+            continue
+        end = node
+        while len(end.users) == 1 and isinstance(mods.get(next(iter(end.users)).target), nn.Identity):
+            end = next(iter(end.users))
+        user = next(iter(end.users)) if len(end.users) == 1 else None
+        c = mods.get(user.target) if user is not None and user.op == "call_module" else None
+        if isinstance(c, leaf) and c.accepts_epilogue() and calls[user.target] == 1 and user.args[0] is end \
+                and end not in user.args[1:] and not user.kwargs:
+            m.set_next(c)
+            links.append((node.target, user.target))
+    return links
+
+
+__all__ = ["fuse_epilogues", "fuse_residuals", "link_packed_inputs"]

@@ -12,8 +12,6 @@
 #include <cstring>
 #include <cmath>
 #include <vector>
-#include <cstdio>
-#include <cstdlib>
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -337,18 +335,53 @@ static inline void epilogue8(const int32_t* cnt, const int32_t* off, float kv, c
 #endif
 }
 
-// Phase 2, one output row (b, ho) into y (B, Ho, Wo, N).
+// The next binary layer's input, written by the epilogue instead of floats (Larq Compute Engine / daBNN
+// style): bit n of byte p of output pixel (b, ho, wo) in the next layer's zero-padded image (B, Ho + 2 ph,
+// Wo + 2 pw, Np / 8) is [y_n s_n + t_n >= 0] (its BatchNorm, then sign), and A (B, Ho, Wo) its K map's
+// mean_n |y_n s_n + t_n| (when A).
+struct NextInput {
+  uint8_t* img;
+  float* A;
+  const float *s, *t;
+  int64_t ph, pw;
+};
+
+static inline void next_bits8(const float* v8, const NextInput& nx, int64_t p, int64_t jn, uint8_t* dst, float* acc8) {
+#ifdef __AVX2__
+  const int64_t c = p * NB;
+  const __m256 a = _mm256_fmadd_ps(_mm256_loadu_ps(v8), _mm256_loadu_ps(nx.s + c), _mm256_loadu_ps(nx.t + c));
+  const __m256 live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)jn),
+                                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+  *dst = (uint8_t)_mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(a, _mm256_setzero_ps(), _CMP_GE_OQ), live));
+  const __m256 mag = _mm256_and_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.f), a), live);
+  _mm256_storeu_ps(acc8, _mm256_add_ps(_mm256_loadu_ps(acc8), mag));
+#else
+  uint8_t bits = 0;
+  for (int64_t j = 0; j < jn; ++j) {
+    const float a = v8[j] * nx.s[p * NB + j] + nx.t[p * NB + j];
+    bits |= (uint8_t)((a >= 0.f) << j);
+    acc8[j] += std::fabs(a);
+  }
+  *dst = bits;
+#endif
+}
+
+// Phase 2, one output row (b, ho) into y (B, Ho, Wo, N), or into the next layer's input (nx.img).
 static void conv_row(const uint8_t* img, const ConvGeom& g, const int64_t* woff, const u64* wmask, const u64* panels,
-                     const int32_t* offs, const float* A, const Epilogue& e, int64_t b, int64_t ho, float* col,
-                     float* kv, float* y) {
+                     const int32_t* offs, const float* A, const Epilogue& e, const NextInput& nx, int64_t b,
+                     int64_t ho, float* col, float* kv, float* acc, float* y) {
   if (A) k_row(g, A + b * g.H * g.W, ho, col, kv);
   else for (int64_t wo = 0; wo < g.Wo; ++wo) kv[wo] = 1.f;
   alignas(32) int32_t o0[NB], o1[NB];
+  alignas(32) float v0[NB], v1[NB];
   const int64_t np = g.Np / NB, step = g.sw * g.Cb;
   const uint8_t* origin = img + (b * g.Hp + ho * g.sh) * g.Wp * g.Cb;  // window of output pixel (ho, 0)
-  float* yrow = y + (b * g.Ho + ho) * g.Wo * g.N;
+  float* yrow = nx.img ? nullptr : y + (b * g.Ho + ho) * g.Wo * g.N;
   const float* rrow = e.r ? e.r + (b * g.Ho + ho) * g.Wo * g.N : nullptr;
   const int32_t* orow = offs + ho * g.Wo * g.Np;
+  const int64_t wp2 = g.Wo + 2 * nx.pw;
+  uint8_t* nrow = nx.img ? nx.img + ((b * (g.Ho + 2 * nx.ph) + ho + nx.ph) * wp2 + nx.pw) * np : nullptr;
+  if (nx.img) std::fill(acc, acc + g.Wo * NB, 0.f);
   for (int64_t p = 0; p < np; ++p) {
     const u64* panel = panels + p * g.kw * NB;
     const int64_t jn = g.N - p * NB < NB ? g.N - p * NB : NB;
@@ -358,10 +391,21 @@ static void conv_row(const uint8_t* img, const ConvGeom& g, const int64_t* woff,
       popc_rows([=](int64_t k) { return load_word(p0 + woff[k]) & wmask[k]; },
                 [=](int64_t k) { return load_word(p1 + woff[k]) & wmask[k]; }, panel, g.kw, o0, o1);
       const int64_t i0 = wo * g.N + p * NB, i1 = w1 * g.N + p * NB;
+      if (nx.img) {
+        epilogue8(o0, orow + wo * g.Np + p * NB, kv[wo], e, p, NB, nullptr, v0);
+        next_bits8(v0, nx, p, jn, nrow + wo * np + p, acc + wo * NB);
+        if (w1 != wo) {
+          epilogue8(o1, orow + w1 * g.Np + p * NB, kv[w1], e, p, NB, nullptr, v1);
+          next_bits8(v1, nx, p, jn, nrow + w1 * np + p, acc + w1 * NB);
+        }
+        continue;
+      }
       epilogue8(o0, orow + wo * g.Np + p * NB, kv[wo], e, p, jn, rrow ? rrow + i0 : nullptr, yrow + i0);
       if (w1 != wo) epilogue8(o1, orow + w1 * g.Np + p * NB, kv[w1], e, p, jn, rrow ? rrow + i1 : nullptr, yrow + i1);
     }
   }
+  if (nx.img && nx.A)
+    for (int64_t wo = 0; wo < g.Wo; ++wo) nx.A[(b * g.Ho + ho) * g.Wo + wo] = hsum8(acc + wo * NB) / (float)g.N;
 }
 
 static std::vector<float> padded(const float* v, int64_t n, int64_t np, float fill) {
@@ -370,21 +414,24 @@ static std::vector<float> padded(const float* v, int64_t n, int64_t np, float fi
   return out;
 }
 
-// XNOR-Net / BNN convolution, float in (NCHW, or NHWC when shape[14]) and NHWC float out: BN (x s + t)
-// -> sign -> packed image -> XNOR-popcount of each pixel's window (implicit im2col, word_table) against
-// the packed +-1 weights (panels of 8 channels, taps in (i, j, c) order, each run padded to whole words)
-// -> * scale (* K) + bias -> [* g + h] -> [ReLU] (shape[15]) -> [+ residual (B, Ho, Wo, N)] -> [ReLU]
-// (shape[16]).
+template <class T>
+static T* ptr_at(const uint64_t* ptrs, int i) { return reinterpret_cast<T*>(ptrs[i]); }
+
+// XNOR-Net / BNN convolution: BN (x s + t) -> sign -> packed image -> XNOR-popcount of each pixel's window
+// (implicit im2col, word_table) against the packed +-1 weights (panels of 8 channels, taps in (i, j, c)
+// order, each run padded to whole words) -> * scale (* K) + bias -> [* g + h] -> [ReLU] -> [+ residual
+// (B, Ho, Wo, N)] -> [ReLU] -> NHWC float y, or the next binary layer's packed input (NextInput).
+// shape: B C H W N kw KH KW sh sw ph pw dh dw | x is NHWC | relu | relu after the residual | K map |
+//        next layer's padding ph pw | next layer's K map
+// ptrs: x s t panels wtap scale bias g h residual y | img_in A_in (a packed input: x, s, t unused) |
+//       img_out A_out s_next t_next (the next layer's input instead of y)
 // wtap (N, KH KW): popcount of each channel's weight bits per tap (for the padding correction).
-extern "C" void effdnn_xnor_conv2d(const float* x, const int64_t* shape, const float* s, const float* t,
-                                   const u64* panels, const int32_t* wtap, const float* scale, const float* bias,
-                                   const float* post_g, const float* post_h, const float* residual, int kscale,
-                                   float* y, int nt) {
+extern "C" void effdnn_xnor_conv2d(const int64_t* shape, const uint64_t* ptrs, int nt) {
   ConvGeom g;
   g.B = shape[0]; g.C = shape[1]; g.H = shape[2]; g.W = shape[3]; g.N = shape[4]; g.kw = shape[5];
   g.KH = shape[6]; g.KW = shape[7]; g.sh = shape[8]; g.sw = shape[9]; g.ph = shape[10]; g.pw = shape[11];
   g.dh = shape[12]; g.dw = shape[13];
-  const int nhwc = (int)shape[14];
+  const int nhwc = (int)shape[14], kscale = (int)shape[17];
   g.Ho = (g.H + 2 * g.ph - g.dh * (g.KH - 1) - 1) / g.sh + 1;
   g.Wo = (g.W + 2 * g.pw - g.dw * (g.KW - 1) - 1) / g.sw + 1;
   g.Hp = g.H + 2 * g.ph; g.Wp = g.W + 2 * g.pw; g.Cb = (g.C + 7) / 8; g.Np = (g.N + NB - 1) / NB * NB;
@@ -393,25 +440,37 @@ extern "C" void effdnn_xnor_conv2d(const float* x, const int64_t* shape, const f
   std::vector<int64_t> woff((size_t)g.kw);
   std::vector<u64> wmask((size_t)g.kw);
   word_table(g, woff.data(), wmask.data());
-  const std::vector<float> sc = padded(scale, g.N, g.Np, 0.f), bi = padded(bias, g.N, g.Np, 0.f);
-  const std::vector<float> pg = padded(post_g, g.N, g.Np, 1.f), ph = padded(post_h, g.N, g.Np, 0.f);
-  const Epilogue e{sc.data(), bi.data(), post_g ? pg.data() : nullptr, ph.data(), residual, (int)shape[15],
-                   (int)shape[16]};
-  std::vector<uint8_t> img((size_t)(g.B * g.Hp * g.Wp * g.Cb + 8), 0);
-  std::vector<float> A(kscale ? (size_t)(g.B * g.H * g.W) : 0);
+  const float *post_g = ptr_at<const float>(ptrs, 7), *s_next = ptr_at<const float>(ptrs, 15);
+  const std::vector<float> sc = padded(ptr_at<const float>(ptrs, 5), g.N, g.Np, 0.f);
+  const std::vector<float> bi = padded(ptr_at<const float>(ptrs, 6), g.N, g.Np, 0.f);
+  const std::vector<float> pg = padded(post_g, g.N, g.Np, 1.f), ph = padded(ptr_at<const float>(ptrs, 8), g.N, g.Np, 0.f);
+  const std::vector<float> s2 = padded(s_next, g.N, g.Np, 0.f), t2 = padded(ptr_at<const float>(ptrs, 16), g.N, g.Np, 0.f);
+  const Epilogue e{sc.data(), bi.data(), post_g ? pg.data() : nullptr, ph.data(), ptr_at<const float>(ptrs, 9),
+                   (int)shape[15], (int)shape[16]};
+  const NextInput nx{ptr_at<uint8_t>(ptrs, 13), shape[20] ? ptr_at<float>(ptrs, 14) : nullptr, s2.data(), t2.data(),
+                     shape[18], shape[19]};
   std::vector<int32_t> offs((size_t)(g.Ho * g.Wo * g.Np));
-  offset_table(g, wtap, offs.data());
-  double T0 = omp_get_wtime();
-  pack_image(x, s, t, g, nhwc, img.data(), kscale ? A.data() : nullptr, nt);
-  double T1 = omp_get_wtime();
+  offset_table(g, ptr_at<const int32_t>(ptrs, 4), offs.data());
+  const uint8_t* img = ptr_at<const uint8_t>(ptrs, 11);
+  const float* A = kscale ? ptr_at<const float>(ptrs, 12) : nullptr;
+  std::vector<uint8_t> own;
+  std::vector<float> ownA;
+  if (!img) {
+    own.assign((size_t)(g.B * g.Hp * g.Wp * g.Cb + 8), 0);
+    ownA.resize(kscale ? (size_t)(g.B * g.H * g.W) : 0);
+    pack_image(ptr_at<const float>(ptrs, 0), ptr_at<const float>(ptrs, 1), ptr_at<const float>(ptrs, 2), g, nhwc,
+               own.data(), kscale ? ownA.data() : nullptr, nt);
+    img = own.data();
+    A = kscale ? ownA.data() : nullptr;
+  }
+  const u64* panels = ptr_at<const u64>(ptrs, 3);
+  float* y = ptr_at<float>(ptrs, 10);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-    std::vector<float> col((size_t)g.W), kv((size_t)g.Wo);
+    std::vector<float> col((size_t)g.W), kv((size_t)g.Wo), acc((size_t)(g.Wo * NB));
 #pragma omp for schedule(static)
     for (int64_t bh = 0; bh < g.B * g.Ho; ++bh)
-      conv_row(img.data(), g, woff.data(), wmask.data(), panels, offs.data(), kscale ? A.data() : nullptr, e,
-               bh / g.Ho, bh % g.Ho, col.data(), kv.data(), y);
+      conv_row(img, g, woff.data(), wmask.data(), panels, offs.data(), A, e, nx, bh / g.Ho, bh % g.Ho, col.data(),
+               kv.data(), acc.data(), y);
   }
-  double T2 = omp_get_wtime();
-  if (getenv("KTIME")) fprintf(stderr, "pack %.2f conv %.2f ms\n", (T1 - T0) * 1e3, (T2 - T1) * 1e3);
 }

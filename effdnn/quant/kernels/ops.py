@@ -7,6 +7,7 @@ vectors: a . b = K - 2 popcount(a xor b).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -88,35 +89,79 @@ def channels_last(x: torch.Tensor) -> bool:
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
-def xnor_conv2d(x: torch.Tensor, s: torch.Tensor, t: torch.Tensor, panels: torch.Tensor, wtap: torch.Tensor,
-                n: int, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
-                dilation: tuple[int, int], scale: torch.Tensor, bias: torch.Tensor | None, k_scaling: bool,
-                post_scale: torch.Tensor | None = None, post_shift: torch.Tensor | None = None, relu: bool = False,
-                residual: torch.Tensor | None = None, relu_add: bool = False, threads: int | None = None) -> torch.Tensor:
-    """(B, C, H, W) float (NCHW or channels_last) -> (B, N, Ho, Wo) channels_last: sign(x s + t) (*) W_+-1
-    by XNOR-popcount, * scale[n] (* XNOR-Net's K map of |x s + t|), + bias, then * post_scale + post_shift
-    (a folded BatchNorm) and ReLU when given, then + residual (B, N, Ho, Wo) and ReLU (``relu_add``) when
-    given; zero padding contributes 0 (the popcount is corrected)."""
-    nhwc = channels_last(x)
-    x = x.detach().to(torch.float32)
-    x = x if nhwc else x.contiguous()
-    b, c, h, w = x.shape
+@dataclass
+class PackedInput:
+    """A binary layer's input as the producing kernel wrote it: sign bits in a zero-padded (B, H + 2 pad[0],
+    W + 2 pad[1], ceil(C / 8)) byte image (+ 8 bytes of slack), and the K map's A = mean_c |x s + t|
+    (B, H, W) or None. Only a convolution with this padding and C input channels reads it."""
+
+    img: torch.Tensor
+    A: torch.Tensor | None
+    shape: tuple[int, int, int, int]  # B, C, H, W
+    pad: tuple[int, int]
+
+    def size(self, dim: int | None = None) -> tuple[int, ...] | int:
+        return self.shape if dim is None else self.shape[dim]
+
+
+def xnor_conv2d(x: torch.Tensor | PackedInput, s: torch.Tensor, t: torch.Tensor, panels: torch.Tensor,
+                wtap: torch.Tensor, n: int, kernel: tuple[int, int], stride: tuple[int, int],
+                padding: tuple[int, int], dilation: tuple[int, int], scale: torch.Tensor, bias: torch.Tensor | None,
+                k_scaling: bool, post_scale: torch.Tensor | None = None, post_shift: torch.Tensor | None = None,
+                relu: bool = False, residual: torch.Tensor | None = None, relu_add: bool = False,
+                next_input: tuple[torch.Tensor, torch.Tensor, tuple[int, int], bool] | None = None,
+                threads: int | None = None) -> torch.Tensor | PackedInput:
+    """(B, C, H, W) float (NCHW or channels_last) or a ``PackedInput`` -> (B, N, Ho, Wo) channels_last:
+    sign(x s + t) (*) W_+-1 by XNOR-popcount, * scale[n] (* XNOR-Net's K map of |x s + t|), + bias, then
+    * post_scale + post_shift (a folded BatchNorm) and ReLU when given, then + residual (B, N, Ho, Wo) and
+    ReLU (``relu_add``) when given; zero padding contributes 0 (the popcount is corrected).
+    ``next_input`` = (s', t', padding', K map'): return the next binary convolution's ``PackedInput``
+    (sign(y s' + t') bits and its A) instead of y."""
+    keep = []  # tensors whose pointers the kernel reads
+
+    def ptr(v: torch.Tensor | None) -> int:
+        if v is None:
+            return 0
+        keep.append(v)
+        return v.data_ptr()
+
+    if isinstance(x, PackedInput):
+        b, c, h, w = x.shape
+        if x.pad != tuple(padding) or (k_scaling and x.A is None):
+            raise ValueError("the packed input was laid out for another padding / without its K map")
+        nhwc, src = False, [0, 0, 0]
+        packed = [ptr(x.img), ptr(x.A)]
+    else:
+        nhwc = channels_last(x)
+        x = x.detach().to(torch.float32)
+        x = x if nhwc else x.contiguous()
+        b, c, h, w = x.shape
+        src, packed = [ptr(x), ptr(_f32(s)), ptr(_f32(t))], [0, 0]
     if panels.shape[1] != conv_words(c, kernel, dilation[1] != 1):
         raise ValueError(f"weights laid out for another geometry ({panels.shape[1]} words per pixel)")
     ho = (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
     wo = (w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
-    shape = torch.tensor([b, c, h, w, n, panels.shape[1], *kernel, *stride, *padding, *dilation, int(nhwc), int(relu),
-                          int(relu_add)],
-                         dtype=torch.int64)
-    y = torch.empty(b, ho, wo, n, dtype=torch.float32)
     if residual is not None:  # read in y's NHWC order
         if residual.shape != (b, n, ho, wo):
             raise ValueError(f"residual of shape {tuple(residual.shape)}, expected {(b, n, ho, wo)}")
         residual = residual.detach().to(torch.float32).permute(0, 2, 3, 1).contiguous()
-    s, t, scale, bias, g, sh = (_f32(v) for v in (s, t, scale, bias, post_scale, post_shift))
-    lib().effdnn_xnor_conv2d(_ptr(x), _ptr(shape), _ptr(s), _ptr(t), _ptr(panels), _ptr(wtap), _ptr(scale),
-                             _ptr(bias), _ptr(g), _ptr(sh), _ptr(residual), int(k_scaling), _ptr(y), threads or torch.get_num_threads())
+    y, out, nxt = None, [0, 0, 0, 0], (0, 0, 0)
+    if next_input is None:
+        y = torch.empty(b, ho, wo, n, dtype=torch.float32)
+    else:
+        s2, t2, pad2, k2 = next_input
+        img = torch.zeros(b * (ho + 2 * pad2[0]) * (wo + 2 * pad2[1]) * math.ceil(n / 8) + 8, dtype=torch.uint8)
+        a2 = torch.empty(b, ho, wo, dtype=torch.float32) if k2 else None
+        out = [ptr(img), ptr(a2), ptr(_f32(s2)), ptr(_f32(t2))]
+        nxt = (pad2[0], pad2[1], int(k2))
+    shape = torch.tensor([b, c, h, w, n, panels.shape[1], *kernel, *stride, *padding, *dilation, int(nhwc), int(relu),
+                          int(relu_add), int(k_scaling), *nxt], dtype=torch.int64)
+    ptrs = torch.tensor([*src, ptr(panels), ptr(wtap), ptr(_f32(scale)), ptr(_f32(bias)), ptr(_f32(post_scale)),
+                         ptr(_f32(post_shift)), ptr(residual), ptr(y), *packed, *out], dtype=torch.uint64)
+    lib().effdnn_xnor_conv2d(shape.data_ptr(), ptrs.data_ptr(), threads or torch.get_num_threads())
+    if next_input is not None:
+        return PackedInput(img, a2, (b, n, ho, wo), tuple(pad2))
     return y.permute(0, 3, 1, 2)
 
 
-__all__ = ["channels_last", "conv_weight_layout", "conv_words", "pack_rows", "weight_panels", "xnor_conv2d", "xnor_gemm"]
+__all__ = ["PackedInput", "channels_last", "conv_weight_layout", "conv_words", "pack_rows", "weight_panels", "xnor_conv2d", "xnor_gemm"]
