@@ -10,8 +10,10 @@ and computes
 - binary weights x binary inputs (BNN, XNOR-Net): XNOR + popcount on 64-bit words (Rastegari et al.
   2016: a . b = K - 2 popcount(a xor b)), positions a convolution pads with zero contributing 0, then
   * scale (* K for XNOR-Net). Fast path: the compiled kernels (``quant/kernels``: BN -> sign -> bit
-  im2col -> popcount -> scale, K map and bias in one pass, OpenMP on torch's thread count); fallback
-  and reference: ``bitpack.xnor_popcount_matmul`` (numpy), ``forward_reference``;
+  image -> popcount of each window read in place -> scale, K map and bias in one pass, NHWC output,
+  OpenMP on torch's thread count), with the folded BatchNorm / ReLU / residual join and the packed-bits
+  hand-off of ``packed_fuse``; fallback and reference: ``bitpack.xnor_popcount_matmul`` (numpy),
+  ``forward_reference`` (the folded modules as separate torch ops);
 - binary / ternary weights x real inputs (BC, BWN, TWN, TTQ): sign-add: the inputs the weight selects
   are summed, y = pos_scale * sum_{c=+1} x - neg_scale * sum_{c=-1} x. Fast path: one fp32 convolution /
   GEMM (oneDNN / MKL) against the {-1, 0, +1} codes, then * scale (one scale: exact integer sums for
