@@ -37,7 +37,7 @@ from .kernels.ops import PackedInput
 from .bitpack import pack_bits, pack_words, to_words, unpack_bits, xnor_popcount_matmul
 from .methods.binary_layers import BinaryConv2d, BinaryLayerMixin, BinaryLinear
 from .fold_bn import fold_batchnorm
-from .packed_fuse import fuse_epilogues, fuse_residuals, link_packed_inputs
+from .packed_fuse import fold_input_relus, fuse_epilogues, fuse_residuals, link_packed_inputs
 
 
 class PackedBinaryLayer(nn.Module):
@@ -72,6 +72,7 @@ class PackedBinaryLayer(nn.Module):
         self.label = layer.effdnn_precision().label
         self.post_relu = False  # set_epilogue: a folded BatchNorm (post_bn_* buffers) and / or ReLU
         self.residual_relu: bool | None = None  # set_residual: forward(x, r) adds r (then a ReLU when True)
+        self.pre_relu = False  # set_input_relu: a ReLU on the input, before the BatchNorm and sign
 
     # -- folded epilogue (packed_fuse) ----------------------------------------------------------------
     def accepts_epilogue(self) -> bool:
@@ -93,6 +94,10 @@ class PackedBinaryLayer(nn.Module):
     def set_residual(self, relu: bool) -> None:
         """forward(x, r) ends with + r (a residual join that reads this layer's output), then ReLU if ``relu``."""
         self.residual_relu = relu
+
+    def set_input_relu(self) -> None:
+        """Take over the ReLU module whose output only this layer reads (applied before its BatchNorm)."""
+        self.pre_relu = True
 
     def set_next(self, consumer: PackedBinaryLayer | None) -> None:
         """Hand ``consumer`` (the binary convolution that alone reads this layer's folded output) its packed
@@ -222,7 +227,8 @@ class PackedBinaryLayer(nn.Module):
             nxt = self._next_input() if residual is None else None
             return ops.xnor_conv2d(x, st["s"], st["t"], st["panels"], st["wtap"], self.out_features, self.kernel_size,
                                    self.stride, self.padding, self.dilation, st["scale"], self.bias, self.k_scaling,
-                                   st.get("g"), st.get("h"), self.post_relu, residual, bool(self.residual_relu), nxt)
+                                   st.get("g"), st.get("h"), self.post_relu, residual, bool(self.residual_relu), nxt,
+                                   self.pre_relu and not isinstance(x, PackedInput))
         words, beta = ops.pack_rows(x, st["s"], st["t"], absmean=self.k_scaling)
         y = ops.xnor_gemm(words, st["panels"], self.out_features, self.k).float() * st["scale"]
         y = y * beta[:, None] if self.k_scaling else y
@@ -265,6 +271,7 @@ class PackedBinaryLayer(nn.Module):
     def forward_reference(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """The pure path: unfold + numpy XNOR-popcount (binary inputs) or two {0, 1} products (sign-add)."""
         b = x.shape[0]
+        x = F.relu(x) if self.pre_relu else x
         if self.binary_input:
             a = F.batch_norm(x, self.bn_running_mean, self.bn_running_var, self.bn_weight, self.bn_bias, False, 0.0, self.eps)
             y = self._binary_dot(a).to(x.dtype) * self._scale(self.pos_scale)  # (rows, N)
@@ -289,7 +296,8 @@ def pack_model(model: nn.Module, fuse: bool = True) -> nn.Module:
     folded into the real-valued convolutions / linears before them (``fold_bn``), and the BatchNorm
     and ReLU modules that read only a binary-input convolution's output, and a residual add (+ ReLU) after
     them, are folded into its kernel (``packed_fuse``; the reference path still applies them as separate
-    ops), and a binary convolution that alone reads another's output gets its input as packed bits. With a folded residual join the result is a ``torch.fx.GraphModule`` (same submodule names)."""
+    ops), a ReLU that only a binary convolution reads goes into its input packing, and a binary
+    convolution that alone reads another's output gets its input as packed bits. With a folded residual join the result is a ``torch.fx.GraphModule`` (same submodule names)."""
     model = copy.deepcopy(model).eval()
     targets = [(n, m) for n, m in model.named_modules() if isinstance(m, (BinaryConv2d, BinaryLinear))]
     for name, m in targets:
@@ -297,6 +305,7 @@ def pack_model(model: nn.Module, fuse: bool = True) -> nn.Module:
     if fuse:
         fold_batchnorm(model)  # the real-valued layers' (conv / linear, BatchNorm) pairs
         fuse_epilogues(model, PackedBinaryLayer)
+        fold_input_relus(model, PackedBinaryLayer)
         model = fuse_residuals(model, PackedBinaryLayer)
         link_packed_inputs(model, PackedBinaryLayer)
     return model

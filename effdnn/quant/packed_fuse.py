@@ -111,6 +111,42 @@ def fuse_epilogues(model: nn.Module, leaf: type) -> list[list[str]]:
     return folded
 
 
+def fold_input_relus(model: nn.Module, leaf: type) -> list[str]:
+    """A ReLU module whose output only a binary convolution reads (e.g. after a real-valued first layer)
+    is applied inside that layer's input packing, sign(BN(max(x, 0))): ``layer.set_input_relu()``, the
+    ReLU becomes ``nn.Identity``. From the fx graph, else consecutive ``nn.Sequential`` children; returns
+    the folded ReLUs' names."""
+    try:
+        graph = _PackedLeaves(leaf).trace(model)
+    except Exception:
+        graph = None
+    pairs = []
+    if graph is not None:
+        mods = dict(model.named_modules())
+        calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+        for node in graph.nodes:
+            if node.op != "call_module" or not isinstance(mods.get(node.target), nn.ReLU) or calls[node.target] != 1:
+                continue
+            user = next(iter(node.users)) if len(node.users) == 1 else None
+            if user is not None and user.op == "call_module" and isinstance(mods.get(user.target), leaf) \
+                    and user.args[0] is node and node not in user.args[1:] and not user.kwargs:
+                pairs.append((node.target, user.target))
+    else:
+        for name, seq in model.named_modules():
+            if isinstance(seq, nn.Sequential):
+                kids = list(seq.named_children())
+                pairs += [(f"{name}.{a}" if name else a, f"{name}.{b}" if name else b)
+                          for (a, ma), (b, mb) in zip(kids, kids[1:]) if isinstance(ma, nn.ReLU) and isinstance(mb, leaf)]
+    folded = []
+    for relu, layer in pairs:
+        m = model.get_submodule(layer)
+        if m.accepts_epilogue() and not m.pre_relu:
+            m.set_input_relu()
+            model.set_submodule(relu, nn.Identity())
+            folded.append(relu)
+    return folded
+
+
 _ADDS = (operator.add, torch.add)
 _RELUS = (F.relu, torch.relu)
 
@@ -210,4 +246,4 @@ def link_packed_inputs(model: nn.Module, leaf: type) -> list[tuple[str, str]]:
     return links
 
 
-__all__ = ["fuse_epilogues", "fuse_residuals", "link_packed_inputs"]
+__all__ = ["fold_input_relus", "fuse_epilogues", "fuse_residuals", "link_packed_inputs"]

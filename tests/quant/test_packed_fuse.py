@@ -1,5 +1,5 @@
 """The folded epilogues of packed binary convolutions (packed_fuse) against the reference path, which
-runs the folded BatchNorm / ReLU / residual add as separate torch ops: outputs within float rounding,
+runs the folded BatchNorm / ReLU / residual add / input ReLU as separate torch ops: outputs within float rounding,
 the same argmax, for BatchNorms with negative gammas; the packed-bits hand-off between two binary
 convolutions bit-exact against the float hand-off."""
 from __future__ import annotations
@@ -55,6 +55,8 @@ def test_fused_model_equals_reference_path(name, kw, size, threads):
     layers = [m for m in p.modules() if isinstance(m, PackedBinaryLayer)]
     assert all(m.post_relu or hasattr(m, "post_bn_running_mean") for m in layers)  # every epilogue folded
     assert sum(m.__dict__.get("_next") is not None for m in layers) >= 2  # packed-bits hand-offs
+    # the first layer's ReLU: read by the binary convolution alone (VGG), or also by the residual (ResNet)
+    assert layers[0].pre_relu == (name == "vgg-small")
     if name == "resnet":  # the residual joins folded on the fx graph
         assert isinstance(p, torch.fx.GraphModule) and sum(m.residual_relu is not None for m in layers) == 3
     old = torch.get_num_threads()

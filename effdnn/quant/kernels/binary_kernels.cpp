@@ -194,8 +194,9 @@ static inline float hsum8(const float* v) {
 // Phase 1: sign(x s + t) of every pixel, C bits (rounded up to bytes) per pixel, into a zero-padded
 // (B, Hp, Wp, Cb) byte image; A (B, H, W) = mean_c |x s + t| when A is not null (XNOR-Net's K map).
 // x is NCHW (nhwc = 0) or NHWC (nhwc = 1, channels_last: 8 channels -> one byte by movemask).
-static void pack_image(const float* x, const float* s, const float* t, const ConvGeom& g, int nhwc, uint8_t* img,
-                       float* A, int nt) {
+static void pack_image(const float* x, const float* s, const float* t, const ConvGeom& g, int nhwc, int relu,
+                       uint8_t* img, float* A, int nt) {
+  // relu: a ReLU before the BatchNorm, max(x, 0)
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
   for (int64_t bh = 0; bh < g.B * g.H; ++bh) {
     const int64_t b = bh / g.H, h = bh % g.H;
@@ -210,7 +211,8 @@ static void pack_image(const float* x, const float* s, const float* t, const Con
         const __m256 zero = _mm256_setzero_ps(), sign = _mm256_set1_ps(-0.f);
         __m256 accv = zero;
         for (; c + 8 <= g.C; c += 8) {
-          const __m256 v = _mm256_fmadd_ps(_mm256_loadu_ps(xp + c), _mm256_loadu_ps(s + c), _mm256_loadu_ps(t + c));
+          const __m256 xv = relu ? _mm256_max_ps(_mm256_loadu_ps(xp + c), zero) : _mm256_loadu_ps(xp + c);
+          const __m256 v = _mm256_fmadd_ps(xv, _mm256_loadu_ps(s + c), _mm256_loadu_ps(t + c));
           dst[c >> 3] = (uint8_t)_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_GE_OQ));
           accv = _mm256_add_ps(accv, _mm256_andnot_ps(sign, v));
         }
@@ -219,7 +221,7 @@ static void pack_image(const float* x, const float* s, const float* t, const Con
         acc = hsum8(lanes);
 #endif
         for (; c < g.C; ++c) {
-          const float a = xp[c] * s[c] + t[c];
+          const float a = (relu ? std::fmax(xp[c], 0.f) : xp[c]) * s[c] + t[c];
           if ((c & 7) == 0) dst[c >> 3] = 0;
           dst[c >> 3] |= (uint8_t)((a >= 0.f) << (c & 7));
           acc += std::fabs(a);
@@ -240,7 +242,7 @@ static void pack_image(const float* x, const float* s, const float* t, const Con
         uint32_t* wd = words.data();
         float* ac = acc.data();
         for (int64_t w = 0; w < g.W; ++w) {
-          const float a = xr[w] * sc + tc;
+          const float a = (relu ? std::fmax(xr[w], 0.f) : xr[w]) * sc + tc;
           wd[w] |= (uint32_t)(a >= 0.f) << sh;
           ac[w] += std::fabs(a);
         }
@@ -422,7 +424,7 @@ static T* ptr_at(const uint64_t* ptrs, int i) { return reinterpret_cast<T*>(ptrs
 // order, each run padded to whole words) -> * scale (* K) + bias -> [* g + h] -> [ReLU] -> [+ residual
 // (B, Ho, Wo, N)] -> [ReLU] -> NHWC float y, or the next binary layer's packed input (NextInput).
 // shape: B C H W N kw KH KW sh sw ph pw dh dw | x is NHWC | relu | relu after the residual | K map |
-//        next layer's padding ph pw | next layer's K map
+//        next layer's padding ph pw | next layer's K map | a ReLU on x before its BatchNorm
 // ptrs: x s t panels wtap scale bias g h residual y | img_in A_in (a packed input: x, s, t unused) |
 //       img_out A_out s_next t_next (the next layer's input instead of y)
 // wtap (N, KH KW): popcount of each channel's weight bits per tap (for the padding correction).
@@ -459,6 +461,7 @@ extern "C" void effdnn_xnor_conv2d(const int64_t* shape, const uint64_t* ptrs, i
     own.assign((size_t)(g.B * g.Hp * g.Wp * g.Cb + 8), 0);
     ownA.resize(kscale ? (size_t)(g.B * g.H * g.W) : 0);
     pack_image(ptr_at<const float>(ptrs, 0), ptr_at<const float>(ptrs, 1), ptr_at<const float>(ptrs, 2), g, nhwc,
+               (int)shape[21],
                own.data(), kscale ? ownA.data() : nullptr, nt);
     img = own.data();
     A = kscale ? ownA.data() : nullptr;

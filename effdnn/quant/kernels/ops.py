@@ -100,9 +100,6 @@ class PackedInput:
     shape: tuple[int, int, int, int]  # B, C, H, W
     pad: tuple[int, int]
 
-    def size(self, dim: int | None = None) -> tuple[int, ...] | int:
-        return self.shape if dim is None else self.shape[dim]
-
 
 def xnor_conv2d(x: torch.Tensor | PackedInput, s: torch.Tensor, t: torch.Tensor, panels: torch.Tensor,
                 wtap: torch.Tensor, n: int, kernel: tuple[int, int], stride: tuple[int, int],
@@ -110,13 +107,13 @@ def xnor_conv2d(x: torch.Tensor | PackedInput, s: torch.Tensor, t: torch.Tensor,
                 k_scaling: bool, post_scale: torch.Tensor | None = None, post_shift: torch.Tensor | None = None,
                 relu: bool = False, residual: torch.Tensor | None = None, relu_add: bool = False,
                 next_input: tuple[torch.Tensor, torch.Tensor, tuple[int, int], bool] | None = None,
-                threads: int | None = None) -> torch.Tensor | PackedInput:
+                relu_in: bool = False, threads: int | None = None) -> torch.Tensor | PackedInput:
     """(B, C, H, W) float (NCHW or channels_last) or a ``PackedInput`` -> (B, N, Ho, Wo) channels_last:
     sign(x s + t) (*) W_+-1 by XNOR-popcount, * scale[n] (* XNOR-Net's K map of |x s + t|), + bias, then
     * post_scale + post_shift (a folded BatchNorm) and ReLU when given, then + residual (B, N, Ho, Wo) and
     ReLU (``relu_add``) when given; zero padding contributes 0 (the popcount is corrected).
     ``next_input`` = (s', t', padding', K map'): return the next binary convolution's ``PackedInput``
-    (sign(y s' + t') bits and its A) instead of y."""
+    (sign(y s' + t') bits and its A) instead of y. ``relu_in``: x goes through a ReLU first."""
     keep = []  # tensors whose pointers the kernel reads
 
     def ptr(v: torch.Tensor | None) -> int:
@@ -129,6 +126,8 @@ def xnor_conv2d(x: torch.Tensor | PackedInput, s: torch.Tensor, t: torch.Tensor,
         b, c, h, w = x.shape
         if x.pad != tuple(padding) or (k_scaling and x.A is None):
             raise ValueError("the packed input was laid out for another padding / without its K map")
+        if relu_in:
+            raise ValueError("a packed input has no ReLU to apply")
         nhwc, src = False, [0, 0, 0]
         packed = [ptr(x.img), ptr(x.A)]
     else:
@@ -155,7 +154,7 @@ def xnor_conv2d(x: torch.Tensor | PackedInput, s: torch.Tensor, t: torch.Tensor,
         out = [ptr(img), ptr(a2), ptr(_f32(s2)), ptr(_f32(t2))]
         nxt = (pad2[0], pad2[1], int(k2))
     shape = torch.tensor([b, c, h, w, n, panels.shape[1], *kernel, *stride, *padding, *dilation, int(nhwc), int(relu),
-                          int(relu_add), int(k_scaling), *nxt], dtype=torch.int64)
+                          int(relu_add), int(k_scaling), *nxt, int(relu_in)], dtype=torch.int64)
     ptrs = torch.tensor([*src, ptr(panels), ptr(wtap), ptr(_f32(scale)), ptr(_f32(bias)), ptr(_f32(post_scale)),
                          ptr(_f32(post_shift)), ptr(residual), ptr(y), *packed, *out], dtype=torch.uint64)
     lib().effdnn_xnor_conv2d(shape.data_ptr(), ptrs.data_ptr(), threads or torch.get_num_threads())
