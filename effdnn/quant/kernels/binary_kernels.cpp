@@ -197,7 +197,7 @@ static inline float hsum8(const float* v) {
 static void pack_image(const float* x, const float* s, const float* t, const ConvGeom& g, int nhwc, int relu,
                        uint8_t* img, float* A, int nt) {
   // relu: a ReLU before the BatchNorm, max(x, 0)
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+#pragma omp parallel for schedule(dynamic, 8) num_threads(nt) if (nt > 1)
   for (int64_t bh = 0; bh < g.B * g.H; ++bh) {
     const int64_t b = bh / g.H, h = bh % g.H;
     uint8_t* row = img + ((b * g.Hp + h + g.ph) * g.Wp + g.pw) * g.Cb;
@@ -471,7 +471,7 @@ extern "C" void effdnn_xnor_conv2d(const int64_t* shape, const uint64_t* ptrs, i
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     std::vector<float> col((size_t)g.W), kv((size_t)g.Wo), acc((size_t)(g.Wo * NB));
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 4)
     for (int64_t bh = 0; bh < g.B * g.Ho; ++bh)
       conv_row(img, g, woff.data(), wmask.data(), panels, offs.data(), A, e, nx, bh / g.Ho, bh % g.Ho, col.data(),
                kv.data(), acc.data(), y);
