@@ -228,7 +228,7 @@ class PackedBinaryLayer(nn.Module):
             return ops.xnor_conv2d(x, st["s"], st["t"], st["panels"], st["wtap"], self.out_features, self.kernel_size,
                                    self.stride, self.padding, self.dilation, st["scale"], self.bias, self.k_scaling,
                                    st.get("g"), st.get("h"), self.post_relu, residual, bool(self.residual_relu), nxt,
-                                   self.pre_relu and not isinstance(x, PackedInput))
+                                   self.pre_relu)
         words, beta = ops.pack_rows(x, st["s"], st["t"], absmean=self.k_scaling)
         y = ops.xnor_gemm(words, st["panels"], self.out_features, self.k).float() * st["scale"]
         y = y * beta[:, None] if self.k_scaling else y

@@ -239,8 +239,8 @@ def link_packed_inputs(model: nn.Module, leaf: type) -> list[tuple[str, str]]:
             end = next(iter(end.users))
         user = next(iter(end.users)) if len(end.users) == 1 else None
         c = mods.get(user.target) if user is not None and user.op == "call_module" else None
-        if isinstance(c, leaf) and c.accepts_epilogue() and calls[user.target] == 1 and user.args[0] is end \
-                and end not in user.args[1:] and not user.kwargs:
+        if isinstance(c, leaf) and c.accepts_epilogue() and not c.pre_relu and calls[user.target] == 1 \
+                and user.args[0] is end and end not in user.args[1:] and not user.kwargs:
             m.set_next(c)
             links.append((node.target, user.target))
     return links
