@@ -185,6 +185,7 @@ static inline u64 load_word(const uint8_t* p) {
 struct Epilogue {
   const float *scale, *bias, *g, *h, *r;
   int relu, relu_add;
+  int64_t rcs;  // the residual's channel stride: 1 (NHWC) or Ho Wo (NCHW)
 };
 
 static inline float hsum8(const float* v) {
@@ -221,7 +222,7 @@ static void pack_image(const float* x, const float* s, const float* t, const Con
         acc = hsum8(lanes);
 #endif
         for (; c < g.C; ++c) {
-          const float a = (relu ? std::fmax(xp[c], 0.f) : xp[c]) * s[c] + t[c];
+          const float a = (relu ? (xp[c] > 0.f ? xp[c] : 0.f) : xp[c]) * s[c] + t[c];
           if ((c & 7) == 0) dst[c >> 3] = 0;
           dst[c >> 3] |= (uint8_t)((a >= 0.f) << (c & 7));
           acc += std::fabs(a);
@@ -242,7 +243,7 @@ static void pack_image(const float* x, const float* s, const float* t, const Con
         uint32_t* wd = words.data();
         float* ac = acc.data();
         for (int64_t w = 0; w < g.W; ++w) {
-          const float a = (relu ? std::fmax(xr[w], 0.f) : xr[w]) * sc + tc;
+          const float a = (relu ? (xr[w] > 0.f ? xr[w] : 0.f) : xr[w]) * sc + tc;
           wd[w] |= (uint32_t)(a >= 0.f) << sh;
           ac[w] += std::fabs(a);
         }
@@ -311,8 +312,15 @@ static inline void epilogue8(const int32_t* cnt, const int32_t* off, float kv, c
   if (e.g) v = _mm256_fmadd_ps(v, _mm256_loadu_ps(e.g + c), _mm256_loadu_ps(e.h + c));
   if (e.relu) v = _mm256_max_ps(v, _mm256_setzero_ps());
   if (res) {
-    v = _mm256_add_ps(v, jn == NB ? _mm256_loadu_ps(res) : _mm256_maskload_ps(res, _mm256_cmpgt_epi32(
-        _mm256_set1_epi32((int)jn), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))));
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)jn), lanes);
+    __m256 r;
+    if (e.rcs == 1)
+      r = jn == NB ? _mm256_loadu_ps(res) : _mm256_maskload_ps(res, live);
+    else
+      r = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), res, _mm256_mullo_epi32(lanes, _mm256_set1_epi32((int)e.rcs)),
+                                   _mm256_castsi256_ps(live), 4);
+    v = _mm256_add_ps(v, r);
     if (e.relu_add) v = _mm256_max_ps(v, _mm256_setzero_ps());
   }
   if (jn == NB) {
@@ -329,7 +337,7 @@ static inline void epilogue8(const int32_t* cnt, const int32_t* off, float kv, c
     if (e.g) v = v * e.g[n] + e.h[n];
     if (e.relu && !(v > 0.f)) v = 0.f;
     if (res) {
-      v += res[j];
+      v += res[j * e.rcs];
       if (e.relu_add && !(v > 0.f)) v = 0.f;
     }
     dst[j] = v;
@@ -379,7 +387,8 @@ static void conv_row(const uint8_t* img, const ConvGeom& g, const int64_t* woff,
   const int64_t np = g.Np / NB, step = g.sw * g.Cb;
   const uint8_t* origin = img + (b * g.Hp + ho * g.sh) * g.Wp * g.Cb;  // window of output pixel (ho, 0)
   float* yrow = nx.img ? nullptr : y + (b * g.Ho + ho) * g.Wo * g.N;
-  const float* rrow = e.r ? e.r + (b * g.Ho + ho) * g.Wo * g.N : nullptr;
+  const int64_t rpix = e.rcs == 1 ? g.N : 1;  // the residual's pixel stride
+  const float* rrow = !e.r ? nullptr : e.rcs == 1 ? e.r + (b * g.Ho + ho) * g.Wo * g.N : e.r + b * g.N * g.Ho * g.Wo + ho * g.Wo;
   const int32_t* orow = offs + ho * g.Wo * g.Np;
   const int64_t wp2 = g.Wo + 2 * nx.pw;
   uint8_t* nrow = nx.img ? nx.img + ((b * (g.Ho + 2 * nx.ph) + ho + nx.ph) * wp2 + nx.pw) * np : nullptr;
@@ -402,8 +411,10 @@ static void conv_row(const uint8_t* img, const ConvGeom& g, const int64_t* woff,
         }
         continue;
       }
-      epilogue8(o0, orow + wo * g.Np + p * NB, kv[wo], e, p, jn, rrow ? rrow + i0 : nullptr, yrow + i0);
-      if (w1 != wo) epilogue8(o1, orow + w1 * g.Np + p * NB, kv[w1], e, p, jn, rrow ? rrow + i1 : nullptr, yrow + i1);
+      const float* r0 = rrow ? rrow + wo * rpix + p * NB * e.rcs : nullptr;
+      const float* r1 = rrow ? rrow + w1 * rpix + p * NB * e.rcs : nullptr;
+      epilogue8(o0, orow + wo * g.Np + p * NB, kv[wo], e, p, jn, r0, yrow + i0);
+      if (w1 != wo) epilogue8(o1, orow + w1 * g.Np + p * NB, kv[w1], e, p, jn, r1, yrow + i1);
     }
   }
   if (nx.img && nx.A)
@@ -424,7 +435,8 @@ static T* ptr_at(const uint64_t* ptrs, int i) { return reinterpret_cast<T*>(ptrs
 // order, each run padded to whole words) -> * scale (* K) + bias -> [* g + h] -> [ReLU] -> [+ residual
 // (B, Ho, Wo, N)] -> [ReLU] -> NHWC float y, or the next binary layer's packed input (NextInput).
 // shape: B C H W N kw KH KW sh sw ph pw dh dw | x is NHWC | relu | relu after the residual | K map |
-//        next layer's padding ph pw | next layer's K map | a ReLU on x before its BatchNorm
+//        next layer's padding ph pw | next layer's K map | a ReLU on x before its BatchNorm |
+//        the residual is NCHW (else NHWC)
 // ptrs: x s t panels wtap scale bias g h residual y | img_in A_in (a packed input: x, s, t unused) |
 //       img_out A_out s_next t_next (the next layer's input instead of y)
 // wtap (N, KH KW): popcount of each channel's weight bits per tap (for the padding correction).
@@ -448,7 +460,7 @@ extern "C" void effdnn_xnor_conv2d(const int64_t* shape, const uint64_t* ptrs, i
   const std::vector<float> pg = padded(post_g, g.N, g.Np, 1.f), ph = padded(ptr_at<const float>(ptrs, 8), g.N, g.Np, 0.f);
   const std::vector<float> s2 = padded(s_next, g.N, g.Np, 0.f), t2 = padded(ptr_at<const float>(ptrs, 16), g.N, g.Np, 0.f);
   const Epilogue e{sc.data(), bi.data(), post_g ? pg.data() : nullptr, ph.data(), ptr_at<const float>(ptrs, 9),
-                   (int)shape[15], (int)shape[16]};
+                   (int)shape[15], (int)shape[16], shape[22] ? g.Ho * g.Wo : 1};
   const NextInput nx{ptr_at<uint8_t>(ptrs, 13), shape[20] ? ptr_at<float>(ptrs, 14) : nullptr, s2.data(), t2.data(),
                      shape[18], shape[19]};
   std::vector<int32_t> offs((size_t)(g.Ho * g.Wo * g.Np));

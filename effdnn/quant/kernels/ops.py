@@ -140,10 +140,13 @@ def xnor_conv2d(x: torch.Tensor | PackedInput, s: torch.Tensor, t: torch.Tensor,
         raise ValueError(f"weights laid out for another geometry ({panels.shape[1]} words per pixel)")
     ho = (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
     wo = (w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
-    if residual is not None:  # read in y's NHWC order
+    r_nchw = False
+    if residual is not None:  # NHWC (channels_last) or NCHW, read in place
         if residual.shape != (b, n, ho, wo):
             raise ValueError(f"residual of shape {tuple(residual.shape)}, expected {(b, n, ho, wo)}")
-        residual = residual.detach().to(torch.float32).permute(0, 2, 3, 1).contiguous()
+        residual = residual.detach().to(torch.float32)
+        r_nchw = not channels_last(residual)
+        residual = residual.contiguous() if r_nchw else residual
     y, out, nxt = None, [0, 0, 0, 0], (0, 0, 0)
     if next_input is None:
         y = torch.empty(b, ho, wo, n, dtype=torch.float32)
@@ -154,7 +157,7 @@ def xnor_conv2d(x: torch.Tensor | PackedInput, s: torch.Tensor, t: torch.Tensor,
         out = [ptr(img), ptr(a2), ptr(_f32(s2)), ptr(_f32(t2))]
         nxt = (pad2[0], pad2[1], int(k2))
     shape = torch.tensor([b, c, h, w, n, panels.shape[1], *kernel, *stride, *padding, *dilation, int(nhwc), int(relu),
-                          int(relu_add), int(k_scaling), *nxt, int(relu_in)], dtype=torch.int64)
+                          int(relu_add), int(k_scaling), *nxt, int(relu_in), int(r_nchw)], dtype=torch.int64)
     ptrs = torch.tensor([*src, ptr(panels), ptr(wtap), ptr(_f32(scale)), ptr(_f32(bias)), ptr(_f32(post_scale)),
                          ptr(_f32(post_shift)), ptr(residual), ptr(y), *packed, *out], dtype=torch.uint64)
     lib().effdnn_xnor_conv2d(shape.data_ptr(), ptrs.data_ptr(), threads or torch.get_num_threads())
