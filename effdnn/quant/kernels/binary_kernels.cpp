@@ -195,10 +195,11 @@ static inline float hsum8(const float* v) {
 // Phase 1: sign(x s + t) of every pixel, C bits (rounded up to bytes) per pixel, into a zero-padded
 // (B, Hp, Wp, Cb) byte image; A (B, H, W) = mean_c |x s + t| when A is not null (XNOR-Net's K map).
 // x is NCHW (nhwc = 0) or NHWC (nhwc = 1, channels_last: 8 channels -> one byte by movemask).
+// Called inside a parallel region (its rows are shared among the threads).
 static void pack_image(const float* x, const float* s, const float* t, const ConvGeom& g, int nhwc, int relu,
-                       uint8_t* img, float* A, int nt) {
+                       uint8_t* img, float* A) {
   // relu: a ReLU before the BatchNorm, max(x, 0)
-#pragma omp parallel for schedule(dynamic, 8) num_threads(nt) if (nt > 1)
+#pragma omp for schedule(dynamic, 8)
   for (int64_t bh = 0; bh < g.B * g.H; ++bh) {
     const int64_t b = bh / g.H, h = bh % g.H;
     uint8_t* row = img + ((b * g.Hp + h + g.ph) * g.Wp + g.pw) * g.Cb;
@@ -469,12 +470,10 @@ extern "C" void effdnn_xnor_conv2d(const int64_t* shape, const uint64_t* ptrs, i
   const float* A = kscale ? ptr_at<const float>(ptrs, 12) : nullptr;
   std::vector<uint8_t> own;
   std::vector<float> ownA;
-  if (!img) {
+  const bool pack = !img;
+  if (pack) {
     own.assign((size_t)(g.B * g.Hp * g.Wp * g.Cb + 8), 0);
     ownA.resize(kscale ? (size_t)(g.B * g.H * g.W) : 0);
-    pack_image(ptr_at<const float>(ptrs, 0), ptr_at<const float>(ptrs, 1), ptr_at<const float>(ptrs, 2), g, nhwc,
-               (int)shape[21],
-               own.data(), kscale ? ownA.data() : nullptr, nt);
     img = own.data();
     A = kscale ? ownA.data() : nullptr;
   }
@@ -482,6 +481,9 @@ extern "C" void effdnn_xnor_conv2d(const int64_t* shape, const uint64_t* ptrs, i
   float* y = ptr_at<float>(ptrs, 10);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
+    if (pack)  // phase 1, then (after the loop's barrier) phase 2
+      pack_image(ptr_at<const float>(ptrs, 0), ptr_at<const float>(ptrs, 1), ptr_at<const float>(ptrs, 2), g, nhwc,
+                 (int)shape[21], own.data(), kscale ? ownA.data() : nullptr);
     std::vector<float> col((size_t)g.W), kv((size_t)g.Wo), acc((size_t)(g.Wo * NB));
 #pragma omp for schedule(dynamic, 4)
     for (int64_t bh = 0; bh < g.B * g.Ho; ++bh)
