@@ -33,11 +33,16 @@ from torch import nn
 
 from ..cost.precision import LayerPrecision
 from . import kernels
-from .kernels.ops import PackedInput
 from .bitpack import pack_bits, pack_words, to_words, unpack_bits, xnor_popcount_matmul
-from .methods.binary_layers import BinaryConv2d, BinaryLayerMixin, BinaryLinear
 from .fold_bn import fold_batchnorm
-from .packed_fuse import fold_input_relus, fuse_epilogues, fuse_residuals, link_packed_inputs
+from .kernels.ops import PackedInput
+from .methods.binary_layers import BinaryConv2d, BinaryLayerMixin, BinaryLinear
+from .packed_fuse import (
+    fold_input_relus,
+    fuse_epilogues,
+    fuse_residuals,
+    link_packed_inputs,
+)
 
 
 class PackedBinaryLayer(nn.Module):

@@ -16,6 +16,7 @@ The folded modules become ``nn.Identity``.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import operator
 from collections import Counter
@@ -36,6 +37,18 @@ class _PackedLeaves(torch.fx.Tracer):
         return isinstance(m, self.leaf) or super().is_leaf_module(m, qualname)
 
 
+_TRACE_ERRORS = (torch.fx.proxy.TraceError, TypeError, ValueError, RuntimeError, AttributeError, KeyError,
+                 IndexError, NotImplementedError)
+
+
+def _trace(model: nn.Module, leaf: type) -> torch.fx.Graph | None:
+    """The fx graph of ``model`` with ``leaf`` modules kept whole; None when fx cannot trace it."""
+    try:
+        return _PackedLeaves(leaf).trace(model)
+    except _TRACE_ERRORS:
+        return None
+
+
 def _foldable(m: nn.Module | None, bn_seen: bool) -> bool:
     if isinstance(m, nn.BatchNorm2d):
         return not bn_seen and m.track_running_stats and m.running_var is not None
@@ -43,9 +56,8 @@ def _foldable(m: nn.Module | None, bn_seen: bool) -> bool:
 
 
 def _chains_fx(model: nn.Module, leaf: type) -> list[list[str]] | None:
-    try:
-        graph = _PackedLeaves(leaf).trace(model)
-    except Exception:
+    graph = _trace(model, leaf)
+    if graph is None:
         return None
     mods = dict(model.named_modules())
     calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
@@ -116,10 +128,7 @@ def fold_input_relus(model: nn.Module, leaf: type) -> list[str]:
     is applied inside that layer's input packing, sign(BN(max(x, 0))): ``layer.set_input_relu()``, the
     ReLU becomes ``nn.Identity``. From the fx graph, else consecutive ``nn.Sequential`` children; returns
     the folded ReLUs' names."""
-    try:
-        graph = _PackedLeaves(leaf).trace(model)
-    except Exception:
-        graph = None
+    graph = _trace(model, leaf)
     pairs = []
     if graph is not None:
         mods = dict(model.named_modules())
@@ -136,7 +145,7 @@ def fold_input_relus(model: nn.Module, leaf: type) -> list[str]:
             if isinstance(seq, nn.Sequential):
                 kids = list(seq.named_children())
                 pairs += [(f"{name}.{a}" if name else a, f"{name}.{b}" if name else b)
-                          for (a, ma), (b, mb) in zip(kids, kids[1:]) if isinstance(ma, nn.ReLU) and isinstance(mb, leaf)]
+                          for (a, ma), (b, mb) in itertools.pairwise(kids) if isinstance(ma, nn.ReLU) and isinstance(mb, leaf)]
     folded = []
     for relu, layer in pairs:
         m = model.get_submodule(layer)
@@ -178,10 +187,10 @@ def fuse_residuals(model: nn.Module, leaf: type) -> nn.Module:
     out = ReLU(BN(conv(x)) + shortcut)). The nodes computing r move before the layer when they do not
     depend on it. Returns a ``torch.fx.GraphModule`` when a join was folded, else ``model`` unchanged
     (also when fx cannot trace it)."""
-    try:
-        gm = torch.fx.GraphModule(model, _PackedLeaves(leaf).trace(model))
-    except Exception:
+    graph = _trace(model, leaf)
+    if graph is None:
         return model
+    gm = torch.fx.GraphModule(model, graph)
     mods = dict(gm.named_modules())
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     folded = 0
@@ -223,9 +232,8 @@ def link_packed_inputs(model: nn.Module, leaf: type) -> list[tuple[str, str]]:
     modules), the first writes the second's input as packed bits, sign(BN'(y)), and its K map, not a float
     tensor (Larq Compute Engine's bitpacked activations; daBNN): ``producer.set_next(consumer)``.
     Returns the (producer, consumer) names (none when fx cannot trace the model)."""
-    try:
-        graph = _PackedLeaves(leaf).trace(model)
-    except Exception:
+    graph = _trace(model, leaf)
+    if graph is None:
         return []
     mods = dict(model.named_modules())
     calls = Counter(n.target for n in graph.nodes if n.op == "call_module")

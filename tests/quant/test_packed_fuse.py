@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import effdnn
-import effdnn.techniques  # noqa: F401
+import effdnn.techniques
 from effdnn.models import build_model
 from effdnn.quant import kernels
 from effdnn.quant.packed import PackedBinaryLayer, pack_model
