@@ -207,7 +207,8 @@ static void pack_image(const float* x, const float* s, const float* t, const Con
       for (int64_t w = 0; w < g.W; ++w) {
         const float* xp = x + (bh * g.W + w) * g.C;
         uint8_t* dst = row + w * g.Cb;
-        float acc = 0.f;
+        // |a| summed in 8 lanes (channel c in lane c % 8), then the tail: the order next_bits8 sums in
+        alignas(32) float lanes[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
         int64_t c = 0;
 #ifdef __AVX2__
         const __m256 zero = _mm256_setzero_ps(), sign = _mm256_set1_ps(-0.f);
@@ -218,16 +219,19 @@ static void pack_image(const float* x, const float* s, const float* t, const Con
           dst[c >> 3] = (uint8_t)_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_GE_OQ));
           accv = _mm256_add_ps(accv, _mm256_andnot_ps(sign, v));
         }
-        alignas(32) float lanes[8];
         _mm256_store_ps(lanes, accv);
-        acc = hsum8(lanes);
-#endif
-        for (; c < g.C; ++c) {
-          const float a = (relu ? (xp[c] > 0.f ? xp[c] : 0.f) : xp[c]) * s[c] + t[c];
-          if ((c & 7) == 0) dst[c >> 3] = 0;
-          dst[c >> 3] |= (uint8_t)((a >= 0.f) << (c & 7));
-          acc += std::fabs(a);
+#else
+        for (; c + 8 <= g.C; c += 8) {
+          uint8_t bits = 0;
+          for (int j = 0; j < 8; ++j) {
+            const float xv = xp[c + j], a = (relu ? (xv > 0.f ? xv : 0.f) : xv) * s[c + j] + t[c + j];
+            bits |= (uint8_t)((a >= 0.f) << j);
+            lanes[j] += std::fabs(a);
+          }
+          dst[c >> 3] = bits;
         }
+#endif
+        float acc = hsum8(lanes);
         if (A) A[bh * g.W + w] = acc / (float)g.C;
       }
       continue;
