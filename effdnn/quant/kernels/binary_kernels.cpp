@@ -180,12 +180,12 @@ static inline u64 load_word(const uint8_t* p) {
 //     y = (V + 2 corr - 2 popcount) * scale[n] * K + bias[n]            (the binary convolution)
 //     y = y * g[n] + h[n]                                             (a folded BatchNorm, when g)
 //     y = max(y, 0)                                                   (a folded ReLU, when relu)
-//     y = y + r                                                       (a residual add, when r: NHWC)
+//     y = y + r                                                       (a residual add, when r)
 //     y = max(y, 0)                                                   (a ReLU after the add, relu_add)
 struct Epilogue {
   const float *scale, *bias, *g, *h, *r;
   int relu, relu_add;
-  int64_t rcs;  // the residual's channel stride: 1 (NHWC) or Ho Wo (NCHW)
+  int r_nchw;  // the residual is NCHW (conv_row transposes its row), else NHWC
 };
 
 static inline float hsum8(const float* v) {
@@ -317,15 +317,8 @@ static inline void epilogue8(const int32_t* cnt, const int32_t* off, float kv, c
   if (e.g) v = _mm256_fmadd_ps(v, _mm256_loadu_ps(e.g + c), _mm256_loadu_ps(e.h + c));
   if (e.relu) v = _mm256_max_ps(v, _mm256_setzero_ps());
   if (res) {
-    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)jn), lanes);
-    __m256 r;
-    if (e.rcs == 1)
-      r = jn == NB ? _mm256_loadu_ps(res) : _mm256_maskload_ps(res, live);
-    else
-      r = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), res, _mm256_mullo_epi32(lanes, _mm256_set1_epi32((int)e.rcs)),
-                                   _mm256_castsi256_ps(live), 4);
-    v = _mm256_add_ps(v, r);
+    const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)jn), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    v = _mm256_add_ps(v, jn == NB ? _mm256_loadu_ps(res) : _mm256_maskload_ps(res, live));
     if (e.relu_add) v = _mm256_max_ps(v, _mm256_setzero_ps());
   }
   if (jn == NB) {
@@ -342,7 +335,7 @@ static inline void epilogue8(const int32_t* cnt, const int32_t* off, float kv, c
     if (e.g) v = v * e.g[n] + e.h[n];
     if (e.relu && !(v > 0.f)) v = 0.f;
     if (res) {
-      v += res[j * e.rcs];
+      v += res[j];
       if (e.relu_add && !(v > 0.f)) v = 0.f;
     }
     dst[j] = v;
@@ -384,7 +377,7 @@ static inline void next_bits8(const float* v8, const NextInput& nx, int64_t p, i
 // Phase 2, one output row (b, ho) into y (B, Ho, Wo, N), or into the next layer's input (nx.img).
 static void conv_row(const uint8_t* img, const ConvGeom& g, const int64_t* woff, const u64* wmask, const u64* panels,
                      const int32_t* offs, const float* A, const Epilogue& e, const NextInput& nx, int64_t b,
-                     int64_t ho, float* col, float* kv, float* acc, float* y) {
+                     int64_t ho, float* col, float* kv, float* acc, float* rtile, float* y) {
   if (A) k_row(g, A + b * g.H * g.W, ho, col, kv);
   else for (int64_t wo = 0; wo < g.Wo; ++wo) kv[wo] = 1.f;
   alignas(32) int32_t o0[NB], o1[NB];
@@ -392,8 +385,13 @@ static void conv_row(const uint8_t* img, const ConvGeom& g, const int64_t* woff,
   const int64_t np = g.Np / NB, step = g.sw * g.Cb;
   const uint8_t* origin = img + (b * g.Hp + ho * g.sh) * g.Wp * g.Cb;  // window of output pixel (ho, 0)
   float* yrow = nx.img ? nullptr : y + (b * g.Ho + ho) * g.Wo * g.N;
-  const int64_t rpix = e.rcs == 1 ? g.N : 1;  // the residual's pixel stride
-  const float* rrow = !e.r ? nullptr : e.rcs == 1 ? e.r + (b * g.Ho + ho) * g.Wo * g.N : e.r + b * g.N * g.Ho * g.Wo + ho * g.Wo;
+  const float* rrow = e.r ? e.r + (b * g.Ho + ho) * g.Wo * g.N : nullptr;
+  if (e.r && e.r_nchw) {  // this row of an NCHW residual, transposed to (Wo, N) in rtile
+    const float* src = e.r + b * g.N * g.Ho * g.Wo + ho * g.Wo;
+    for (int64_t n = 0; n < g.N; ++n)
+      for (int64_t wo = 0; wo < g.Wo; ++wo) rtile[wo * g.N + n] = src[n * g.Ho * g.Wo + wo];
+    rrow = rtile;
+  }
   const int32_t* orow = offs + ho * g.Wo * g.Np;
   const int64_t wp2 = g.Wo + 2 * nx.pw;
   uint8_t* nrow = nx.img ? nx.img + ((b * (g.Ho + 2 * nx.ph) + ho + nx.ph) * wp2 + nx.pw) * np : nullptr;
@@ -416,10 +414,8 @@ static void conv_row(const uint8_t* img, const ConvGeom& g, const int64_t* woff,
         }
         continue;
       }
-      const float* r0 = rrow ? rrow + wo * rpix + p * NB * e.rcs : nullptr;
-      const float* r1 = rrow ? rrow + w1 * rpix + p * NB * e.rcs : nullptr;
-      epilogue8(o0, orow + wo * g.Np + p * NB, kv[wo], e, p, jn, r0, yrow + i0);
-      if (w1 != wo) epilogue8(o1, orow + w1 * g.Np + p * NB, kv[w1], e, p, jn, r1, yrow + i1);
+      epilogue8(o0, orow + wo * g.Np + p * NB, kv[wo], e, p, jn, rrow ? rrow + i0 : nullptr, yrow + i0);
+      if (w1 != wo) epilogue8(o1, orow + w1 * g.Np + p * NB, kv[w1], e, p, jn, rrow ? rrow + i1 : nullptr, yrow + i1);
     }
   }
   if (nx.img && nx.A)
@@ -465,7 +461,7 @@ extern "C" void effdnn_xnor_conv2d(const int64_t* shape, const uint64_t* ptrs, i
   const std::vector<float> pg = padded(post_g, g.N, g.Np, 1.f), ph = padded(ptr_at<const float>(ptrs, 8), g.N, g.Np, 0.f);
   const std::vector<float> s2 = padded(s_next, g.N, g.Np, 0.f), t2 = padded(ptr_at<const float>(ptrs, 16), g.N, g.Np, 0.f);
   const Epilogue e{sc.data(), bi.data(), post_g ? pg.data() : nullptr, ph.data(), ptr_at<const float>(ptrs, 9),
-                   (int)shape[15], (int)shape[16], shape[22] ? g.Ho * g.Wo : 1};
+                   (int)shape[15], (int)shape[16], (int)shape[22]};
   const NextInput nx{ptr_at<uint8_t>(ptrs, 13), shape[20] ? ptr_at<float>(ptrs, 14) : nullptr, s2.data(), t2.data(),
                      shape[18], shape[19]};
   std::vector<int32_t> offs((size_t)(g.Ho * g.Wo * g.Np));
@@ -489,9 +485,10 @@ extern "C" void effdnn_xnor_conv2d(const int64_t* shape, const uint64_t* ptrs, i
       pack_image(ptr_at<const float>(ptrs, 0), ptr_at<const float>(ptrs, 1), ptr_at<const float>(ptrs, 2), g, nhwc,
                  (int)shape[21], own.data(), kscale ? ownA.data() : nullptr);
     std::vector<float> col((size_t)g.W), kv((size_t)g.Wo), acc((size_t)(g.Wo * NB));
+    std::vector<float> rtile(e.r_nchw ? (size_t)(g.Wo * g.N) : 0);
 #pragma omp for schedule(dynamic, 4)
     for (int64_t bh = 0; bh < g.B * g.Ho; ++bh)
       conv_row(img, g, woff.data(), wmask.data(), panels, offs.data(), A, e, nx, bh / g.Ho, bh % g.Ho, col.data(),
-               kv.data(), acc.data(), y);
+               kv.data(), acc.data(), rtile.data(), y);
   }
 }

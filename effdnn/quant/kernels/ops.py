@@ -141,7 +141,7 @@ def xnor_conv2d(x: torch.Tensor | PackedInput, s: torch.Tensor, t: torch.Tensor,
     ho = (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
     wo = (w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
     r_nchw = False
-    if residual is not None:  # NHWC (channels_last) or NCHW, read in place
+    if residual is not None:  # NHWC (channels_last), or NCHW (the kernel transposes it row by row)
         if residual.shape != (b, n, ho, wo):
             raise ValueError(f"residual of shape {tuple(residual.shape)}, expected {(b, n, ho, wo)}")
         residual = residual.detach().to(torch.float32)
