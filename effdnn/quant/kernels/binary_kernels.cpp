@@ -232,6 +232,12 @@ static void pack_image(const float* x, const float* s, const float* t, const Con
         }
 #endif
         float acc = hsum8(lanes);
+        for (; c < g.C; ++c) {
+          const float a = (relu ? (xp[c] > 0.f ? xp[c] : 0.f) : xp[c]) * s[c] + t[c];
+          if ((c & 7) == 0) dst[c >> 3] = 0;
+          dst[c >> 3] |= (uint8_t)((a >= 0.f) << (c & 7));
+          acc += std::fabs(a);
+        }
         if (A) A[bh * g.W + w] = acc / (float)g.C;
       }
       continue;
