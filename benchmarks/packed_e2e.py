@@ -2,13 +2,15 @@
 against the same float model in torch and in onnxruntime (the fastest fp32 engine), at 1 and 2 threads,
 ratios from one run.
 
-    python benchmarks/packed_e2e.py [--batch 256] [--rounds 5] [--threads 1 2] [--vgg-width 0.25]
+    python benchmarks/packed_e2e.py [--batch 256] [--rounds 5] [--threads 1 2] [--vgg-width 0.25] [--no-fuse]
 
 Models: effdnn's zoo ``resnet`` (depth 20, width 16) and ``vgg-small`` (``--vgg-width``), 1 x 28 x 28 inputs,
 untrained (latency does not depend on the weights). XNOR-Net (Rastegari et al. 2016) keeps the first and
 last layers real-valued; every other convolution runs BN -> sign -> XNOR-popcount (a . b = K - 2
-popcount(a xor b)) -> * alpha K in the packed model. "agreement" compares the packed model's argmax with
-the fake-quantised XNOR model's on the timed batch.
+popcount(a xor b)) -> * alpha K in the packed model, with the BatchNorm / ReLU / residual join after it
+folded into the kernel and the next binary layer's input handed over as packed bits (``pack_model``'s
+default; ``--no-fuse``: every module separate). "agreement" compares the packed model's argmax with the
+fake-quantised XNOR model's on the timed batch.
 """
 from __future__ import annotations
 
@@ -36,12 +38,12 @@ def models(vgg_width: float) -> dict[str, torch.nn.Module]:
             f"XNOR-Net VGG-small (x{vgg_width})": build_model("vgg-small", 1, 10, (28, 28), width=vgg_width)}
 
 
-def variants(fp: torch.nn.Module, x: torch.Tensor, threads: int, tmp: Path) -> tuple[dict, torch.nn.Module]:
+def variants(fp: torch.nn.Module, x: torch.Tensor, threads: int, tmp: Path, fuse: bool = True) -> tuple[dict, torch.nn.Module]:
     import onnxruntime as ort
 
     fp = fp.eval()
     q = effdnn.Experiment(fp, {"quantize": {"method": "xnor"}}, data=[x[:64]]).model.eval()
-    packed = pack_model(q)
+    packed = pack_model(q, fuse=fuse)
     path = effdnn.export_onnx(fp, x[:2], tmp / f"fp32_{id(fp)}.onnx")
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
@@ -56,6 +58,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--vgg-width", type=float, default=0.25)
+    ap.add_argument("--no-fuse", action="store_true", help="pack_model(fuse=False): no folded epilogues")
     a = ap.parse_args()
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
@@ -69,7 +72,7 @@ def main() -> None:
     for name, fp in models(a.vgg_width).items():
         for t in a.threads:
             torch.set_num_threads(t)
-            v, q = variants(fp, x, t, tmp)
+            v, q = variants(fp, x, t, tmp, fuse=not a.no_fuse)
             with torch.inference_mode():
                 agree = float((v["effdnn packed XNOR (kernels)"](x).argmax(1) == q(x).argmax(1)).float().mean())
             ms = round_robin(v, x, rounds=a.rounds, per_round=1, warmup=2)

@@ -64,8 +64,10 @@ def test_packed_conv_kernel_equals_reference(method, cfg, threads):
     torch.set_num_threads(threads)
     try:
         fast, ref = layer(x), layer.forward_reference(x)
+        fast_nhwc = layer(x.contiguous(memory_format=torch.channels_last))  # the NHWC packing
     finally:
         torch.set_num_threads(old)
+    assert torch.allclose(fast_nhwc, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
     if method == "bnn":  # no K map: the same integers times the same scale
         assert torch.equal(fast, ref)
     assert torch.allclose(fast, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))

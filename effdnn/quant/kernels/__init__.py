@@ -79,7 +79,7 @@ def _declare(so: ctypes.CDLL) -> ctypes.CDLL:
     so.effdnn_kernel_isa.restype = c_int
     so.effdnn_pack_rows.argtypes = [p, i64, i64, p, p, p, i64, p, c_int]
     so.effdnn_xnor_gemm.argtypes = [p, i64, p, i64, i64, i32, p, c_int]
-    so.effdnn_xnor_conv2d.argtypes = [p, p, p, p, p, p, p, p, c_int, p, c_int]
+    so.effdnn_xnor_conv2d.argtypes = [p, p, c_int]
     for f in (so.effdnn_pack_rows, so.effdnn_xnor_gemm, so.effdnn_xnor_conv2d):
         f.restype = None
     return so
